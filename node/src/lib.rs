@@ -1,0 +1,1 @@
+//! kith-node: placeholder until its issue lands.

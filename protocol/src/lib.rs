@@ -1,0 +1,1 @@
+//! kith-protocol: placeholder until its issue lands.

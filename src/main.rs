@@ -1,0 +1,3 @@
+fn main() {
+    println!("kith: not yet");
+}
