@@ -1,1 +1,7 @@
-//! kith-node: placeholder until its issue lands.
+//! kith-node: the kith daemon and its command line.
+//!
+//! # Layout
+//!
+//! - [`tls`]: node certificates and the verifiers that bind a QUIC connection to a NodeId.
+
+pub mod tls;

@@ -1,0 +1,1 @@
+//! QUIC/TLS identity binding (in progress).
