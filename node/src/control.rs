@@ -1,0 +1,138 @@
+//! The control socket: how `kith` subcommands talk to a running daemon.
+//!
+//! A Unix socket in the data dir (mode 0600) carries one JSON request per
+//! connection and one JSON response line back (a stream of lines for `events`).
+//! Only the daemon's own uid or root may connect; this module checks the peer's
+//! credentials before reading a byte and must never act for anyone else.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Longest request line accepted, so a confused client cannot make the daemon buffer without end.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// What a client asks of the daemon. Peers are named by id, unique id prefix, or name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Ticket,
+    Request { ticket: String, justification: String },
+    Pending,
+    Peers,
+    Approve { peer: String, name: Option<String>, note: Option<String>, expires_in_ms: Option<u64> },
+    Reject { peer: String, reason: String },
+    Revoke { peer: String, reason: String },
+}
+
+/// The daemon's answer: data, or one human sentence saying why not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok { data: serde_json::Value },
+    Error { message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "no kith daemon is running for {data_dir}: start one with `kith run` \
+         (or point --data-dir at the node you mean)"
+    )]
+    NotRunning { data_dir: PathBuf, #[source] source: io::Error },
+    #[error("lost the connection to the daemon")]
+    Io(#[from] io::Error),
+    #[error("the daemon sent something this kith does not understand")]
+    Protocol(#[source] serde_json::Error),
+    #[error("the daemon closed the connection without answering")]
+    NoAnswer,
+    #[error("another kith daemon is already running for {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("refusing a control connection from uid {uid}: only uid {own} or root may control this node")]
+    Forbidden { uid: u32, own: u32 },
+}
+
+/// Client side: one request, one response.
+pub async fn call(socket: &Path, data_dir: &Path, request: &Request) -> Result<Response, ControlError> {
+    let mut lines = open(socket, data_dir, request).await?;
+    let line = lines.next_line().await?.ok_or(ControlError::NoAnswer)?;
+    serde_json::from_str(&line).map_err(ControlError::Protocol)
+}
+
+/// Client side for streaming answers: sends the request and returns the response lines.
+pub async fn open(
+    socket: &Path,
+    data_dir: &Path,
+    request: &Request,
+) -> Result<tokio::io::Lines<BufReader<UnixStream>>, ControlError> {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ControlError::NotRunning { data_dir: data_dir.to_path_buf(), source })?;
+    let mut line = serde_json::to_vec(request).map_err(ControlError::Protocol)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    Ok(BufReader::new(stream).lines())
+}
+
+/// Binds the control socket, refusing if a live daemon already answers on it and
+/// removing a stale socket file left by a crash.
+pub async fn bind(socket: &Path) -> Result<UnixListener, ControlError> {
+    if socket.exists() {
+        if UnixStream::connect(socket).await.is_ok() {
+            return Err(ControlError::AlreadyRunning(
+                socket.parent().unwrap_or(socket).to_path_buf(),
+            ));
+        }
+        std::fs::remove_file(socket)?;
+    }
+    let listener = UnixListener::bind(socket)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Checks that the connecting process runs as our uid or as root.
+pub fn check_peer(stream: &UnixStream) -> Result<(), ControlError> {
+    let cred = stream.peer_cred()?;
+    let own = effective_uid();
+    if cred.uid() == own || cred.uid() == 0 {
+        Ok(())
+    } else {
+        Err(ControlError::Forbidden { uid: cred.uid(), own })
+    }
+}
+
+fn effective_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    // The uid that owns our own process directory is our effective uid; avoids unsafe geteuid.
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}
+
+/// Reads one request line from a client, bounded in length.
+pub async fn read_request(stream: &mut BufReader<UnixStream>) -> Result<Option<Request>, ControlError> {
+    let mut buf = Vec::new();
+    let mut limited = tokio::io::AsyncReadExt::take(&mut *stream, MAX_REQUEST_LEN as u64 + 1);
+    let n = limited.read_until(b'\n', &mut buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() > MAX_REQUEST_LEN {
+        return Err(ControlError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "control request too long",
+        )));
+    }
+    serde_json::from_slice(&buf).map(Some).map_err(ControlError::Protocol)
+}
+
+/// Writes one response line.
+pub async fn write_response(stream: &mut BufReader<UnixStream>, response: &Response) -> Result<(), ControlError> {
+    let mut line = serde_json::to_vec(response).map_err(ControlError::Protocol)?;
+    line.push(b'\n');
+    stream.get_mut().write_all(&line).await?;
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The node's durable state in redb: peers, allow and deny lists, and the audit log.
+//!
+//! The trust state machine says what must be remembered as [`StoreWrite`]s; this
+//! module commits a batch of them in one transaction, durably, before the daemon
+//! acknowledges anything that depended on them. It must never apply a partial batch
+//! or rewrite the audit log: audit entries are only appended.
+
+use std::path::Path;
+
+use kith_keys::NodeId;
+use kith_protocol::machine::{AllowEntry, AuditEntry, PeerRecord, StoreWrite};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
+const ALLOW: TableDefinition<&[u8], &[u8]> = TableDefinition::new("allow");
+const DENY: TableDefinition<&[u8], ()> = TableDefinition::new("deny");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Bumped when a table's encoding changes; a newer file is refused, not misread.
+const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Db(#[from] redb::Error),
+    #[error("the database was written by a newer kith (schema {found}, this build reads {SCHEMA_VERSION})")]
+    NewerSchema { found: u32 },
+    #[error("a {table} key in the database is not a node id")]
+    BadKey { table: &'static str },
+    #[error("a {table} record in the database is damaged")]
+    Decode {
+        table: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("postcard encoding of store records cannot fail")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { table, source })
+}
+
+/// Everything the store holds, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub peers: Vec<PeerRecord>,
+    pub allow: Vec<(NodeId, AllowEntry)>,
+    pub deny: Vec<NodeId>,
+}
+
+/// The node's database.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        Self::init(db)
+    }
+
+    /// A database that lives only in memory, for embedded nodes and tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db_err)?;
+        Self::init(db)
+    }
+
+    fn init(db: Database) -> Result<Self, StoreError> {
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let found = meta
+                .get("schema")
+                .map_err(db_err)?
+                .map(|v| decode::<u32>("meta", v.value()))
+                .transpose()?;
+            match found {
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema { found: v }),
+                Some(_) => {}
+                None => {
+                    meta.insert("schema", encode(&SCHEMA_VERSION).as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.open_table(PEERS).map_err(db_err)?;
+            txn.open_table(ALLOW).map_err(db_err)?;
+            txn.open_table(DENY).map_err(db_err)?;
+            txn.open_table(AUDIT).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Store { db })
+    }
+
+    /// Reads peers, allow and deny lists.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let mut snapshot = Snapshot::default();
+        for item in txn.open_table(PEERS).map_err(db_err)?.iter().map_err(db_err)? {
+            let (_, v) = item.map_err(db_err)?;
+            snapshot.peers.push(decode("peers", v.value())?);
+        }
+        for item in txn.open_table(ALLOW).map_err(db_err)?.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            snapshot.allow.push((node_id("allow", k.value())?, decode("allow", v.value())?));
+        }
+        for item in txn.open_table(DENY).map_err(db_err)?.iter().map_err(db_err)? {
+            let (k, _) = item.map_err(db_err)?;
+            snapshot.deny.push(node_id("deny", k.value())?);
+        }
+        Ok(snapshot)
+    }
+
+    /// Commits every write in one durable transaction: all of them, or none.
+    pub fn apply(&self, writes: &[StoreWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut peers = txn.open_table(PEERS).map_err(db_err)?;
+            let mut allow = txn.open_table(ALLOW).map_err(db_err)?;
+            let mut deny = txn.open_table(DENY).map_err(db_err)?;
+            let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
+            let mut next_seq = match audit.last().map_err(db_err)? {
+                Some((k, _)) => k.value() + 1,
+                None => 0,
+            };
+            for write in writes {
+                match write {
+                    StoreWrite::Peer(record) => {
+                        peers
+                            .insert(record.id.as_bytes().as_slice(), encode(record).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    StoreWrite::RemovePeer(id) => {
+                        peers.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+                    }
+                    StoreWrite::Allow(id, entry) => {
+                        allow
+                            .insert(id.as_bytes().as_slice(), encode(entry).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    StoreWrite::Disallow(id) => {
+                        allow.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+                    }
+                    StoreWrite::Deny(id) => {
+                        deny.insert(id.as_bytes().as_slice(), ()).map_err(db_err)?;
+                    }
+                    StoreWrite::Undeny(id) => {
+                        deny.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+                    }
+                    StoreWrite::Audit(entry) => {
+                        audit.insert(next_seq, encode(entry).as_slice()).map_err(db_err)?;
+                        next_seq += 1;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The last `limit` audit entries, oldest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err)?.rev().take(limit) {
+            let (_, v) = item.map_err(db_err)?;
+            out.push(decode("audit", v.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// How many audit entries have ever been written.
+    pub fn audit_len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        txn.open_table(AUDIT).map_err(db_err)?.len().map_err(db_err)
+    }
+}
+
+fn node_id(table: &'static str, bytes: &[u8]) -> Result<NodeId, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .ok()
+        .and_then(|b| NodeId::from_bytes(b).ok())
+        .ok_or(StoreError::BadKey { table })
+}

@@ -1,0 +1,109 @@
+//! Tickets: one pasteable string that says who a node is and how to reach it.
+//!
+//! Text form: `kith1` followed by lowercase unpadded base32 of a postcard-encoded
+//! [`Ticket`]. A ticket carries no secret and no authority: whoever dials its
+//! addresses still has to find the NodeId it names at the other end (TLS checks it).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use data_encoding::BASE32_NOPAD;
+use kith_keys::NodeId;
+use serde::{Deserialize, Serialize};
+
+const PREFIX: &str = "kith1";
+/// More addresses than anyone needs; bounds what a pasted ticket can make us dial.
+pub const MAX_ADDRS: usize = 16;
+
+/// Who a node is and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub node_id: NodeId,
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    #[error("a ticket starts with \"{PREFIX}\" (get one with `kith ticket` on the other node)")]
+    BadPrefix,
+    #[error("the ticket is not valid base32; was it cut off or changed when pasted?")]
+    BadEncoding,
+    #[error("the ticket's contents are damaged; was it cut off when pasted?")]
+    BadContents,
+    #[error("the ticket names a node id that is not a valid key")]
+    BadNodeId,
+    #[error("the ticket lists {0} addresses; at most {MAX_ADDRS} are allowed")]
+    TooManyAddrs(usize),
+}
+
+impl fmt::Display for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = postcard::to_allocvec(self).map_err(|_| fmt::Error)?;
+        write!(f, "{PREFIX}{}", BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    }
+}
+
+impl FromStr for Ticket {
+    type Err = TicketError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let body = s
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .map(|_| &s[PREFIX.len()..])
+            .ok_or(TicketError::BadPrefix)?;
+        let bytes = BASE32_NOPAD
+            .decode(body.to_ascii_uppercase().as_bytes())
+            .map_err(|_| TicketError::BadEncoding)?;
+        let ticket: Ticket = postcard::from_bytes(&bytes).map_err(|_| TicketError::BadContents)?;
+        NodeId::from_bytes(*ticket.node_id.as_bytes()).map_err(|_| TicketError::BadNodeId)?;
+        if ticket.addrs.len() > MAX_ADDRS {
+            return Err(TicketError::TooManyAddrs(ticket.addrs.len()));
+        }
+        Ok(ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_keys::NodeKey;
+
+    fn sample() -> Ticket {
+        Ticket {
+            node_id: NodeKey::generate().node_id(),
+            addrs: vec!["127.0.0.1:7444".parse().unwrap(), "[::1]:7444".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_is_one_lowercase_word() {
+        let ticket = sample();
+        let text = ticket.to_string();
+        assert!(text.starts_with("kith1"));
+        assert!(text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_eq!(text.parse::<Ticket>().unwrap(), ticket);
+        assert_eq!(format!("  {text}\n").parse::<Ticket>().unwrap(), ticket);
+    }
+
+    #[test]
+    fn damaged_tickets_say_what_is_wrong() {
+        let text = sample().to_string();
+        assert_eq!("hello".parse::<Ticket>(), Err(TicketError::BadPrefix));
+        assert_eq!(format!("{text}!").parse::<Ticket>(), Err(TicketError::BadEncoding));
+        // 16 base32 characters decode to 10 bytes: valid base32, but a truncated ticket.
+        assert_eq!(text[..21].parse::<Ticket>(), Err(TicketError::BadContents));
+    }
+
+    #[test]
+    fn too_many_addresses_are_refused() {
+        let mut ticket = sample();
+        ticket.addrs = vec!["127.0.0.1:1".parse().unwrap(); MAX_ADDRS + 1];
+        assert_eq!(
+            ticket.to_string().parse::<Ticket>(),
+            Err(TicketError::TooManyAddrs(MAX_ADDRS + 1))
+        );
+    }
+}

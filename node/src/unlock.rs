@@ -1,0 +1,115 @@
+//! Getting the keystore passphrase from the operator and unlocking the node key.
+//!
+//! Sources, in order: `--passphrase-file` / `KITH_PASSPHRASE_FILE`, then a prompt on
+//! the controlling terminal. The passphrase only ever lives in zeroizing buffers; this
+//! module must never echo, log or keep it.
+
+use std::fs;
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+
+use kith_keys::NodeKey;
+use kith_keys::keystore::{self, KeystoreError, Passphrase, Secrets};
+use zeroize::Zeroizing;
+
+use crate::datadir::{DataDir, DataDirError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot read the passphrase file {path}")]
+    ReadFile { path: PathBuf, source: io::Error },
+    #[error("the passphrase file {0} is empty")]
+    EmptyFile(PathBuf),
+    #[error(
+        "the keystore is encrypted and no passphrase was given: pass --passphrase-file FILE, \
+         set KITH_PASSPHRASE_FILE, or run on a terminal to be asked"
+    )]
+    NoPassphrase,
+    #[error("cannot read the passphrase from the terminal")]
+    Prompt(#[source] io::Error),
+    #[error("the passphrase is empty; choose one, or pass --insecure-no-passphrase for a throwaway node")]
+    EmptyPassphrase,
+    #[error("the two passphrases differ")]
+    Mismatch,
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    #[error("cannot derive the node key")]
+    Derive(#[source] kith_keys::slip10::DeriveError),
+}
+
+/// Reads a passphrase file: its contents less one trailing newline.
+pub fn read_passphrase_file(path: &Path) -> Result<Passphrase, UnlockError> {
+    let bytes = Zeroizing::new(fs::read(path).map_err(|source| UnlockError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?);
+    let mut text = Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(UnlockError::EmptyFile(path.to_path_buf()));
+    }
+    Ok(Passphrase::new(std::mem::take(&mut *text)))
+}
+
+fn prompt(label: &str) -> Result<Zeroizing<String>, UnlockError> {
+    rpassword::prompt_password(label)
+        .map(Zeroizing::new)
+        .map_err(UnlockError::Prompt)
+}
+
+fn have_terminal() -> bool {
+    io::stdin().is_terminal() || fs::File::open("/dev/tty").is_ok()
+}
+
+/// The passphrase for a new keystore: from the file, or asked twice on the terminal.
+pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, UnlockError> {
+    if let Some(path) = file {
+        return read_passphrase_file(path);
+    }
+    if !have_terminal() {
+        return Err(UnlockError::NoPassphrase);
+    }
+    let first = prompt("New keystore passphrase: ")?;
+    if first.is_empty() {
+        return Err(UnlockError::EmptyPassphrase);
+    }
+    let second = prompt("Repeat the passphrase: ")?;
+    if *first != *second {
+        return Err(UnlockError::Mismatch);
+    }
+    Ok(Passphrase::new(first.to_string()))
+}
+
+/// What an unlocked keystore yields.
+pub struct Unlocked {
+    pub secrets: Secrets,
+    pub key: NodeKey,
+    /// True when the keystore was written with `--insecure-no-passphrase`.
+    pub insecure: bool,
+}
+
+/// Opens the data dir's keystore, asking for the passphrase only when it is encrypted.
+pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlocked, UnlockError> {
+    data_dir.require_initialised()?;
+    let path = data_dir.keystore();
+    let encrypted = keystore::is_encrypted(&path)?;
+    let passphrase = if !encrypted {
+        None
+    } else if let Some(file) = passphrase_file {
+        Some(read_passphrase_file(file)?)
+    } else if have_terminal() {
+        Some(Passphrase::new(prompt("Keystore passphrase: ")?.to_string()))
+    } else {
+        return Err(UnlockError::NoPassphrase);
+    };
+    let secrets = keystore::open(&path, passphrase.as_ref())?;
+    let key = secrets.node_key().map_err(UnlockError::Derive)?;
+    Ok(Unlocked { secrets, key, insecure: !encrypted })
+}
