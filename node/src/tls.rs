@@ -1,1 +1,576 @@
-//! QUIC/TLS identity binding (in progress).
+//! The QUIC/TLS identity layer: binds every QUIC connection to the [`NodeId`] of the
+//! key at its other end.
+//!
+//! A node's TLS certificate is self-signed by its node key (Ed25519), so the
+//! certificate's public key *is* the NodeId. Both sides present certificates
+//! (mutual TLS 1.3) and the TLS handshake signature proves that the peer holds
+//! the key, not merely a copy of someone's certificate. A dialler names the
+//! NodeId it expects and the handshake fails if the server's differs; a listener
+//! accepts any well-formed node certificate and reports the NodeId upwards.
+//!
+//! What this module must never do:
+//!
+//! - decide trust. It answers "which key is at the other end", never "should we
+//!   talk to it"; that decision belongs to the protocol layer, after the handshake.
+//! - rely on names, CAs, validity dates or anything else in the certificate but its
+//!   Ed25519 key: the identity is the key, and the certificate is only its carrier.
+//! - accept a connection without a fresh proof of key possession: TLS 1.2, session
+//!   resumption and 0-RTT are all off, so every connection runs a full TLS 1.3
+//!   handshake with certificate signatures.
+//! - use a process-wide default crypto provider: the ring provider is passed
+//!   explicitly, so nothing depends on (or panics for lack of) global state.
+//! - hold the node's secret in more places than it must: the certificate is
+//!   signed through the same in-memory TLS signing key, and the PKCS#8 buffer the
+//!   key is loaded from is wiped on drop.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use der::Reader as _;
+use kith_keys::{IdError, NodeId, NodeKey, Signature};
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, PeerIncompatible,
+    PeerMisbehaved, SignatureScheme,
+};
+
+/// The one application protocol a kith node speaks. A peer offering anything else
+/// (or nothing) is refused by the TLS layer: QUIC requires an ALPN match.
+pub const ALPN: &[u8] = b"kith/1";
+
+/// The server name a dialler sends. It is the same for every node on purpose: SNI
+/// travels in clear text, so an id-based name would tell every on-path observer
+/// which node is being dialled. Verification never looks at names.
+pub const SERVER_NAME: &str = "kith";
+
+/// Suffix of the certificate's subject alternative name (`<node id>.kith`). Purely
+/// informational, for humans reading a certificate dump.
+const SAN_SUFFIX: &str = ".kith";
+
+/// How long a connection may be silent before it is dropped. The smaller of both
+/// sides' values applies.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an otherwise silent connection sends a keep-alive. A third of the idle
+/// timeout, so two lost keep-alives do not yet kill the connection, and short enough
+/// to keep typical NAT bindings (often 30 s or more for UDP) open.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Concurrent bidirectional streams a peer may open. The protocol uses one short
+/// request/response stream per exchange; 32 leaves room for pipelining while
+/// bounding what an untrusted (not yet vetted) peer can make us hold open.
+const MAX_BIDI_STREAMS: u32 = 32;
+/// The protocol uses no unidirectional streams, so a peer may open none.
+const MAX_UNI_STREAMS: u32 = 0;
+
+/// QUIC application close code a dialler uses when the connection it got is not
+/// bound to the node it asked for (only reachable if a verifier were bypassed).
+const CLOSE_WRONG_PEER: u32 = 1;
+
+/// DER of an Ed25519 SubjectPublicKeyInfo up to the key bytes (RFC 8410 §4):
+/// SEQUENCE(42) { SEQUENCE(5) { OID 1.3.101.112 }, BIT STRING(33) { 0 unused bits, <32 bytes> } }.
+/// DER is canonical and RFC 8410 forbids algorithm parameters, so every Ed25519 SPKI
+/// is exactly these 12 bytes followed by the 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+/// DER of the Ed25519 AlgorithmIdentifier (RFC 8410 §3): SEQUENCE { OID 1.3.101.112 }.
+const ED25519_ALGORITHM_ID: [u8; 7] = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// Why a certificate, TLS configuration or connection could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server presented node {presented}, expected {expected}")]
+    WrongPeer { expected: NodeId, presented: NodeId },
+    #[error("the certificate's key is not Ed25519; kith nodes are identified only by Ed25519 keys")]
+    NotEd25519,
+    #[error("the certificate carries an unusable node key: {0}")]
+    BadKey(#[source] IdError),
+    #[error("bad node certificate: {0}")]
+    BadCertificate(String),
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+    #[error("could not build the node certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("TLS configuration error: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("TLS configuration is unusable for QUIC: {0}")]
+    QuicCrypto(#[from] NoInitialCipherSuite),
+    #[error("could not open a QUIC endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start a QUIC connection: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("QUIC connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+/// The node's self-signed certificate and its private key as PKCS#8.
+///
+/// The certificate's SubjectPublicKeyInfo is the node's Ed25519 key and its subject
+/// alternative name is `<node id>.kith`. It is valid from 1975 to 9999: the identity
+/// is the key, so the certificate never expires and validity dates are never checked.
+/// The same key always yields the same certificate (Ed25519 signatures and rcgen's
+/// key-derived serial number are deterministic).
+///
+/// The returned [`PrivateKeyDer`] is a plain copy of the secret that is *not* wiped
+/// on drop; prefer [`server_config`] / [`client_config`], which never make one.
+pub fn node_certificate(
+    key: &NodeKey,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+    let pkcs8 = key.to_pkcs8_der();
+    let signer = signing_key(&pkcs8)?;
+    let cert = self_signed_certificate(key.node_id(), signer)?;
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
+    Ok((cert, private))
+}
+
+/// The NodeId a node certificate carries.
+///
+/// Refuses anything that is not a well-formed X.509 v3 certificate (parsed by
+/// rustls-webpki), whose key is not Ed25519, whose key is weak or invalid, whose
+/// issuer differs from its subject, or whose self-signature does not verify
+/// (strictly) under its own key.
+///
+/// The self-signature is defence in depth, not the proof of identity: anyone can
+/// replay a node's certificate, and only the TLS handshake signature shows the
+/// peer holds the key.
+pub fn node_id_from_certificate(cert: &CertificateDer<'_>) -> Result<NodeId, TlsError> {
+    let parsed = webpki::EndEntityCert::try_from(cert).map_err(|e| {
+        TlsError::BadCertificate(format!("not a well-formed X.509 certificate: {e}"))
+    })?;
+    let spki = parsed.subject_public_key_info();
+    let raw_key: [u8; 32] = spki
+        .as_ref()
+        .strip_prefix(ED25519_SPKI_PREFIX.as_slice())
+        .and_then(|rest| rest.try_into().ok())
+        .ok_or(TlsError::NotEd25519)?;
+    let id = NodeId::from_bytes(raw_key).map_err(TlsError::BadKey)?;
+    if parsed.issuer() != parsed.subject() {
+        return Err(TlsError::BadCertificate(
+            "not self-signed: issuer and subject differ".into(),
+        ));
+    }
+
+    let signed = split_certificate(cert.as_ref()).map_err(|e| {
+        TlsError::BadCertificate(format!("not a well-formed X.509 certificate: {e}"))
+    })?;
+    if signed.algorithm != ED25519_ALGORITHM_ID {
+        return Err(TlsError::BadCertificate(
+            "the certificate is not signed with Ed25519".into(),
+        ));
+    }
+    let signature: [u8; 64] = signed
+        .signature
+        .try_into()
+        .map_err(|_| TlsError::BadCertificate("an Ed25519 signature is 64 bytes".into()))?;
+    id.verify(signed.tbs, &Signature(signature)).map_err(|_| {
+        TlsError::BadCertificate(
+            "the self-signature does not verify under the certificate's key".into(),
+        )
+    })?;
+    Ok(id)
+}
+
+/// The QUIC server configuration of a node: TLS 1.3 only, ALPN `kith/1`, this
+/// node's certificate, and a mandatory client certificate from every peer.
+pub fn server_config(key: &NodeKey) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = ring_provider();
+    let verifier = Arc::new(AnyNodeClientVerifier {
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(node_identity(key)?);
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No session tickets or session cache: a resumed TLS 1.3 session skips the
+    // certificate exchange, so the peer would not prove its key on that connection.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // `max_early_data_size` stays 0: 0-RTT data is replayable by an on-path attacker.
+
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// The QUIC client configuration for dialling the node `expected`: TLS 1.3 only,
+/// ALPN `kith/1`, this node's certificate for client authentication, and a server
+/// verifier that accepts exactly `expected`'s key.
+pub fn client_config(key: &NodeKey, expected: NodeId) -> Result<quinn::ClientConfig, TlsError> {
+    Ok(client_config_reporting(key, expected)?.0)
+}
+
+/// The NodeId bound to an established connection: the key of the certificate the
+/// peer presented and proved possession of during the handshake.
+pub fn peer_node_id(conn: &quinn::Connection) -> Result<NodeId, TlsError> {
+    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| {
+            TlsError::BadCertificate("the peer identity is not a certificate chain".into())
+        })?;
+    let leaf = chain.first().ok_or(TlsError::NoPeerCertificate)?;
+    node_id_from_certificate(leaf)
+}
+
+/// A QUIC endpoint bound to `listen` (port 0 picks a free port) that accepts
+/// connections as `key` and can dial with [`dial`]. It has no default client
+/// configuration on purpose: every outgoing connection must name the NodeId it
+/// expects. Must be called within a Tokio runtime.
+pub fn make_endpoint(key: &NodeKey, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+    quinn::Endpoint::server(server_config(key)?, listen).map_err(|source| TlsError::Bind {
+        addr: listen,
+        source,
+    })
+}
+
+/// Connects from `endpoint` to the node `expected` at `addr`, authenticating as
+/// `key`. The returned connection's [`peer_node_id`] is `expected`; a server with
+/// any other key fails the handshake with [`TlsError::WrongPeer`].
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    key: &NodeKey,
+    addr: SocketAddr,
+    expected: NodeId,
+) -> Result<quinn::Connection, TlsError> {
+    let (config, refused) = client_config_reporting(key, expected)?;
+    let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
+    let conn = match connecting.await {
+        Ok(conn) => conn,
+        // The verifier recorded why it refused: report that rather than the
+        // generic handshake failure quinn sees.
+        Err(e) => {
+            return Err(match refused.get() {
+                Some(&presented) => TlsError::WrongPeer {
+                    expected,
+                    presented,
+                },
+                None => e.into(),
+            });
+        }
+    };
+    // The verifier already enforced this; checking the finished connection too
+    // keeps the guarantee local to this function.
+    let presented = match peer_node_id(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            conn.close(
+                VarInt::from_u32(CLOSE_WRONG_PEER),
+                b"no usable peer identity",
+            );
+            return Err(e);
+        }
+    };
+    if presented != expected {
+        conn.close(VarInt::from_u32(CLOSE_WRONG_PEER), b"wrong peer");
+        return Err(TlsError::WrongPeer {
+            expected,
+            presented,
+        });
+    }
+    Ok(conn)
+}
+
+/// [`client_config`], plus the slot where its verifier records the NodeId of a
+/// server it refused (so [`dial`] can report a typed [`TlsError::WrongPeer`]).
+fn client_config_reporting(
+    key: &NodeKey,
+    expected: NodeId,
+) -> Result<(quinn::ClientConfig, Arc<OnceLock<NodeId>>), TlsError> {
+    let provider = ring_provider();
+    let refused = Arc::new(OnceLock::new());
+    let verifier = Arc::new(ExpectedNodeServerVerifier {
+        expected,
+        refused: refused.clone(),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(node_identity(key)?);
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: every connection proves the server's key afresh (see server_config).
+    tls.resumption = rustls::client::Resumption::disabled();
+    // `enable_early_data` stays false: no replayable 0-RTT.
+
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    config.transport_config(transport_config());
+    Ok((config, refused))
+}
+
+/// Connection limits shared by both directions. Deliberately small: a peer is
+/// untrusted until the protocol layer says otherwise, so it gets bounded resources
+/// and a dead peer is noticed within the idle timeout.
+fn transport_config() -> Arc<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    // IdleTimeout from a VarInt is in milliseconds and cannot fail.
+    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
+        IDLE_TIMEOUT.as_millis() as u32,
+    ))));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
+    Arc::new(transport)
+}
+
+/// The ring provider, passed explicitly to every config (never installed globally).
+fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls signing key for a node key. The PKCS#8 buffer is the caller's and is
+/// wiped on drop; this borrows it without copying.
+fn signing_key(pkcs8: &[u8]) -> Result<Arc<dyn SigningKey>, TlsError> {
+    Ok(rustls::crypto::ring::sign::any_eddsa_type(
+        &PrivatePkcs8KeyDer::from(pkcs8),
+    )?)
+}
+
+/// The node's certificate and signing key, as a resolver both rustls sides accept.
+fn node_identity(key: &NodeKey) -> Result<Arc<SingleCertAndKey>, TlsError> {
+    let pkcs8 = key.to_pkcs8_der();
+    let signer = signing_key(&pkcs8)?;
+    let cert = self_signed_certificate(key.node_id(), signer.clone())?;
+    let certified = CertifiedKey::new(vec![cert], signer);
+    // Guards against a certificate that does not match the key that will sign handshakes.
+    certified.keys_match()?;
+    Ok(Arc::new(SingleCertAndKey::from(certified)))
+}
+
+/// Builds the self-signed certificate for `id`, signing through `signer`.
+///
+/// rcgen's own `KeyPair::from_pkcs8_der_and_sign_algo` would keep a second copy of
+/// the secret in a buffer that is never wiped; signing through the rustls key keeps
+/// the one in-memory copy TLS needs anyway.
+fn self_signed_certificate(
+    id: NodeId,
+    signer: Arc<dyn SigningKey>,
+) -> Result<CertificateDer<'static>, TlsError> {
+    let key_pair = rcgen::KeyPair::from_remote(Box::new(TlsKeySigner { id, signer }))?;
+    let name = format!("{id}{SAN_SUFFIX}");
+    let mut params = rcgen::CertificateParams::new(vec![name.clone()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.not_before = rcgen::date_time_ymd(1975, 1, 1);
+    // RFC 5280 §4.1.2.5: 9999-12-31 means "no well-defined expiration date".
+    params.not_after = rcgen::date_time_ymd(9999, 12, 31);
+    let cert = params.self_signed(&key_pair)?;
+    Ok(cert.der().clone())
+}
+
+/// Lets rcgen sign a certificate with the node's rustls signing key.
+struct TlsKeySigner {
+    id: NodeId,
+    signer: Arc<dyn SigningKey>,
+}
+
+impl rcgen::RemoteKeyPair for TlsKeySigner {
+    fn public_key(&self) -> &[u8] {
+        self.id.as_bytes()
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let signer = self
+            .signer
+            .choose_scheme(&[SignatureScheme::ED25519])
+            .ok_or(rcgen::Error::RemoteKeyError)?;
+        signer.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
+}
+
+/// The three parts of `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm,
+/// signatureValue }` (RFC 5280 §4.1), as raw DER slices.
+struct SignedParts<'a> {
+    /// The complete tbsCertificate TLV: the bytes the signature covers.
+    tbs: &'a [u8],
+    /// The complete signatureAlgorithm TLV.
+    algorithm: &'a [u8],
+    /// The signature bits (a BIT STRING with no unused bits).
+    signature: &'a [u8],
+}
+
+/// Splits a certificate with the RustCrypto `der` reader (strict DER, bounds-checked,
+/// no trailing data). Only the outer structure is read here; webpki has already
+/// checked the inside.
+fn split_certificate(cert: &[u8]) -> Result<SignedParts<'_>, der::Error> {
+    let mut reader = der::SliceReader::new(cert)?;
+    let parts = reader.sequence(|seq| {
+        let tbs = seq.tlv_bytes()?;
+        let algorithm = seq.tlv_bytes()?;
+        let bits: der::asn1::BitStringRef<'_> = seq.decode()?;
+        let signature = bits.as_bytes().ok_or_else(|| {
+            der::Error::from(der::ErrorKind::Noncanonical {
+                tag: der::Tag::BitString,
+            })
+        })?;
+        Ok(SignedParts {
+            tbs,
+            algorithm,
+            signature,
+        })
+    })?;
+    reader.finish(parts)
+}
+
+/// Checks the end-entity certificate a peer presented: exactly one self-signed
+/// Ed25519 node certificate. Names, dates and OCSP are deliberately ignored.
+fn check_presented(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<NodeId, rustls::Error> {
+    if !intermediates.is_empty() {
+        return Err(refuse(TlsError::BadCertificate(
+            "a kith node presents exactly one self-signed certificate, not a chain".into(),
+        )));
+    }
+    node_id_from_certificate(end_entity).map_err(refuse)
+}
+
+/// A rustls certificate error carrying our explanation.
+fn refuse(err: TlsError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
+}
+
+/// Verifies the peer's TLS 1.3 CertificateVerify signature with its certificate's
+/// key. This is the proof of key possession; only Ed25519 is accepted.
+fn verify_handshake_signature(
+    algorithms: &WebPkiSupportedAlgorithms,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    if dss.scheme != SignatureScheme::ED25519 {
+        return Err(PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
+    }
+    rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+}
+
+/// QUIC is TLS 1.3 only and both configs enable nothing else; a TLS 1.2 signature
+/// can only mean a misconfiguration, so it is refused rather than checked.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(PeerIncompatible::Tls13RequiredForQuic.into())
+}
+
+/// The dialler's verifier: accepts a server iff its certificate carries `expected`.
+#[derive(Debug)]
+struct ExpectedNodeServerVerifier {
+    expected: NodeId,
+    /// Where a refused server's NodeId is recorded for [`dial`]'s error.
+    refused: Arc<OnceLock<NodeId>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ExpectedNodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = check_presented(end_entity, intermediates)?;
+        if presented != self.expected {
+            // Ignoring the result: one verifier sees one handshake, so the slot is empty.
+            let _ = self.refused.set(presented);
+            return Err(refuse(TlsError::WrongPeer {
+                expected: self.expected,
+                presented,
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        refuse_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_handshake_signature(&self.algorithms, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// The listener's verifier: requires a client certificate and accepts any node
+/// certificate. Whether that node is trusted is the protocol layer's decision.
+#[derive(Debug)]
+struct AnyNodeClientVerifier {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyNodeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No CAs: every node certificate is self-signed.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        check_presented(end_entity, intermediates)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        refuse_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_handshake_signature(&self.algorithms, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
