@@ -1,1 +1,45 @@
-//! kith-protocol: placeholder until its issue lands.
+//! kith-protocol: the wire format, framing, validation and trust state machine
+//! of kith, with no I/O.
+//!
+//! Like quinn-proto, this crate is sans-IO: it opens no sockets, runs no async
+//! runtime, reads no clock and touches no file. Every function that needs the
+//! time takes `now_ms` (milliseconds since the Unix epoch) as an argument,
+//! randomness comes in as an RNG argument, and every decision comes back as
+//! data — envelopes to send, events, store writes — for the caller to carry
+//! out. The daemon (`kith-node`) and the simulator (`kith-sim`) drive the same
+//! code, so what the simulator proves is what the daemon does.
+//!
+//! # Layout
+//!
+//! - [`wire`]: [`Envelope`], [`Body`], [`Kind`], [`Ack`], [`AckStatus`] and
+//!   [`Message`] — what travels on a stream — plus signing and verification.
+//! - [`frame`]: `u32` LE length + postcard framing; [`FrameDecoder`] takes
+//!   bytes in any chunks and refuses oversized frames from their prefix.
+//! - [`validate`]: the stateless envelope rules ([`check_envelope`]), the text
+//!   rules ([`check_text`]), [`Refusal`], and [`escape_for_display`] for showing
+//!   peer text to operators.
+//! - [`replay`]: the bounded, time-limited (sender, nonce) cache.
+//! - [`machine`]: [`TrustMachine`], the per-node trust state machine:
+//!   [`Input`] in, [`Output`] out.
+
+pub mod frame;
+pub mod machine;
+pub mod replay;
+pub mod validate;
+pub mod wire;
+
+pub use frame::{
+    FrameDecoder, FrameError, MAX_BUFFERED, MAX_FRAME_LEN, decode_frame, encode_frame,
+};
+pub use machine::{
+    AllowEntry, AuditAction, AuditEntry, Command, CommandError, Config, DEFAULT_PENDING_TTL_MS,
+    DEFAULT_SKEW_MS, Decider, Event, EventKind, Input, MAX_NAME_CHARS, Output, PeerRecord, Reply,
+    StoreWrite, TextField, TrustMachine, TrustState,
+};
+pub use replay::NonceCache;
+pub use validate::{
+    Refusal, TextError, check_envelope, check_text, escape_for_display, is_unsafe_for_display,
+};
+pub use wire::{
+    Ack, AckStatus, Body, Envelope, Kind, MAX_TEXT_CHARS, Message, PROTOCOL_VERSION, SIGNING_DOMAIN,
+};
