@@ -46,9 +46,8 @@
 //! check and GCM tag catch deliberate edits.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::AeadInPlace;
@@ -58,6 +57,7 @@ use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::NodeKey;
+use crate::fsutil::{self, WriteError, WriteMode};
 use crate::hash::{hmac_sha256, sha256_into};
 use crate::mnemonic::Mnemonic;
 use crate::slip10::{DeriveError, derive_node_key, node_key_path};
@@ -304,7 +304,7 @@ pub fn create(path: &Path, secrets: &Secrets, protection: Protection) -> Result<
         return Err(KeystoreError::AlreadyExists(path.to_path_buf()));
     }
     let bytes = encode(secrets, protection)?;
-    write_atomically(path, &bytes, WriteMode::CreateNew)
+    fsutil::write_private(path, &bytes, WriteMode::CreateNew).map_err(write_error)
 }
 
 /// Writes a keystore at `path`, atomically replacing any existing one (for
@@ -315,7 +315,7 @@ pub fn replace(
     protection: Protection,
 ) -> Result<(), KeystoreError> {
     let bytes = encode(secrets, protection)?;
-    write_atomically(path, &bytes, WriteMode::Replace)
+    fsutil::write_private(path, &bytes, WriteMode::Replace).map_err(write_error)
 }
 
 /// Opens the keystore at `path`. `passphrase` is required for an encrypted
@@ -625,6 +625,13 @@ fn key_check(key: &[u8; 32]) -> [u8; CHECK_LEN] {
     check
 }
 
+fn write_error(e: WriteError) -> KeystoreError {
+    match e {
+        WriteError::AlreadyExists(path) => KeystoreError::AlreadyExists(path),
+        WriteError::Io { path, source } => KeystoreError::Io { path, source },
+    }
+}
+
 fn fill_random(buf: &mut [u8]) -> Result<(), KeystoreError> {
     OsRng
         .try_fill_bytes(buf)
@@ -658,85 +665,6 @@ fn read_prefix(path: &Path, limit: usize) -> Result<Zeroizing<Vec<u8>>, Keystore
     }
     buf.truncate(filled);
     Ok(buf)
-}
-
-enum WriteMode {
-    /// Link into place; fail if anything is at the target.
-    CreateNew,
-    /// Rename into place over whatever is there.
-    Replace,
-}
-
-/// Removes the temp file on every early return.
-struct TempFile(Option<PathBuf>);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            // Best effort: the write already failed or succeeded by now.
-            let _ = fs::remove_file(path);
-        }
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8], mode: WriteMode) -> Result<(), KeystoreError> {
-    let io_at = |at: &Path| {
-        let at = at.to_path_buf();
-        move |source| KeystoreError::Io { path: at, source }
-    };
-    let name = path.file_name().ok_or_else(|| {
-        io_at(path)(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the keystore path does not name a file",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut suffix = [0u8; 8];
-    fill_random(&mut suffix)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        data_encoding::HEXLOWER.encode(&suffix)
-    ));
-
-    // O_EXCL: never follow a planted symlink or write into someone else's file.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_at(&tmp))?;
-    let mut guard = TempFile(Some(tmp.clone()));
-    // The umask may have cleared bits of 0600 at creation; fchmod ignores it.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(io_at(&tmp))?;
-    file.write_all(bytes).map_err(io_at(&tmp))?;
-    file.sync_all().map_err(io_at(&tmp))?;
-    drop(file);
-
-    match mode {
-        // link(2) fails with EEXIST rather than replacing, unlike rename(2).
-        WriteMode::CreateNew => fs::hard_link(&tmp, path).map_err(|source| {
-            if source.kind() == io::ErrorKind::AlreadyExists {
-                KeystoreError::AlreadyExists(path.to_path_buf())
-            } else {
-                io_at(path)(source)
-            }
-        })?,
-        WriteMode::Replace => {
-            fs::rename(&tmp, path).map_err(io_at(path))?;
-            guard.0 = None;
-        }
-    }
-    // Unlink the temp name (CreateNew) before the directory fsync, so the
-    // directory is synced in its final state.
-    drop(guard);
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@
 //! - [`keystore`]: the encrypted keystore file ([`keystore::create`],
 //!   [`keystore::open`], ...) holding [`Secrets`] (mnemonic, BIP39 passphrase,
 //!   node index) under a [`Passphrase`] (Argon2id + AES-256-GCM).
+//! - [`fsutil`]: atomic, durable, private (0600) file writes.
 //!
 //! From phrase to node: `Mnemonic` → [`Mnemonic::to_seed`] →
 //! [`derive_node_key`] → `NodeKey` → [`NodeKey::node_id`]; [`Secrets::node_key`]
 //! does all of it and wipes the seed.
 
+pub mod fsutil;
 mod hash;
 pub mod id;
 pub mod keystore;
