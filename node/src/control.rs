@@ -21,12 +21,59 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub enum Request {
     Status,
     Ticket,
-    Request { ticket: String, justification: String },
+    Request {
+        ticket: String,
+        justification: String,
+    },
     Pending,
     Peers,
-    Approve { peer: String, name: Option<String>, note: Option<String>, expires_in_ms: Option<u64> },
-    Reject { peer: String, reason: String },
-    Revoke { peer: String, reason: String },
+    Approve {
+        peer: String,
+        name: Option<String>,
+        note: Option<String>,
+        expires_in_ms: Option<u64>,
+    },
+    Reject {
+        peer: String,
+        reason: String,
+    },
+    Revoke {
+        peer: String,
+        reason: String,
+    },
+    Dismiss {
+        peer: String,
+    },
+    Forget {
+        peer: String,
+    },
+    Ignore {
+        peer: String,
+    },
+    Unignore {
+        peer: String,
+    },
+    Ignored,
+    Allow {
+        peer: String,
+        name: Option<String>,
+    },
+    Disallow {
+        peer: String,
+    },
+    Allowed,
+    Rename {
+        peer: String,
+        name: Option<String>,
+        note: Option<String>,
+    },
+    Ping {
+        peer: String,
+    },
+    /// Recent events; with `follow`, keeps the connection open and streams new ones.
+    Events {
+        follow: bool,
+    },
 }
 
 /// The daemon's answer: data, or one human sentence saying why not.
@@ -43,7 +90,11 @@ pub enum ControlError {
         "no kith daemon is running for {data_dir}: start one with `kith run` \
          (or point --data-dir at the node you mean)"
     )]
-    NotRunning { data_dir: PathBuf, #[source] source: io::Error },
+    NotRunning {
+        data_dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("lost the connection to the daemon")]
     Io(#[from] io::Error),
     #[error("the daemon sent something this kith does not understand")]
@@ -52,12 +103,18 @@ pub enum ControlError {
     NoAnswer,
     #[error("another kith daemon is already running for {0}")]
     AlreadyRunning(PathBuf),
-    #[error("refusing a control connection from uid {uid}: only uid {own} or root may control this node")]
+    #[error(
+        "refusing a control connection from uid {uid}: only uid {own} or root may control this node"
+    )]
     Forbidden { uid: u32, own: u32 },
 }
 
 /// Client side: one request, one response.
-pub async fn call(socket: &Path, data_dir: &Path, request: &Request) -> Result<Response, ControlError> {
+pub async fn call(
+    socket: &Path,
+    data_dir: &Path,
+    request: &Request,
+) -> Result<Response, ControlError> {
     let mut lines = open(socket, data_dir, request).await?;
     let line = lines.next_line().await?.ok_or(ControlError::NoAnswer)?;
     serde_json::from_str(&line).map_err(ControlError::Protocol)
@@ -69,9 +126,13 @@ pub async fn open(
     data_dir: &Path,
     request: &Request,
 ) -> Result<tokio::io::Lines<BufReader<UnixStream>>, ControlError> {
-    let mut stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ControlError::NotRunning { data_dir: data_dir.to_path_buf(), source })?;
+    let mut stream =
+        UnixStream::connect(socket)
+            .await
+            .map_err(|source| ControlError::NotRunning {
+                data_dir: data_dir.to_path_buf(),
+                source,
+            })?;
     let mut line = serde_json::to_vec(request).map_err(ControlError::Protocol)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
@@ -102,18 +163,25 @@ pub fn check_peer(stream: &UnixStream) -> Result<(), ControlError> {
     if cred.uid() == own || cred.uid() == 0 {
         Ok(())
     } else {
-        Err(ControlError::Forbidden { uid: cred.uid(), own })
+        Err(ControlError::Forbidden {
+            uid: cred.uid(),
+            own,
+        })
     }
 }
 
 fn effective_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     // The uid that owns our own process directory is our effective uid; avoids unsafe geteuid.
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }
 
 /// Reads one request line from a client, bounded in length.
-pub async fn read_request(stream: &mut BufReader<UnixStream>) -> Result<Option<Request>, ControlError> {
+pub async fn read_request(
+    stream: &mut BufReader<UnixStream>,
+) -> Result<Option<Request>, ControlError> {
     let mut buf = Vec::new();
     let mut limited = tokio::io::AsyncReadExt::take(&mut *stream, MAX_REQUEST_LEN as u64 + 1);
     let n = limited.read_until(b'\n', &mut buf).await?;
@@ -126,13 +194,109 @@ pub async fn read_request(stream: &mut BufReader<UnixStream>) -> Result<Option<R
             "control request too long",
         )));
     }
-    serde_json::from_slice(&buf).map(Some).map_err(ControlError::Protocol)
+    serde_json::from_slice(&buf)
+        .map(Some)
+        .map_err(ControlError::Protocol)
 }
 
 /// Writes one response line.
-pub async fn write_response(stream: &mut BufReader<UnixStream>, response: &Response) -> Result<(), ControlError> {
+pub async fn write_response(
+    stream: &mut BufReader<UnixStream>,
+    response: &Response,
+) -> Result<(), ControlError> {
     let mut line = serde_json::to_vec(response).map_err(ControlError::Protocol)?;
     line.push(b'\n');
     stream.get_mut().write_all(&line).await?;
     Ok(())
+}
+
+/// One peer as `kith peers` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    pub node_id: String,
+    pub short_id: String,
+    pub name: Option<String>,
+    pub note: Option<String>,
+    /// none, outgoing_pending, incoming_pending, trusted, rejected, rejected_by_peer, revoked, revoked_by_peer, expired
+    pub state: String,
+    /// When the peer entered this state (ms since the Unix epoch).
+    pub since_ms: u64,
+    pub address: Option<String>,
+    pub justification: Option<String>,
+    pub reason: Option<String>,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One pending request as `kith pending` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingView {
+    pub node_id: String,
+    pub short_id: String,
+    /// "incoming" (waiting for our approval) or "outgoing" (waiting for theirs).
+    pub direction: String,
+    pub justification: String,
+    pub received_at_ms: u64,
+    pub address: Option<String>,
+}
+
+/// What `kith status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    pub node_id: String,
+    pub version: String,
+    pub data_dir: String,
+    pub listen: String,
+    pub ticket: String,
+    pub trusted: usize,
+    pub pending_incoming: usize,
+    pub pending_outgoing: usize,
+    pub keystore_encrypted: bool,
+    pub hardened: bool,
+    pub auto_approve: bool,
+    pub started_at_ms: u64,
+}
+
+/// The outcome of a command that sent an envelope to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SentView {
+    /// This node's id (the one the peer's operator approves).
+    pub from: String,
+    pub node_id: String,
+    /// Our side's state for the peer after the command.
+    pub state: String,
+    /// True when the peer acknowledged the envelope; false when delivery is being retried.
+    pub delivered: bool,
+    /// The peer's acknowledgement ("pending", "trusted", ...) or why it could not be reached.
+    pub detail: String,
+}
+
+/// A node on the allow or deny list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListedView {
+    pub node_id: String,
+    pub short_id: String,
+    pub name: Option<String>,
+    pub added_ms: Option<u64>,
+}
+
+/// One trust event, as `kith events` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventView {
+    pub at_ms: u64,
+    pub node_id: String,
+    pub short_id: String,
+    /// request_received, request_sent, auto_approved, approved, rejected, rejected_by_peer,
+    /// accepted_by_peer, mutual_trust, revoked, revoked_by_peer, trust_expired, pending_expired,
+    /// pending_evicted, ignored, dismissed, cancelled, refused
+    pub kind: String,
+    /// Justification, reason or refusal, when the event carries one (not escaped).
+    pub detail: Option<String>,
+    pub address: Option<String>,
+}
+
+/// The round trip of `kith ping`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PingView {
+    pub node_id: String,
+    pub rtt_ms: f64,
 }

@@ -16,7 +16,9 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error("cannot work out a data directory: neither $XDG_DATA_HOME nor $HOME is set; pass --data-dir")]
+    #[error(
+        "cannot work out a data directory: neither $XDG_DATA_HOME nor $HOME is set; pass --data-dir"
+    )]
     NoDefault,
     #[error("cannot create data directory {path}")]
     Create { path: PathBuf, source: io::Error },
@@ -36,7 +38,9 @@ impl DataDir {
     /// `--data-dir`/`KITH_DATA_DIR` when given, else `$XDG_DATA_HOME/kith`, else `~/.local/share/kith`.
     pub fn resolve(explicit: Option<&Path>) -> Result<Self, DataDirError> {
         if let Some(path) = explicit {
-            return Ok(DataDir { path: path.to_path_buf() });
+            return Ok(DataDir {
+                path: path.to_path_buf(),
+            });
         }
         let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             Some(xdg) => PathBuf::from(xdg),
@@ -47,7 +51,9 @@ impl DataDir {
                 PathBuf::from(home).join(".local").join("share")
             }
         };
-        Ok(DataDir { path: base.join("kith") })
+        Ok(DataDir {
+            path: base.join("kith"),
+        })
     }
 
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -73,10 +79,15 @@ impl DataDir {
     /// Creates the directory (and parents) with mode 0700. A directory that already
     /// exists keeps its contents but is tightened to 0700.
     pub fn create(&self) -> Result<(), DataDirError> {
-        let create_err = |source| DataDirError::Create { path: self.path.clone(), source };
+        let create_err = |source| DataDirError::Create {
+            path: self.path.clone(),
+            source,
+        };
         match fs::metadata(&self.path) {
             Ok(meta) if !meta.is_dir() => {
-                return Err(DataDirError::NotADirectory { path: self.path.clone() });
+                return Err(DataDirError::NotADirectory {
+                    path: self.path.clone(),
+                });
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -96,7 +107,9 @@ impl DataDir {
         if self.keystore().exists() {
             Ok(())
         } else {
-            Err(DataDirError::NotInitialised { path: self.path.clone() })
+            Err(DataDirError::NotInitialised {
+                path: self.path.clone(),
+            })
         }
     }
 }

@@ -19,7 +19,9 @@ impl HardenReport {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Err(e) = &self.no_dumpable {
-            out.push(format!("could not mark the process non-dumpable (PR_SET_DUMPABLE): {e}"));
+            out.push(format!(
+                "could not mark the process non-dumpable (PR_SET_DUMPABLE): {e}"
+            ));
         }
         if let Err(e) = &self.no_core {
             out.push(format!("could not disable core dumps (RLIMIT_CORE): {e}"));
@@ -36,14 +38,20 @@ pub fn harden_process() -> HardenReport {
     } else {
         Err(io::Error::last_os_error())
     };
-    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `zero` is a valid rlimit that outlives the call.
     let no_core = if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
     };
-    HardenReport { no_dumpable, no_core }
+    HardenReport {
+        no_dumpable,
+        no_core,
+    }
 }
 
 /// Whether the process is currently dumpable (for tests and `kith status`).

@@ -2,14 +2,34 @@
 //!
 //! # Layout
 //!
-//! - [`datadir`]: where a node keeps its keystore, database and control socket.
-//! - [`harden`]: process hardening at daemon start.
+//! - [`node`]: [`Node`] — a QUIC endpoint, the trust state machine and its store, wired
+//!   together; embeddable (see examples/two_nodes.rs).
+//! - [`daemon`]: `kith run` — a node bound to a data dir, answering on its control socket.
+//! - [`control`]: the control socket protocol between `kith` subcommands and the daemon.
+//! - [`store`]: the redb database: peers, allow and deny lists, audit log.
 //! - [`tls`]: node certificates and the verifiers that bind a QUIC connection to a NodeId.
 //! - [`ticket`]: the pasteable string that says who a node is and how to reach it.
-//! - [`control`]: the control socket between `kith` subcommands and the daemon.
+//! - [`addrs`]: which local addresses go into a ticket.
+//! - [`datadir`], [`unlock`], [`harden`]: the data directory, unlocking the keystore,
+//!   and process hardening.
+//! - [`instance`]: the instance record that tells a copied data dir from a moved one.
+//! - [`cli`]: the `kith` command line (the binary's `main` is [`cli::main`]); [`demo`].
 
+pub mod addrs;
+pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod datadir;
+pub mod demo;
 pub mod harden;
+pub mod instance;
+pub mod node;
+pub mod store;
 pub mod ticket;
 pub mod tls;
+pub mod unlock;
+
+pub use node::{Delivery, Node, NodeBuilder, NodeError, StoreLocation};
+
+/// The UDP port a kith node listens on by default.
+pub const DEFAULT_PORT: u16 = 7444;

@@ -25,9 +25,13 @@ const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error")]
-    Db(#[from] redb::Error),
-    #[error("the database was written by a newer kith (schema {found}, this build reads {SCHEMA_VERSION})")]
+    Db(#[source] Box<redb::Error>),
+    #[error(
+        "the database was written by a newer kith (schema {found}, this build reads {SCHEMA_VERSION})"
+    )]
     NewerSchema { found: u32 },
+    #[error("the database commit failed: {0}")]
+    Failed(String),
     #[error("a {table} key in the database is not a node id")]
     BadKey { table: &'static str },
     #[error("a {table} record in the database is damaged")]
@@ -39,7 +43,7 @@ pub enum StoreError {
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
+    StoreError::Db(Box::new(e.into()))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -56,6 +60,8 @@ pub struct Snapshot {
     pub peers: Vec<PeerRecord>,
     pub allow: Vec<(NodeId, AllowEntry)>,
     pub deny: Vec<NodeId>,
+    /// The auto-approve policy as last set by command (false if never set).
+    pub auto_approve: bool,
 }
 
 /// The node's database.
@@ -108,17 +114,42 @@ impl Store {
     pub fn load(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let mut snapshot = Snapshot::default();
-        for item in txn.open_table(PEERS).map_err(db_err)?.iter().map_err(db_err)? {
+        for item in txn
+            .open_table(PEERS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
             let (_, v) = item.map_err(db_err)?;
             snapshot.peers.push(decode("peers", v.value())?);
         }
-        for item in txn.open_table(ALLOW).map_err(db_err)?.iter().map_err(db_err)? {
+        for item in txn
+            .open_table(ALLOW)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
             let (k, v) = item.map_err(db_err)?;
-            snapshot.allow.push((node_id("allow", k.value())?, decode("allow", v.value())?));
+            snapshot
+                .allow
+                .push((node_id("allow", k.value())?, decode("allow", v.value())?));
         }
-        for item in txn.open_table(DENY).map_err(db_err)?.iter().map_err(db_err)? {
+        for item in txn
+            .open_table(DENY)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
             let (k, _) = item.map_err(db_err)?;
             snapshot.deny.push(node_id("deny", k.value())?);
+        }
+        if let Some(v) = txn
+            .open_table(META)
+            .map_err(db_err)?
+            .get("auto_approve")
+            .map_err(db_err)?
+        {
+            snapshot.auto_approve = decode("meta", v.value())?;
         }
         Ok(snapshot)
     }
@@ -134,6 +165,7 @@ impl Store {
             let mut allow = txn.open_table(ALLOW).map_err(db_err)?;
             let mut deny = txn.open_table(DENY).map_err(db_err)?;
             let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
             let mut next_seq = match audit.last().map_err(db_err)? {
                 Some((k, _)) => k.value() + 1,
                 None => 0,
@@ -162,8 +194,14 @@ impl Store {
                     StoreWrite::Undeny(id) => {
                         deny.remove(id.as_bytes().as_slice()).map_err(db_err)?;
                     }
+                    StoreWrite::AutoApprove(on) => {
+                        meta.insert("auto_approve", encode(on).as_slice())
+                            .map_err(db_err)?;
+                    }
                     StoreWrite::Audit(entry) => {
-                        audit.insert(next_seq, encode(entry).as_slice()).map_err(db_err)?;
+                        audit
+                            .insert(next_seq, encode(entry).as_slice())
+                            .map_err(db_err)?;
                         next_seq += 1;
                     }
                 }

@@ -40,7 +40,11 @@ pub enum TicketError {
 impl fmt::Display for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = postcard::to_allocvec(self).map_err(|_| fmt::Error)?;
-        write!(f, "{PREFIX}{}", BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+        write!(
+            f,
+            "{PREFIX}{}",
+            BASE32_NOPAD.encode(&bytes).to_ascii_lowercase()
+        )
     }
 }
 
@@ -74,7 +78,10 @@ mod tests {
     fn sample() -> Ticket {
         Ticket {
             node_id: NodeKey::generate().node_id(),
-            addrs: vec!["127.0.0.1:7444".parse().unwrap(), "[::1]:7444".parse().unwrap()],
+            addrs: vec![
+                "127.0.0.1:7444".parse().unwrap(),
+                "[::1]:7444".parse().unwrap(),
+            ],
         }
     }
 
@@ -83,7 +90,10 @@ mod tests {
         let ticket = sample();
         let text = ticket.to_string();
         assert!(text.starts_with("kith1"));
-        assert!(text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            text.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert_eq!(text.parse::<Ticket>().unwrap(), ticket);
         assert_eq!(format!("  {text}\n").parse::<Ticket>().unwrap(), ticket);
     }
@@ -92,7 +102,10 @@ mod tests {
     fn damaged_tickets_say_what_is_wrong() {
         let text = sample().to_string();
         assert_eq!("hello".parse::<Ticket>(), Err(TicketError::BadPrefix));
-        assert_eq!(format!("{text}!").parse::<Ticket>(), Err(TicketError::BadEncoding));
+        assert_eq!(
+            format!("{text}!").parse::<Ticket>(),
+            Err(TicketError::BadEncoding)
+        );
         // 16 base32 characters decode to 10 bytes: valid base32, but a truncated ticket.
         assert_eq!(text[..21].parse::<Ticket>(), Err(TicketError::BadContents));
     }

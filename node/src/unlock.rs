@@ -13,6 +13,7 @@ use kith_keys::keystore::{self, KeystoreError, Passphrase, Secrets};
 use zeroize::Zeroizing;
 
 use crate::datadir::{DataDir, DataDirError};
+use crate::instance::{Here, InstanceError, InstanceRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
@@ -29,7 +30,9 @@ pub enum UnlockError {
     NoPassphrase,
     #[error("cannot read the passphrase from the terminal")]
     Prompt(#[source] io::Error),
-    #[error("the passphrase is empty; choose one, or pass --insecure-no-passphrase for a throwaway node")]
+    #[error(
+        "the passphrase is empty; choose one, or pass --insecure-no-passphrase for a throwaway node"
+    )]
     EmptyPassphrase,
     #[error("the two passphrases differ")]
     Mismatch,
@@ -37,6 +40,8 @@ pub enum UnlockError {
     Keystore(#[from] KeystoreError),
     #[error("cannot derive the node key")]
     Derive(#[source] kith_keys::slip10::DeriveError),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
 }
 
 /// Reads a passphrase file: its contents less one trailing newline.
@@ -91,8 +96,15 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, UnlockError> {
 pub struct Unlocked {
     pub secrets: Secrets,
     pub key: NodeKey,
+    /// The passphrase it was unlocked with; `None` for an insecure keystore.
+    pub passphrase: Option<Passphrase>,
     /// True when the keystore was written with `--insecure-no-passphrase`.
     pub insecure: bool,
+    /// The data dir's instance record and where this command runs.
+    pub record: InstanceRecord,
+    pub here: Here,
+    /// Whether the record matches where this command runs (see [`crate::instance`]).
+    pub custody: Result<(), InstanceError>,
 }
 
 /// Opens the data dir's keystore, asking for the passphrase only when it is encrypted.
@@ -105,11 +117,38 @@ pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlo
     } else if let Some(file) = passphrase_file {
         Some(read_passphrase_file(file)?)
     } else if have_terminal() {
-        Some(Passphrase::new(prompt("Keystore passphrase: ")?.to_string()))
+        Some(Passphrase::new(
+            prompt("Keystore passphrase: ")?.to_string(),
+        ))
     } else {
         return Err(UnlockError::NoPassphrase);
     };
     let secrets = keystore::open(&path, passphrase.as_ref())?;
     let key = secrets.node_key().map_err(UnlockError::Derive)?;
-    Ok(Unlocked { secrets, key, insecure: !encrypted })
+    let here = Here::detect(data_dir.path())?;
+    let record = match InstanceRecord::load(data_dir.path())? {
+        Some(record) => record,
+        None => {
+            // A data dir from before instance records: it is taken to belong here.
+            let record = InstanceRecord::new(
+                &here,
+                key.node_id(),
+                secrets.index(),
+                crate::node::now_ms(),
+                None,
+            );
+            record.save(data_dir.path())?;
+            record
+        }
+    };
+    let custody = record.check(&here, key.node_id(), secrets.index());
+    Ok(Unlocked {
+        secrets,
+        key,
+        passphrase,
+        insecure: !encrypted,
+        record,
+        here,
+        custody,
+    })
 }

@@ -274,6 +274,11 @@ pub enum AuditAction {
     Allowed,
     Disallowed,
     AutoApproveSet(bool),
+    /// This data dir became a new node (`kith fork`); detail: the parent's id and index.
+    /// Variants are stored by position: append only.
+    Forked,
+    /// This node's data dir was confirmed at a new machine or path (`kith adopt`).
+    Adopted,
 }
 
 /// One line of the append-only audit log of trust decisions.

@@ -12,7 +12,11 @@ use zeroize::Zeroizing;
 
 use super::output::print_json;
 use super::{Context, exit};
+use crate::instance::{Here, InstanceError, InstanceRecord, Parent, random_index};
+use crate::node::now_ms;
+use crate::store::Store;
 use crate::unlock::{self, Unlocked};
+use kith_protocol::machine::{AuditAction, AuditEntry, StoreWrite};
 
 /// Create this machine's node identity: a new 24-word recovery phrase (or a recovered one),
 /// encrypted into the data directory's keystore.
@@ -51,8 +55,12 @@ pub struct InitArgs {
 /// Print this node's id (unlocks the keystore).
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The id is printed on the first line of stdout, so scripts can use $(kith id | head -1).
-Give it to the operator of another node, or share `kith ticket` once the daemon runs.")]
+Examples:
+  kith id                       the id, then its derivation index
+  kith id --json                {\"version\":1,\"data\":{\"node_id\":...,\"index\":0}}
+  ID=$(kith id | head -1)       in a script
+
+Give the id to the operator of another node, or share `kith ticket` once the daemon runs.")]
 pub struct IdArgs {
     /// Read the keystore passphrase from this file instead of asking.
     #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
@@ -62,6 +70,10 @@ pub struct IdArgs {
 /// Show the recovery phrase again, for a backup (unlocks the keystore).
 #[derive(Debug, Args)]
 #[command(after_help = "\
+Examples:
+  kith mnemonic                 shows the numbered words on a terminal
+  kith mnemonic > /media/usb/kith-phrase.txt
+
 Anyone who sees the phrase can become this node. Run it where nobody is looking,
 and never paste it into chat, tickets or shell history.")]
 pub struct MnemonicArgs {
@@ -74,6 +86,10 @@ pub struct MnemonicArgs {
 struct IdJson {
     node_id: String,
     index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<Parent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mnemonic: Option<String>,
 }
@@ -96,7 +112,7 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         Some(path) => Zeroizing::new(
             unlock::read_passphrase_file(path)
                 .context("cannot read the BIP39 passphrase")?
-                .expose()
+                .as_str()
                 .to_string(),
         ),
         None => Zeroizing::new(String::new()),
@@ -117,6 +133,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
     };
     keystore::create(&keystore_path, &secrets, protection)
         .with_context(|| format!("cannot write the keystore {}", keystore_path.display()))?;
+    let here = Here::detect(ctx.data_dir.path())?;
+    InstanceRecord::new(&here, key.node_id(), args.index, now_ms(), None)
+        .save(ctx.data_dir.path())?;
 
     let node_id = key.node_id();
     let show_phrase = !args.recover;
@@ -125,6 +144,8 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         print_json(&IdJson {
             node_id: node_id.to_string(),
             index: args.index,
+            instance_id: None,
+            parent: None,
             mnemonic: phrase.as_ref().map(|p| p.to_string()),
         })?;
     } else if show_phrase && io::stdout().is_terminal() {
@@ -133,11 +154,17 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
     } else if show_phrase {
         // Not a terminal: the phrase goes to stdout once, alone on its line, for a script to keep.
         println!("{}", &*secrets.mnemonic().phrase());
-        eprintln!("initialised node {node_id} in {}", ctx.data_dir.path().display());
+        eprintln!(
+            "initialised node {node_id} in {}",
+            ctx.data_dir.path().display()
+        );
         eprintln!("the recovery phrase was printed once on stdout: store it offline");
     } else {
         println!("{node_id}");
-        eprintln!("recovered node {node_id} in {}", ctx.data_dir.path().display());
+        eprintln!(
+            "recovered node {node_id} in {}",
+            ctx.data_dir.path().display()
+        );
     }
     if passphrase.is_none() {
         eprintln!("warning: the keystore is NOT encrypted (--insecure-no-passphrase)");
@@ -163,7 +190,10 @@ fn read_recovery_phrase() -> anyhow::Result<Mnemonic> {
 
 fn print_phrase_for_backup(phrase: &str) {
     let words: Vec<&str> = phrase.split_whitespace().collect();
-    println!("Your recovery phrase ({} words). It is shown only this once.", words.len());
+    println!(
+        "Your recovery phrase ({} words). It is shown only this once.",
+        words.len()
+    );
     println!("Write it down and keep it offline: anyone with it can become this node,");
     println!("and without it a lost keystore or passphrase cannot be recovered.\n");
     for row in words.chunks(4).enumerate() {
@@ -178,8 +208,14 @@ fn print_phrase_for_backup(phrase: &str) {
     println!();
 }
 
-fn unlock_and_warn(ctx: &Context, passphrase_file: Option<&std::path::Path>) -> anyhow::Result<Unlocked> {
+fn unlock_and_warn(
+    ctx: &Context,
+    passphrase_file: Option<&std::path::Path>,
+) -> anyhow::Result<Unlocked> {
     let unlocked = unlock::unlock(&ctx.data_dir, passphrase_file)?;
+    if let Err(e) = &unlocked.custody {
+        eprintln!("warning: {e}");
+    }
     if unlocked.insecure {
         eprintln!(
             "warning: the keystore in {} is not encrypted; anyone who can read it can become this node",
@@ -193,11 +229,164 @@ pub fn id(ctx: &Context, args: IdArgs) -> anyhow::Result<u8> {
     let unlocked = unlock_and_warn(ctx, args.passphrase_file.as_deref())?;
     let node_id = unlocked.key.node_id();
     let index = unlocked.secrets.index();
+    let parent = unlocked.record.parent.clone();
     if ctx.json {
-        print_json(&IdJson { node_id: node_id.to_string(), index, mnemonic: None })?;
+        print_json(&IdJson {
+            node_id: node_id.to_string(),
+            index,
+            instance_id: Some(unlocked.record.instance_id.clone()),
+            parent,
+            mnemonic: None,
+        })?;
     } else {
         println!("{node_id}");
         println!("index: {index} (m/7444'/0'/{index}')");
+        if let Some(parent) = parent {
+            println!("forked from: {} (index {})", parent.node_id, parent.index);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Make this data dir a new node: the next identity from the same recovery phrase.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith fork                         on a copied data dir (VM snapshot, image, restored backup)
+
+The new node derives its key at a random hardened index (so two copies forked
+independently never collide), keeps this node's allow and deny lists, and starts
+with no peers: ask them again with `kith request`. `kith id` then shows the parent.
+Stop the daemon first.")]
+pub struct ForkArgs {
+    /// Read the keystore passphrase from this file instead of asking.
+    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+/// Confirm that this data dir is the same node, moved to this machine or path.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith adopt                        after moving the data dir here (the old copy is gone)
+
+Only adopt when no other copy of this data dir will ever run again; otherwise use
+`kith fork`. Stop the daemon first.")]
+pub struct AdoptArgs {
+    /// Read the keystore passphrase from this file instead of asking.
+    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+/// Refuses when a daemon answers on the data dir's control socket.
+fn require_no_daemon(ctx: &Context) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(ctx.data_dir.control_socket()).is_ok() {
+        bail!(
+            "a kith daemon is running for {}; stop it first",
+            ctx.data_dir.path().display()
+        );
+    }
+    Ok(())
+}
+
+fn audit(action: AuditAction, detail: String) -> StoreWrite {
+    StoreWrite::Audit(AuditEntry {
+        at_ms: now_ms(),
+        peer: None,
+        action,
+        detail: Some(detail),
+    })
+}
+
+pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
+    require_no_daemon(ctx)?;
+    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
+    let old_id = unlocked.key.node_id();
+    let old_index = unlocked.secrets.index();
+    let new_index = random_index(old_index);
+    let secrets = unlocked.secrets.clone().with_index(new_index);
+    let new_id = secrets
+        .node_key()
+        .context("cannot derive the forked key")?
+        .node_id();
+
+    // Peers, pending requests and high-water marks belong to the old identity; the
+    // operator's policy (allow and deny lists) carries over. The store goes first: if
+    // anything after it fails, running `kith fork` again finishes the job.
+    let store = Store::open(&ctx.data_dir.store()).context("cannot open the node's database")?;
+    let mut writes: Vec<StoreWrite> = store
+        .load()?
+        .peers
+        .into_iter()
+        .map(|p| StoreWrite::RemovePeer(p.id))
+        .collect();
+    let dropped = writes.len();
+    writes.push(audit(
+        AuditAction::Forked,
+        format!("from {old_id} (index {old_index}) to {new_id} (index {new_index})"),
+    ));
+    store.apply(&writes)?;
+    drop(store);
+
+    let protection = match &unlocked.passphrase {
+        Some(p) => Protection::Passphrase(p, KdfParams::DEFAULT),
+        None => Protection::Insecure,
+    };
+    keystore::replace(&ctx.data_dir.keystore(), &secrets, protection)
+        .context("cannot rewrite the keystore")?;
+    let parent = Parent {
+        node_id: old_id.to_string(),
+        index: old_index,
+        instance_id: unlocked.record.instance_id.clone(),
+    };
+    InstanceRecord::new(&unlocked.here, new_id, new_index, now_ms(), Some(parent))
+        .save(ctx.data_dir.path())?;
+
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "node_id": new_id.to_string(), "index": new_index,
+            "parent": old_id.to_string(), "dropped_peers": dropped,
+        }))?;
+    } else {
+        println!("{new_id}");
+        eprintln!(
+            "this data dir is now node {new_id} (index {new_index}), forked from {old_id}; \
+             {dropped} peer record(s) were dropped: ask them again with `kith request`"
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
+    require_no_daemon(ctx)?;
+    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
+    if let Err(e @ InstanceError::IdentityMismatch { .. }) = &unlocked.custody {
+        bail!("cannot adopt: {e}");
+    }
+    let record = unlocked.record.adopted(&unlocked.here, now_ms());
+    let store = Store::open(&ctx.data_dir.store()).context("cannot open the node's database")?;
+    store.apply(&[audit(
+        AuditAction::Adopted,
+        format!(
+            "moved from {} at {} to {} at {}",
+            unlocked.record.hostname,
+            unlocked.record.data_dir.display(),
+            record.hostname,
+            record.data_dir.display()
+        ),
+    )])?;
+    drop(store);
+    record.save(ctx.data_dir.path())?;
+    let node_id = unlocked.key.node_id();
+    if ctx.json {
+        print_json(&serde_json::json!({ "node_id": node_id.to_string(), "index": record.index }))?;
+    } else {
+        println!("{node_id}");
+        eprintln!(
+            "node {node_id} adopted at {} on {}",
+            record.data_dir.display(),
+            record.hostname
+        );
     }
     Ok(exit::OK)
 }

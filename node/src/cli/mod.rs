@@ -2,7 +2,9 @@
 //! human sentence plus its causes. It must never print a secret except where the
 //! operator asked for it (`init` shows a new recovery phrase once, `mnemonic` on request).
 
+mod daemon;
 mod identity;
+mod operator;
 mod output;
 
 use std::path::PathBuf;
@@ -17,6 +19,10 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
     pub const USAGE: u8 = 2;
+    /// `kith request --wait`: the other side rejected.
+    pub const REJECTED: u8 = 3;
+    /// `kith request --wait --timeout`: no answer in time; the request stays pending.
+    pub const TIMED_OUT: u8 = 4;
 }
 
 const ABOUT: &str = "kith: explicit, signed, revocable trust between machines, over QUIC.";
@@ -24,7 +30,11 @@ const ABOUT: &str = "kith: explicit, signed, revocable trust between machines, o
 const AFTER_HELP: &str = "\
 Getting started:
   kith init                    create this machine's identity (asks for a passphrase)
-  kith id                      print this node's id
+  kith run                     run the node (UDP 7444)
+  kith ticket                  print the string another operator needs to reach you
+  kith request <TICKET> -j WHY ask another node for trust
+  kith pending                 requests waiting for your answer
+  kith approve <PEER>          trust a peer that asked
 
 The data directory is --data-dir, else $KITH_DATA_DIR, else $XDG_DATA_HOME/kith, else ~/.local/share/kith.
 Unlocking reads --passphrase-file, else $KITH_PASSPHRASE_FILE, else asks on the terminal.";
@@ -53,7 +63,40 @@ pub enum Command {
     Init(identity::InitArgs),
     Id(identity::IdArgs),
     Mnemonic(identity::MnemonicArgs),
+    Fork(identity::ForkArgs),
+    Adopt(identity::AdoptArgs),
+    Run(daemon::RunArgs),
+    Status(daemon::StatusArgs),
+    Ticket(daemon::TicketArgs),
+    Request(daemon::RequestArgs),
+    Pending(daemon::PendingArgs),
+    Approve(daemon::ApproveArgs),
+    Reject(daemon::RejectArgs),
+    Revoke(daemon::RevokeArgs),
+    Peers(daemon::PeersArgs),
+    Dismiss(operator::DismissArgs),
+    Forget(operator::ForgetArgs),
+    Ignore(operator::IgnoreArgs),
+    Unignore(operator::UnignoreArgs),
+    Ignored(operator::IgnoredArgs),
+    Allow(operator::AllowArgs),
+    Disallow(operator::DisallowArgs),
+    Allowed(operator::AllowedArgs),
+    Rename(operator::RenameArgs),
+    Ping(operator::PingArgs),
+    Events(operator::EventsArgs),
+    Completions(operator::CompletionsArgs),
+    Demo(DemoArgs),
 }
+
+/// Run a small kith network on loopback and narrate what each node sees.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  kith demo
+
+Nothing is written to disk; every node gets a throwaway identity and an in-memory store.")]
+pub struct DemoArgs {}
 
 /// Context every command gets.
 pub struct Context {
@@ -69,16 +112,51 @@ pub fn main() -> ExitCode {
         Ok(dir) => dir,
         Err(e) => return report(&anyhow::Error::new(e)),
     };
-    let ctx = Context { data_dir, json: cli.json };
+    let ctx = Context {
+        data_dir,
+        json: cli.json,
+    };
     let result = match cli.command {
         Command::Init(args) => identity::init(&ctx, args),
         Command::Id(args) => identity::id(&ctx, args),
         Command::Mnemonic(args) => identity::mnemonic(&ctx, args),
+        Command::Fork(args) => identity::fork(&ctx, args),
+        Command::Adopt(args) => identity::adopt(&ctx, args),
+        Command::Run(args) => daemon::run(&ctx, args),
+        Command::Status(args) => daemon::status(&ctx, args),
+        Command::Ticket(args) => daemon::ticket(&ctx, args),
+        Command::Request(args) => daemon::request(&ctx, args),
+        Command::Pending(args) => daemon::pending(&ctx, args),
+        Command::Approve(args) => daemon::approve(&ctx, args),
+        Command::Reject(args) => daemon::reject(&ctx, args),
+        Command::Revoke(args) => daemon::revoke(&ctx, args),
+        Command::Peers(args) => daemon::peers(&ctx, args),
+        Command::Dismiss(args) => operator::dismiss(&ctx, args),
+        Command::Forget(args) => operator::forget(&ctx, args),
+        Command::Ignore(args) => operator::ignore(&ctx, args),
+        Command::Unignore(args) => operator::unignore(&ctx, args),
+        Command::Ignored(args) => operator::ignored(&ctx, args),
+        Command::Allow(args) => operator::allow(&ctx, args),
+        Command::Disallow(args) => operator::disallow(&ctx, args),
+        Command::Allowed(args) => operator::allowed(&ctx, args),
+        Command::Rename(args) => operator::rename(&ctx, args),
+        Command::Ping(args) => operator::ping(&ctx, args),
+        Command::Events(args) => operator::events(&ctx, args),
+        Command::Completions(args) => operator::completions(args),
+        Command::Demo(_) => demo(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => report(&e),
     }
+}
+
+fn demo() -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::demo::run())?;
+    Ok(exit::OK)
 }
 
 fn init_logging(verbose: u8) {

@@ -13,7 +13,10 @@ struct Envelope<'a, T: Serialize> {
 
 /// Prints `data` inside the versioned JSON envelope on one line.
 pub fn print_json<T: Serialize>(data: &T) -> anyhow::Result<()> {
-    let text = serde_json::to_string(&Envelope { version: JSON_VERSION, data })?;
+    let text = serde_json::to_string(&Envelope {
+        version: JSON_VERSION,
+        data,
+    })?;
     println!("{text}");
     Ok(())
 }

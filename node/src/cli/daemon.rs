@@ -1,0 +1,575 @@
+//! `kith run` and the commands that talk to a running daemon over its control socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use kith_protocol::machine::Config;
+use kith_protocol::validate::escape_for_display;
+use serde::de::DeserializeOwned;
+
+use super::output::print_json;
+use super::{Context, exit};
+use crate::control::{self, PeerView, PendingView, Request, Response, SentView, StatusView};
+use crate::daemon::{self, DaemonOptions};
+use crate::harden;
+use crate::unlock;
+
+/// Run this machine's node: the QUIC endpoint, the database and the control socket.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith run                                   listen on UDP 7444 (IPv6 and IPv4)
+  kith run --listen 127.0.0.1:0              loopback only, any free port
+  kith run --passphrase-file /etc/kith/pass  unattended start (e.g. under systemd)
+
+Stops cleanly on Ctrl-C or SIGTERM. Other kith commands talk to it through the
+control socket in the data directory; share `kith ticket` so others can reach it.")]
+pub struct RunArgs {
+    /// UDP address to listen on [default: [::]:7444, or 0.0.0.0:7444 without IPv6].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Address to put in tickets instead of the local interfaces' (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Vec<SocketAddr>,
+
+    /// Read the keystore passphrase from this file instead of asking.
+    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+
+    /// Skip process hardening (no core dumps, not ptrace-able) to debug the daemon.
+    #[arg(long)]
+    no_harden: bool,
+
+    /// Trust every node that asks (trust on first use). For friendly fleets only.
+    #[arg(long)]
+    auto_approve: bool,
+
+    /// Drop incoming requests nobody answered after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "7d", value_name = "DURATION")]
+    pending_ttl: Duration,
+
+    /// Run this shell command for every incoming request, with KITH_PEER_ID,
+    /// KITH_JUSTIFICATION, KITH_SOURCE_ADDR and KITH_RECEIVED_AT_MS in its environment.
+    #[arg(long, value_name = "CMD")]
+    on_request: Option<String>,
+}
+
+pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
+    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
+    // Two nodes with one identity break every peer's replay defences: never run a copy.
+    if let Err(e) = &unlocked.custody {
+        anyhow::bail!("refusing to start: {e}");
+    }
+    if unlocked.insecure {
+        eprintln!(
+            "warning: the keystore in {} is not encrypted (--insecure-no-passphrase); \
+             anyone who can read it can become this node",
+            ctx.data_dir.path().display()
+        );
+    }
+    let hardened = if args.no_harden {
+        eprintln!(
+            "warning: process hardening is off (--no-harden): core dumps and debuggers can read the node key"
+        );
+        false
+    } else {
+        let report = harden::harden_process();
+        for warning in report.warnings() {
+            eprintln!("warning: {warning}");
+        }
+        report.warnings().is_empty()
+    };
+    if args.auto_approve {
+        eprintln!(
+            "WARNING: --auto-approve is on: every node that asks is trusted at once, without an operator"
+        );
+    }
+    let config = Config {
+        auto_approve: args.auto_approve,
+        pending_ttl_ms: args.pending_ttl.as_millis() as u64,
+        ..Config::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = match args.listen {
+            Some(addr) => addr,
+            None => default_listen().await,
+        };
+        let options = DaemonOptions {
+            listen,
+            advertise: args.advertise,
+            config,
+            keystore_encrypted: !unlocked.insecure,
+            hardened,
+            on_request: args.on_request,
+        };
+        daemon::run(
+            ctx.data_dir.clone(),
+            unlocked.key,
+            options,
+            shutdown_signal(),
+        )
+        .await
+    })?;
+    Ok(exit::OK)
+}
+
+/// `[::]:7444` where IPv6 works (dual stack on Linux), else `0.0.0.0:7444`.
+async fn default_listen() -> SocketAddr {
+    let v6 = SocketAddr::from(([0u16; 8], crate::DEFAULT_PORT));
+    match std::net::UdpSocket::bind(SocketAddr::from(([0u16; 8], 0))) {
+        Ok(_) => v6,
+        Err(_) => SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT)),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Sends one request to the daemon and returns its data, or its error as ours.
+pub(super) fn call<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let response = runtime.block_on(control::call(
+        &ctx.data_dir.control_socket(),
+        ctx.data_dir.path(),
+        &request,
+    ))?;
+    match response {
+        Response::Ok { data } => {
+            serde_json::from_value(data).context("the daemon's answer has an unexpected shape")
+        }
+        Response::Error { message } => bail!("{message}"),
+    }
+}
+
+/// Human "how long ago" for a millisecond timestamp.
+pub(super) fn ago(at_ms: u64) -> String {
+    let now = crate::node::now_ms();
+    let secs = now.saturating_sub(at_ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+pub(super) fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(header.to_vec());
+    table
+}
+
+/// UTC wall-clock time of a millisecond timestamp (RFC 3339, seconds).
+pub(super) fn clock(at_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(at_ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// Show this node's id, address, and how many peers it has.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith status
+  kith status --json | jq .data.pending_incoming")]
+pub struct StatusArgs {}
+
+pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
+    let status: StatusView = call(ctx, Request::Status)?;
+    if ctx.json {
+        print_json(&status)?;
+        return Ok(exit::OK);
+    }
+    println!("node      {}", status.node_id);
+    println!("listening {}", status.listen);
+    println!("data dir  {}", status.data_dir);
+    println!(
+        "peers     {} trusted, {} waiting for your approval, {} waiting for theirs",
+        status.trusted, status.pending_incoming, status.pending_outgoing
+    );
+    println!(
+        "keystore  {}",
+        if status.keystore_encrypted {
+            "encrypted"
+        } else {
+            "NOT encrypted"
+        }
+    );
+    println!("hardened  {}", if status.hardened { "yes" } else { "no" });
+    if status.auto_approve {
+        println!("policy    auto-approve (every request is trusted)");
+    }
+    println!("up since  {}", ago(status.started_at_ms));
+    println!("ticket    {}", status.ticket);
+    if status.pending_incoming > 0 {
+        println!(
+            "\n{} request(s) wait for you: see `kith pending`",
+            status.pending_incoming
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Print this node's ticket: the one string another operator needs to reach it.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith ticket                     print it; send it to the other operator, who runs
+                                  kith request <TICKET> --justification \"why\"
+  kith ticket | xclip             copy it
+
+The ticket is printed alone on stdout. It holds no secret: only the node id and addresses.")]
+pub struct TicketArgs {}
+
+pub fn ticket(ctx: &Context, _args: TicketArgs) -> anyhow::Result<u8> {
+    let data: serde_json::Value = call(ctx, Request::Ticket)?;
+    if ctx.json {
+        print_json(&data)?;
+    } else {
+        println!("{}", data["ticket"].as_str().unwrap_or_default());
+    }
+    Ok(exit::OK)
+}
+
+/// Ask another node for trust. Its operator sees your justification and approves or rejects.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith request kith1abc... --justification \"backup server for alice's laptop\"
+
+  kith request kith1abc... -j \"ci runner\" --wait --timeout 10m && deploy.sh
+
+The other side sees the request in `kith pending` and runs `kith approve <your-id>`.
+Watch the outcome with `kith peers`, or wait for it here with --wait.
+
+Exit codes with --wait: 0 accepted, 3 rejected, 4 timed out (the request stays pending).")]
+pub struct RequestArgs {
+    /// The other node's ticket (from `kith ticket` there).
+    ticket: String,
+    /// Why you ask; shown to the other operator (at most 1024 characters).
+    #[arg(long, short = 'j', default_value = "")]
+    justification: String,
+    /// Block until the other side answers.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (e.g. 90s, 10m, 1h).
+    #[arg(long, value_parser = parse_duration, requires = "wait", value_name = "DURATION")]
+    timeout: Option<Duration>,
+}
+
+pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
+    let sent: SentView = call(
+        ctx,
+        Request::Request {
+            ticket: args.ticket,
+            justification: args.justification,
+        },
+    )?;
+    if args.wait {
+        return wait_for_answer(ctx, &sent, args.timeout);
+    }
+    if ctx.json {
+        print_json(&sent)?;
+        return Ok(exit::OK);
+    }
+    if sent.delivered {
+        println!("request delivered to {}: {}", sent.node_id, sent.detail);
+    } else {
+        println!(
+            "request recorded for {}, but it could not be delivered yet ({}); retrying in the background",
+            sent.node_id, sent.detail
+        );
+    }
+    if sent.state == "outgoing_pending" {
+        println!(
+            "the other operator approves it with:\n  kith approve {}",
+            sent.from
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Polls the peer's state until it answers or `timeout` passes.
+fn wait_for_answer(
+    ctx: &Context,
+    sent: &SentView,
+    timeout: Option<Duration>,
+) -> anyhow::Result<u8> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut state = sent.state.clone();
+    if state == "outgoing_pending" && !ctx.json {
+        eprintln!(
+            "waiting for {} to answer; its operator approves with:",
+            sent.node_id
+        );
+        eprintln!("  kith approve {}", sent.from);
+    }
+    while state == "outgoing_pending" {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let peers: Vec<PeerView> = call(ctx, Request::Peers)?;
+        state = peers
+            .iter()
+            .find(|p| p.node_id == sent.node_id)
+            .map(|p| p.state.clone())
+            .unwrap_or_else(|| "none".into());
+    }
+    let (code, outcome) = match state.as_str() {
+        "trusted" => (exit::OK, "accepted"),
+        "rejected_by_peer" => (exit::REJECTED, "rejected"),
+        "outgoing_pending" => (exit::TIMED_OUT, "timed_out"),
+        _ => (exit::FAILURE, "ended"),
+    };
+    if ctx.json {
+        print_json(
+            &serde_json::json!({ "node_id": sent.node_id, "outcome": outcome, "state": state }),
+        )?;
+    } else {
+        match outcome {
+            "accepted" => println!("{} accepted: you trust each other now", sent.node_id),
+            "rejected" => println!("{} rejected the request", sent.node_id),
+            "timed_out" => println!(
+                "no answer yet from {}; the request stays pending",
+                sent.node_id
+            ),
+            _ => println!(
+                "the request to {} ended: {}",
+                sent.node_id,
+                state.replace('_', " ")
+            ),
+        }
+    }
+    Ok(code)
+}
+
+/// List requests waiting for an answer: incoming (yours to approve) and outgoing.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith pending                    who asks, from where, and why
+  kith pending --json             for scripts: node_id, justification, received_at_ms, address
+
+Then: kith approve <node> | kith reject <node> | kith dismiss <node> | kith ignore <node>")]
+pub struct PendingArgs {}
+
+pub fn pending(ctx: &Context, _args: PendingArgs) -> anyhow::Result<u8> {
+    let pending: Vec<PendingView> = call(ctx, Request::Pending)?;
+    if ctx.json {
+        print_json(&pending)?;
+        return Ok(exit::OK);
+    }
+    if pending.is_empty() {
+        println!("no pending requests");
+        return Ok(exit::OK);
+    }
+    let mut t = table(&["direction", "node", "received", "address", "justification"]);
+    for p in &pending {
+        t.add_row(vec![
+            p.direction.clone(),
+            p.short_id.clone(),
+            ago(p.received_at_ms),
+            p.address.clone().unwrap_or_else(|| "-".into()),
+            escape_for_display(&p.justification),
+        ]);
+    }
+    println!("{t}");
+    if pending.iter().any(|p| p.direction == "incoming") {
+        println!("approve with `kith approve <node>`, refuse with `kith reject <node>`");
+    }
+    Ok(exit::OK)
+}
+
+/// List known peers and the trust state of each.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith peers
+  kith peers --json | jq -r '.data[] | select(.state==\"trusted\") | .node_id'")]
+pub struct PeersArgs {}
+
+pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
+    let peers: Vec<PeerView> = call(ctx, Request::Peers)?;
+    if ctx.json {
+        print_json(&peers)?;
+        return Ok(exit::OK);
+    }
+    if peers.is_empty() {
+        println!(
+            "no peers yet: share `kith ticket`, or ask another node with `kith request <TICKET>`"
+        );
+        return Ok(exit::OK);
+    }
+    let mut t = table(&["node", "name", "state", "since", "address"]);
+    for p in &peers {
+        t.add_row(vec![
+            p.short_id.clone(),
+            p.name
+                .as_deref()
+                .map(escape_for_display)
+                .unwrap_or_else(|| "-".into()),
+            p.state.replace('_', " "),
+            ago(p.since_ms),
+            p.address.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{t}");
+    Ok(exit::OK)
+}
+
+/// Approve a pending request: the peer becomes trusted and is told so.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith approve 4hrqrear                     by a unique id prefix (8+ characters)
+  kith approve 4hrqrear --name laptop --note \"alice's laptop\"
+  kith approve laptop --expires 30d         trust ends in 30 days, then fails closed
+
+PEER is a node id, a unique prefix of one (8+ characters), or a peer's name.")]
+pub struct ApproveArgs {
+    /// Node id, unique id prefix (8+ characters), or name.
+    peer: String,
+    /// A name for the peer, usable wherever an id is.
+    #[arg(long)]
+    name: Option<String>,
+    /// A note for your own records.
+    #[arg(long)]
+    note: Option<String>,
+    /// Trust expires after this long (e.g. 30d, 12h, 90m); then it fails closed.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    expires: Option<Duration>,
+}
+
+/// Reject a pending request. The peer is told, and may ask again later.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith reject 4hrqrear --reason \"unknown machine\"
+
+To drop a node's requests for good without telling it, use `kith ignore` instead.
+PEER is a node id, a unique prefix of one (8+ characters), or a peer's name.")]
+pub struct RejectArgs {
+    /// Node id, unique id prefix (8+ characters), or name.
+    peer: String,
+    /// Why; sent to the peer.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+/// Revoke trust in a peer. It is told, and its connections are closed at once.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kith revoke laptop --reason \"laptop stolen\"
+
+PEER is a node id, a unique prefix of one (8+ characters), or a peer's name.")]
+pub struct RevokeArgs {
+    /// Node id, unique id prefix (8+ characters), or name.
+    peer: String,
+    /// Why; sent to the peer.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+fn print_sent(ctx: &Context, verb: &str, sent: &SentView) -> anyhow::Result<u8> {
+    if ctx.json {
+        print_json(sent)?;
+    } else if sent.delivered {
+        println!(
+            "{verb} {}; the peer was told ({})",
+            sent.node_id, sent.detail
+        );
+    } else {
+        println!(
+            "{verb} {}; the peer could not be told yet ({}), retrying in the background",
+            sent.node_id, sent.detail
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub fn approve(ctx: &Context, args: ApproveArgs) -> anyhow::Result<u8> {
+    let sent: SentView = call(
+        ctx,
+        Request::Approve {
+            peer: args.peer,
+            name: args.name,
+            note: args.note,
+            expires_in_ms: args.expires.map(|d| d.as_millis() as u64),
+        },
+    )?;
+    print_sent(ctx, "approved", &sent)
+}
+
+pub fn reject(ctx: &Context, args: RejectArgs) -> anyhow::Result<u8> {
+    let sent: SentView = call(
+        ctx,
+        Request::Reject {
+            peer: args.peer,
+            reason: args.reason,
+        },
+    )?;
+    print_sent(ctx, "rejected", &sent)
+}
+
+pub fn revoke(ctx: &Context, args: RevokeArgs) -> anyhow::Result<u8> {
+    let sent: SentView = call(
+        ctx,
+        Request::Revoke {
+            peer: args.peer,
+            reason: args.reason,
+        },
+    )?;
+    print_sent(ctx, "revoked", &sent)
+}
+
+/// Parses a duration such as `30d`, `12h`, `90m` or `1w 2d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like 30d, 12h or 90m ({e})"))?;
+    if duration.is_zero() {
+        return Err("a duration must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_formats_utc() {
+        assert_eq!(clock(0), "1970-01-01T00:00:00Z");
+        assert_eq!(clock(951_782_400_000 + 3_723_000), "2000-02-29T01:02:03Z");
+    }
+
+    #[test]
+    fn durations_parse_and_refuse_nonsense() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("1w 2d"), Ok(Duration::from_secs(9 * 86_400)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,645 @@
+//! `kith run`: a [`Node`] bound to a data dir, answering on the control socket until
+//! told to stop.
+//!
+//! This module translates control requests into node calls and node state into the
+//! views the CLI prints. It must never decide trust itself (that is the state
+//! machine's job) nor answer a control client before the node has committed.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use kith_keys::{NodeId, NodeKey};
+use kith_protocol::machine::{
+    Command, Config, Event, EventKind, PeerRecord, TrustMachine, TrustState,
+};
+use kith_protocol::validate::escape_for_display;
+use serde::Serialize;
+use tokio::io::BufReader;
+use tokio::net::UnixListener;
+use tracing::{debug, info, warn};
+
+use crate::control::{
+    self, ControlError, EventView, ListedView, PeerView, PendingView, PingView, Request, Response,
+    SentView, StatusView,
+};
+use crate::datadir::DataDir;
+use crate::node::{Delivery, Node, NodeBuilder, NodeError, StoreLocation, now_ms};
+use crate::ticket::Ticket;
+
+/// How `kith run` was configured.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub listen: SocketAddr,
+    pub advertise: Vec<SocketAddr>,
+    pub config: Config,
+    pub keystore_encrypted: bool,
+    pub hardened: bool,
+    /// A shell command run for every incoming request, with its details in KITH_* variables.
+    pub on_request: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot start the node")]
+    Node(#[from] NodeError),
+    #[error("cannot open the control socket")]
+    Control(#[from] ControlError),
+}
+
+struct Daemon {
+    node: Node,
+    data_dir: DataDir,
+    options: DaemonOptions,
+    started_at_ms: u64,
+    /// The most recent events, for `kith events` without `--follow`.
+    recent: Mutex<VecDeque<EventView>>,
+}
+
+/// Events kept for `kith events`.
+const RECENT_EVENTS: usize = 1000;
+
+/// Runs the daemon until `shutdown` resolves, then shuts the node down cleanly.
+pub async fn run(
+    data_dir: DataDir,
+    key: NodeKey,
+    options: DaemonOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let node = NodeBuilder::new(key)
+        .listen(options.listen)
+        .advertise(options.advertise.clone())
+        .store(StoreLocation::File(data_dir.store()))
+        .config(options.config.clone())
+        .spawn()
+        .await?;
+    let listener = control::bind(&data_dir.control_socket()).await?;
+    info!(node_id = %node.node_id(), listen = %node.local_addr(), "kith node running");
+    eprintln!(
+        "kith node {} listening on {} (control socket {})",
+        node.node_id(),
+        node.local_addr(),
+        data_dir.control_socket().display()
+    );
+    let daemon = Arc::new(Daemon {
+        node,
+        data_dir,
+        options,
+        started_at_ms: now_ms(),
+        recent: Mutex::new(VecDeque::new()),
+    });
+    let watcher = tokio::spawn(watch_events(daemon.clone(), daemon.node.subscribe()));
+    tokio::select! {
+        () = shutdown => info!("shutting down"),
+        () = serve_control(listener, daemon.clone()) => {}
+    }
+    watcher.abort();
+    let _ = watcher.await;
+    let _ = std::fs::remove_file(daemon.data_dir.control_socket());
+    match Arc::try_unwrap(daemon) {
+        Ok(daemon) => daemon.node.shutdown().await,
+        Err(_) => warn!("control clients still attached at shutdown"),
+    }
+    Ok(())
+}
+
+async fn serve_control(listener: UnixListener, daemon: Arc<Daemon>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                continue;
+            }
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = control::check_peer(&stream) {
+                warn!(error = %e, "refused a control connection");
+                return;
+            }
+            let mut stream = BufReader::new(stream);
+            let response = match control::read_request(&mut stream).await {
+                Ok(Some(Request::Events { follow })) => {
+                    daemon.stream_events(&mut stream, follow).await;
+                    return;
+                }
+                Ok(Some(request)) => daemon.dispatch(request).await,
+                Ok(None) => return,
+                Err(e) => Response::Error {
+                    message: format!("bad control request: {e}"),
+                },
+            };
+            if let Err(e) = control::write_response(&mut stream, &response).await {
+                debug!(error = %e, "control client went away");
+            }
+        });
+    }
+}
+
+fn ok<T: Serialize>(data: T) -> Response {
+    match serde_json::to_value(data) {
+        Ok(data) => Response::Ok { data },
+        Err(e) => Response::Error {
+            message: format!("cannot encode the answer: {e}"),
+        },
+    }
+}
+
+fn err(message: impl std::fmt::Display) -> Response {
+    Response::Error {
+        message: message.to_string(),
+    }
+}
+
+/// The name a peer state has in tables and JSON.
+pub fn state_name(state: &TrustState) -> &'static str {
+    match state {
+        TrustState::OutgoingPending => "outgoing_pending",
+        TrustState::IncomingPending => "incoming_pending",
+        TrustState::Trusted => "trusted",
+        TrustState::Rejected => "rejected",
+        TrustState::RejectedByPeer => "rejected_by_peer",
+        TrustState::Revoked => "revoked",
+        TrustState::RevokedByPeer => "revoked_by_peer",
+        TrustState::Expired => "expired",
+    }
+}
+
+fn peer_view(record: &PeerRecord, now: u64) -> PeerView {
+    let state =
+        if record.state == TrustState::Trusted && record.expires_at_ms.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            state_name(&record.state)
+        };
+    PeerView {
+        node_id: record.id.to_string(),
+        short_id: record.id.short(),
+        name: record.name.clone(),
+        note: record.note.clone(),
+        state: state.to_string(),
+        since_ms: record.since_ms,
+        address: record.source.or(record.address).map(|a| a.to_string()),
+        justification: record.justification.clone(),
+        reason: record.reason.clone(),
+        expires_at_ms: record.expires_at_ms,
+    }
+}
+
+/// Finds the peer an operator means: a name, a full id, or a unique id prefix.
+pub fn resolve_peer(machine: &TrustMachine, text: &str) -> Result<NodeId, String> {
+    let text = text.trim();
+    let named: Vec<NodeId> = machine
+        .peers()
+        .filter(|p| p.name.as_deref() == Some(text))
+        .map(|p| p.id)
+        .collect();
+    match named.len() {
+        1 => return Ok(named[0]),
+        n if n > 1 => return Err(format!("{n} peers are named {text:?}; use the id instead")),
+        _ => {}
+    }
+    if let Ok(id) = text.parse::<NodeId>() {
+        return Ok(id);
+    }
+    let known: Vec<NodeId> = machine.peers().map(|p| p.id).collect();
+    NodeId::resolve_prefix(text, &known).map_err(|e| e.to_string())
+}
+
+impl Daemon {
+    async fn resolve(&self, text: &str) -> Result<NodeId, Response> {
+        let text = text.to_string();
+        match self.node.read(move |m, _| resolve_peer(m, &text)).await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(message)) => Err(err(message)),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn sent(&self, peer: NodeId, deliveries: Vec<Delivery>) -> Response {
+        let state = self
+            .node
+            .read(move |m, _| {
+                m.peer(&peer)
+                    .map(|p| state_name(&p.state))
+                    .unwrap_or("none")
+            })
+            .await
+            .unwrap_or("unknown");
+        let (delivered, detail) = match deliveries.into_iter().next() {
+            Some(Delivery::Acked(status)) => (true, status.to_string()),
+            Some(Delivery::Retrying { reason }) => (false, reason),
+            None => (true, "nothing to send".to_string()),
+        };
+        ok(SentView {
+            from: self.node.node_id().to_string(),
+            node_id: peer.to_string(),
+            state: state.to_string(),
+            delivered,
+            detail,
+        })
+    }
+
+    async fn dispatch(&self, request: Request) -> Response {
+        match request {
+            Request::Status => self.status().await,
+            Request::Ticket => ok(serde_json::json!({
+                "ticket": self.node.ticket().to_string(),
+                "node_id": self.node.node_id().to_string(),
+                "addrs": self.node.ticket().addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            })),
+            Request::Request {
+                ticket,
+                justification,
+            } => {
+                let ticket: Ticket = match ticket.parse() {
+                    Ok(t) => t,
+                    Err(e) => return err(e),
+                };
+                if ticket.node_id == self.node.node_id() {
+                    return err(
+                        "that ticket is this node's own; a node cannot ask itself for trust",
+                    );
+                }
+                if let Some(message) = self.changed_key(&ticket).await {
+                    return err(message);
+                }
+                match self.node.request(&ticket, &justification).await {
+                    Ok(delivery) => self.sent(ticket.node_id, vec![delivery]).await,
+                    Err(e) => err(e),
+                }
+            }
+            Request::Pending => {
+                let views = self.node.read(|m, _| pending_views(m)).await;
+                match views {
+                    Ok(views) => ok(views),
+                    Err(e) => err(e),
+                }
+            }
+            Request::Peers => match self
+                .node
+                .read(|m, now| m.peers().map(|p| peer_view(p, now)).collect::<Vec<_>>())
+                .await
+            {
+                Ok(mut views) => {
+                    views.sort_by(|a, b| a.state.cmp(&b.state).then(a.node_id.cmp(&b.node_id)));
+                    ok(views)
+                }
+                Err(e) => err(e),
+            },
+            Request::Approve {
+                peer,
+                name,
+                note,
+                expires_in_ms,
+            } => {
+                let peer = match self.resolve(&peer).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                let expires_at_ms = expires_in_ms.map(|d| now_ms().saturating_add(d));
+                self.run_command(
+                    peer,
+                    Command::Approve {
+                        peer,
+                        name,
+                        note,
+                        expires_at_ms,
+                    },
+                )
+                .await
+            }
+            Request::Reject { peer, reason } => {
+                let peer = match self.resolve(&peer).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                self.run_command(peer, Command::Reject { peer, reason })
+                    .await
+            }
+            Request::Revoke { peer, reason } => {
+                let peer = match self.resolve(&peer).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                self.run_command(peer, Command::Revoke { peer, reason })
+                    .await
+            }
+            Request::Dismiss { peer } => self.simple(&peer, |peer| Command::Dismiss { peer }).await,
+            Request::Forget { peer } => self.simple(&peer, |peer| Command::Forget { peer }).await,
+            Request::Ignore { peer } => self.simple(&peer, |peer| Command::Ignore { peer }).await,
+            Request::Unignore { peer } => {
+                self.simple(&peer, |peer| Command::Unignore { peer }).await
+            }
+            Request::Allow { peer, name } => {
+                self.simple(&peer, move |peer| Command::Allow { peer, name })
+                    .await
+            }
+            Request::Disallow { peer } => {
+                self.simple(&peer, |peer| Command::Disallow { peer }).await
+            }
+            Request::Rename { peer, name, note } => {
+                self.simple(&peer, move |peer| Command::Rename { peer, name, note })
+                    .await
+            }
+            Request::Ignored => match self
+                .node
+                .read(|m, _| listed(m.denylist().map(|id| (id, None, None))))
+                .await
+            {
+                Ok(list) => ok(list),
+                Err(e) => err(e),
+            },
+            Request::Allowed => {
+                let list = self
+                    .node
+                    .read(|m, _| {
+                        listed(
+                            m.allowlist()
+                                .map(|(id, e)| (id, e.name.clone(), Some(e.added_ms))),
+                        )
+                    })
+                    .await;
+                match list {
+                    Ok(list) => ok(list),
+                    Err(e) => err(e),
+                }
+            }
+            Request::Ping { peer } => {
+                let peer = match self.resolve(&peer).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                match self.node.ping(peer).await {
+                    Ok(rtt) => ok(PingView {
+                        node_id: peer.to_string(),
+                        rtt_ms: rtt.as_secs_f64() * 1000.0,
+                    }),
+                    Err(e) => err(e),
+                }
+            }
+            Request::Events { .. } => err("events are streamed, not answered"),
+        }
+    }
+
+    /// A command that sends nothing: resolve the peer, run it, answer with the peer's id.
+    async fn simple(&self, peer: &str, command: impl FnOnce(NodeId) -> Command) -> Response {
+        let peer = match self.resolve(peer).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match self.node.command(command(peer)).await {
+            Ok(_) => ok(serde_json::json!({ "node_id": peer.to_string() })),
+            Err(e) => err(e),
+        }
+    }
+
+    async fn stream_events(&self, stream: &mut BufReader<tokio::net::UnixStream>, follow: bool) {
+        // Subscribe before copying the history so nothing falls between the two.
+        let mut live = self.node.subscribe();
+        let history: Vec<EventView> = self.recent.lock().unwrap().iter().cloned().collect();
+        for view in history {
+            if control::write_response(stream, &ok(view)).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(event) => {
+                    if control::write_response(stream, &ok(event_view(&event)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(missed, "an events follower fell behind");
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Like ssh's changed-host-key check: a ticket whose address belongs to a peer we
+    /// know under another key is refused loudly, never silently treated as a new node.
+    async fn changed_key(&self, ticket: &Ticket) -> Option<String> {
+        let wanted = ticket.clone();
+        let known = self
+            .node
+            .read(move |m, _| {
+                m.peers()
+                    .find(|p| {
+                        p.id != wanted.node_id
+                            && matches!(p.state, TrustState::Trusted | TrustState::OutgoingPending)
+                            && [p.address, p.source]
+                                .iter()
+                                .flatten()
+                                .any(|a| wanted.addrs.contains(a))
+                    })
+                    .map(|p| (p.id, p.name.clone(), p.source.or(p.address)))
+            })
+            .await
+            .ok()??;
+        let (old, name, address) = known;
+        let name = name
+            .map(|n| format!(" ({})", escape_for_display(&n)))
+            .unwrap_or_default();
+        Some(format!(
+            "WARNING: THE NODE AT {} HAS A DIFFERENT KEY! You know {old}{name} at that address, but this \
+             ticket names {}. Someone may be impersonating it, or that machine was reinstalled. \
+             Nothing was sent. If you are sure the key changed, run `kith forget {}` and ask again.",
+            address.map(|a| a.to_string()).unwrap_or_default(),
+            ticket.node_id,
+            old.short(),
+        ))
+    }
+
+    async fn run_command(&self, peer: NodeId, command: Command) -> Response {
+        match self.node.command(command).await {
+            Ok(deliveries) => self.sent(peer, deliveries).await,
+            Err(e) => err(e),
+        }
+    }
+
+    async fn status(&self) -> Response {
+        let counts = self
+            .node
+            .read(|m, now| {
+                let mut trusted = 0;
+                let mut incoming = 0;
+                let mut outgoing = 0;
+                for p in m.peers() {
+                    match p.state {
+                        TrustState::Trusted if m.is_trusted(&p.id, now) => trusted += 1,
+                        TrustState::IncomingPending => incoming += 1,
+                        TrustState::OutgoingPending => outgoing += 1,
+                        _ => {}
+                    }
+                }
+                (trusted, incoming, outgoing, m.config().auto_approve)
+            })
+            .await;
+        let (trusted, pending_incoming, pending_outgoing, auto_approve) = match counts {
+            Ok(c) => c,
+            Err(e) => return err(e),
+        };
+        ok(StatusView {
+            node_id: self.node.node_id().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: self.data_dir.path().display().to_string(),
+            listen: self.node.local_addr().to_string(),
+            ticket: self.node.ticket().to_string(),
+            trusted,
+            pending_incoming,
+            pending_outgoing,
+            keystore_encrypted: self.options.keystore_encrypted,
+            hardened: self.options.hardened,
+            auto_approve,
+            started_at_ms: self.started_at_ms,
+        })
+    }
+}
+
+fn pending_views(machine: &TrustMachine) -> Vec<PendingView> {
+    let mut views: Vec<PendingView> = machine
+        .peers()
+        .filter_map(|p| {
+            let direction = match p.state {
+                TrustState::IncomingPending => "incoming",
+                TrustState::OutgoingPending => "outgoing",
+                _ => return None,
+            };
+            Some(PendingView {
+                node_id: p.id.to_string(),
+                short_id: p.id.short(),
+                direction: direction.to_string(),
+                justification: p.justification.clone().unwrap_or_default(),
+                received_at_ms: p.since_ms,
+                address: p.source.or(p.address).map(|a| a.to_string()),
+            })
+        })
+        .collect();
+    views.sort_by(|a, b| {
+        a.direction
+            .cmp(&b.direction)
+            .then(a.received_at_ms.cmp(&b.received_at_ms))
+    });
+    views
+}
+
+fn listed<'a>(
+    entries: impl Iterator<Item = (&'a NodeId, Option<String>, Option<u64>)>,
+) -> Vec<ListedView> {
+    let mut list: Vec<ListedView> = entries
+        .map(|(id, name, added_ms)| ListedView {
+            node_id: id.to_string(),
+            short_id: id.short(),
+            name,
+            added_ms,
+        })
+        .collect();
+    list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    list
+}
+
+/// The name and detail an event has in `kith events`.
+pub fn event_view(event: &Event) -> EventView {
+    let (kind, detail, address) = match &event.kind {
+        EventKind::RequestReceived {
+            justification,
+            source,
+        } => (
+            "request_received",
+            Some(justification.clone()),
+            source.map(|s| s.to_string()),
+        ),
+        EventKind::RequestSent => ("request_sent", None, None),
+        EventKind::AutoApproved { by } => (
+            "auto_approved",
+            Some(format!("{by:?}").to_lowercase()),
+            None,
+        ),
+        EventKind::Approved => ("approved", None, None),
+        EventKind::Rejected => ("rejected", None, None),
+        EventKind::RejectedByPeer { reason } => ("rejected_by_peer", Some(reason.clone()), None),
+        EventKind::AcceptedByPeer => ("accepted_by_peer", None, None),
+        EventKind::MutualTrust => ("mutual_trust", None, None),
+        EventKind::Revoked => ("revoked", None, None),
+        EventKind::RevokedByPeer { reason } => ("revoked_by_peer", Some(reason.clone()), None),
+        EventKind::TrustExpired => ("trust_expired", None, None),
+        EventKind::PendingExpired => ("pending_expired", None, None),
+        EventKind::PendingEvicted => ("pending_evicted", None, None),
+        EventKind::Ignored => ("ignored", None, None),
+        EventKind::Dismissed => ("dismissed", None, None),
+        EventKind::Cancelled => ("cancelled", None, None),
+        EventKind::Forgotten => ("forgotten", None, None),
+        EventKind::Refused { refusal } => ("refused", Some(refusal.to_string()), None),
+    };
+    EventView {
+        at_ms: event.at_ms,
+        node_id: event.peer.to_string(),
+        short_id: event.peer.short(),
+        kind: kind.to_string(),
+        detail,
+        address,
+    }
+}
+
+/// Keeps the recent-events ring and runs the `--on-request` hook.
+async fn watch_events(daemon: Arc<Daemon>, mut events: tokio::sync::broadcast::Receiver<Event>) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let view = event_view(&event);
+        {
+            let mut recent = daemon.recent.lock().unwrap();
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(view.clone());
+        }
+        if view.kind == "request_received" {
+            if let Some(cmd) = &daemon.options.on_request {
+                run_hook(cmd, &view);
+            }
+        }
+    }
+}
+
+/// Runs the operator's hook without waiting for it; its failure is logged, never fatal.
+fn run_hook(cmd: &str, view: &EventView) {
+    let child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("KITH_EVENT", &view.kind)
+        .env("KITH_PEER_ID", &view.node_id)
+        .env("KITH_JUSTIFICATION", view.detail.as_deref().unwrap_or(""))
+        .env("KITH_SOURCE_ADDR", view.address.as_deref().unwrap_or(""))
+        .env("KITH_RECEIVED_AT_MS", view.at_ms.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false)
+        .spawn();
+    match child {
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(status) if !status.success() => {
+                        warn!(%status, "--on-request command failed")
+                    }
+                    Err(e) => warn!(error = %e, "--on-request command failed"),
+                    Ok(_) => {}
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "cannot run the --on-request command"),
+    }
+}

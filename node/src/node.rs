@@ -1,0 +1,813 @@
+//! The node: a QUIC endpoint, the trust state machine and its store, wired together.
+//!
+//! One core thread owns the [`TrustMachine`] and the [`Store`]. Everything that can
+//! change trust — an envelope off the network, an operator command, a timer — is
+//! sent to it as an [`Input`]; it handles a batch of inputs, commits all their store
+//! writes in one durable transaction, and only then releases their replies, events
+//! and outgoing envelopes. So nothing is acknowledged before it is on disk, and a
+//! burst of handshakes costs one fsync. The async side only moves bytes: it must
+//! never decide trust itself, and never send a reply the core has not released.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kith_keys::{NodeId, NodeKey};
+use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use kith_protocol::machine::{
+    Command, Config, Event, Input, Output, PeerRecord, Reply, TrustMachine,
+};
+use kith_protocol::validate::Refusal;
+use kith_protocol::wire::{Ack, AckStatus, Envelope, Message};
+use tokio::sync::{broadcast, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::store::{Store, StoreError};
+use crate::ticket::Ticket;
+use crate::tls::{self, TlsError};
+
+/// How long a peer may take to send its half of a stream before it is dropped.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dial may take before it counts as failed.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inputs handled per store commit; bounds the latency one batch adds.
+const MAX_BATCH: usize = 512;
+/// Events buffered for slow subscribers before they start missing some.
+const EVENT_BUFFER: usize = 1024;
+/// Retries of an undelivered envelope stop before its timestamp leaves the peer's skew window.
+const RETRY_FOR: Duration = Duration::from_secs(240);
+
+/// QUIC application close codes.
+pub mod close_code {
+    pub const SHUTDOWN: u32 = 0;
+    pub const REVOKED: u32 = 1;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot open the node's database")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Command(kith_protocol::machine::CommandError),
+    #[error("the node is shutting down")]
+    Stopped,
+    #[error("no address is known for {0}; use its ticket")]
+    NoAddress(NodeId),
+    #[error("cannot reach {peer}: {reason}")]
+    Unreachable { peer: NodeId, reason: String },
+    #[error("{peer} refused the message: {refusal}")]
+    Refused { peer: NodeId, refusal: Refusal },
+    #[error("{0} is not a trusted peer; only trusted peers can be pinged")]
+    NotTrusted(NodeId),
+    #[error("{peer} answered with something other than an acknowledgement")]
+    Protocol { peer: NodeId },
+}
+
+/// Where the node keeps its database.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    InMemory,
+    File(PathBuf),
+}
+
+/// Builds a [`Node`].
+pub struct NodeBuilder {
+    key: NodeKey,
+    listen: SocketAddr,
+    store: StoreLocation,
+    config: Config,
+    advertise: Vec<SocketAddr>,
+}
+
+impl NodeBuilder {
+    /// A node with this key, listening on 0.0.0.0:7444, with an in-memory store and the default policy.
+    pub fn new(key: NodeKey) -> Self {
+        NodeBuilder {
+            key,
+            listen: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT)),
+            store: StoreLocation::InMemory,
+            config: Config::default(),
+            advertise: Vec::new(),
+        }
+    }
+
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    pub fn store(mut self, store: StoreLocation) -> Self {
+        self.store = store;
+        self
+    }
+
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Addresses to put in tickets instead of the ones found on local interfaces.
+    pub fn advertise(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.advertise = addrs;
+        self
+    }
+
+    /// Opens the store, binds the endpoint and starts the node's tasks.
+    pub async fn spawn(self) -> Result<Node, NodeError> {
+        let store = match &self.store {
+            StoreLocation::InMemory => Store::in_memory()?,
+            StoreLocation::File(path) => Store::open(path)?,
+        };
+        let snapshot = store.load()?;
+        let node_id = self.key.node_id();
+        let mut config = self.config.clone();
+        // A policy switched on by command stays on; `--auto-approve` can only add to it.
+        config.auto_approve |= snapshot.auto_approve;
+        let machine = TrustMachine::restore(
+            node_id,
+            config,
+            snapshot.peers,
+            snapshot.allow,
+            snapshot.deny,
+        );
+        let endpoint = tls::make_endpoint(&self.key, self.listen)?;
+        let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        let advertise = if self.advertise.is_empty() {
+            crate::addrs::advertised(local_addr)
+        } else {
+            self.advertise
+        };
+
+        let (core_tx, core_rx) = std::sync::mpsc::channel();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let key = Arc::new(self.key);
+        let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            node_id,
+            key: key.clone(),
+            endpoint: endpoint.clone(),
+            local_addr,
+            advertise,
+            core: core_tx,
+            events: events.clone(),
+            conns: Mutex::new(HashMap::new()),
+            outbox,
+        });
+        let core = std::thread::Builder::new()
+            .name("kith-core".into())
+            .spawn(move || run_core(machine, store, key, core_rx, events))
+            .expect("spawning the core thread");
+        let accept = tokio::spawn(accept_loop(shared.clone()));
+        let outbox = tokio::spawn(run_outbox(shared.clone(), outbox_rx));
+        info!(%node_id, %local_addr, "node started");
+        Ok(Node {
+            shared,
+            core: Mutex::new(Some(core)),
+            accept,
+            outbox,
+        })
+    }
+}
+
+/// A running kith node.
+pub struct Node {
+    shared: Arc<Shared>,
+    core: Mutex<Option<std::thread::JoinHandle<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+    outbox: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    node_id: NodeId,
+    key: Arc<NodeKey>,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    advertise: Vec<SocketAddr>,
+    core: std::sync::mpsc::Sender<CoreMsg>,
+    events: broadcast::Sender<Event>,
+    conns: Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// Envelopes produced while serving a peer (auto-approvals, mutual trust), delivered
+    /// by the outbox task so that serving never waits on dialling.
+    outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+}
+
+/// A read of the state machine, run on the core thread.
+type ReadFn = Box<dyn FnOnce(&TrustMachine, u64) + Send>;
+/// Where a handled input's result goes; `None` for the core's own ticks.
+type ReplyTo = Option<oneshot::Sender<Result<Handled, NodeError>>>;
+
+enum CoreMsg {
+    Handle {
+        // Boxed: an envelope makes `Input` large, and most messages are small.
+        input: Box<Input>,
+        reply: oneshot::Sender<Result<Handled, NodeError>>,
+    },
+    Read(ReadFn),
+    /// Commit what came before, then stop.
+    Shutdown,
+}
+
+/// What the core released for one input, after its writes were committed.
+struct Handled {
+    reply: Reply,
+    outgoing: Vec<Outgoing>,
+}
+
+/// A signed envelope to deliver, with the addresses the core knows for its recipient.
+#[derive(Clone)]
+struct Outgoing {
+    envelope: Envelope,
+    addrs: Vec<SocketAddr>,
+}
+
+/// Where to dial a peer: where it last spoke from (its endpoint, on a direct
+/// connection), then the address it was asked at.
+fn dial_addrs(record: Option<&PeerRecord>) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = record
+        .into_iter()
+        .flat_map(|r| [r.source, r.address])
+        .flatten()
+        .collect();
+    addrs.dedup();
+    addrs
+}
+
+/// The outcome of delivering one envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// The peer acknowledged it with this status.
+    Acked(AckStatus),
+    /// The peer could not be reached now; delivery is retried in the background.
+    Retrying { reason: String },
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn run_core(
+    mut machine: TrustMachine,
+    store: Store,
+    key: Arc<NodeKey>,
+    rx: std::sync::mpsc::Receiver<CoreMsg>,
+    events: broadcast::Sender<Event>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut rng = rand_core::OsRng;
+    loop {
+        // Nothing changes the machine between here and the tick check below.
+        let deadline = machine.next_deadline();
+        let wait = match deadline {
+            Some(deadline) => deadline.saturating_sub(now_ms()).clamp(1, 60_000),
+            None => 60_000,
+        };
+        let mut batch = Vec::new();
+        let mut stop = false;
+        match rx.recv_timeout(Duration::from_millis(wait)) {
+            Ok(msg) => batch.push(msg),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => batch.push(msg),
+                Err(_) => break,
+            }
+        }
+
+        let now = now_ms();
+        let mut writes = Vec::new();
+        let mut released: Vec<(ReplyTo, Output)> = Vec::new();
+        let mut reads = Vec::new();
+        if deadline.is_some_and(|d| d <= now) {
+            let out = machine.handle(now, Input::Tick, &key, &mut rng);
+            writes.extend(out.writes.iter().cloned());
+            released.push((None, out));
+        }
+        for msg in batch {
+            match msg {
+                CoreMsg::Handle { input, reply } => {
+                    let out = machine.handle(now, *input, &key, &mut rng);
+                    writes.extend(out.writes.iter().cloned());
+                    released.push((Some(reply), out));
+                }
+                CoreMsg::Read(f) => reads.push(f),
+                CoreMsg::Shutdown => stop = true,
+            }
+        }
+        if let Err(e) = store.apply(&writes) {
+            // Nothing of this batch is durable, so none of it may be acted on: roll the
+            // machine back to what the store holds and fail every input of the batch.
+            warn!(error = %e, "store commit failed; rolling back the batch");
+            match store.load() {
+                Ok(snapshot) => {
+                    machine = TrustMachine::restore(
+                        machine.local(),
+                        machine.config().clone(),
+                        snapshot.peers,
+                        snapshot.allow,
+                        snapshot.deny,
+                    );
+                }
+                Err(e) => warn!(error = %e, "reloading the store failed too"),
+            }
+            let message = e.to_string();
+            for (reply, _) in released {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(NodeError::Store(StoreError::Failed(message.clone()))));
+                }
+            }
+        } else {
+            for (reply, out) in released {
+                for event in out.events {
+                    let _ = events.send(event);
+                }
+                let outgoing = out
+                    .send
+                    .into_iter()
+                    .map(|envelope| Outgoing {
+                        addrs: dial_addrs(machine.peer(&envelope.body.to)),
+                        envelope,
+                    })
+                    .collect();
+                let handled = Handled {
+                    reply: out.reply,
+                    outgoing,
+                };
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(Ok(handled));
+                    }
+                    None => debug_assert!(handled.outgoing.is_empty(), "a tick sends nothing"),
+                }
+            }
+        }
+        for read in reads {
+            read(&machine, now);
+        }
+        if stop {
+            break;
+        }
+    }
+    debug!("core thread stopped");
+}
+
+impl Shared {
+    async fn handle(&self, input: Input) -> Result<Handled, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.core
+            .send(CoreMsg::Handle {
+                input: Box::new(input),
+                reply: tx,
+            })
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&TrustMachine, u64) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.core
+            .send(CoreMsg::Read(Box::new(move |m, now| {
+                let _ = tx.send(f(m, now));
+            })))
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    fn cached_connection(&self, peer: &NodeId) -> Option<quinn::Connection> {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .get(peer)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn remember_connection(&self, peer: NodeId, conn: &quinn::Connection) {
+        let mut conns = self.conns.lock().unwrap();
+        let replace = conns.get(&peer).is_none_or(|c| c.close_reason().is_some());
+        if replace {
+            conns.insert(peer, conn.clone());
+        }
+    }
+
+    fn forget_connection(&self, peer: &NodeId, conn: &quinn::Connection) {
+        let mut conns = self.conns.lock().unwrap();
+        if conns
+            .get(peer)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(peer);
+        }
+    }
+
+    /// Closes every connection to `peer` at once (after a revocation).
+    fn close_peer(&self, peer: &NodeId, reason: &str) {
+        if let Some(conn) = self.conns.lock().unwrap().remove(peer) {
+            conn.close(close_code::REVOKED.into(), reason.as_bytes());
+        }
+    }
+
+    /// The open connection to `peer`, or a new one dialled at `addr`. A dialled
+    /// connection is served like an accepted one: the peer opens streams on it too.
+    async fn connection(
+        self: &Arc<Self>,
+        peer: NodeId,
+        addrs: &[SocketAddr],
+    ) -> Result<quinn::Connection, NodeError> {
+        if let Some(conn) = self.cached_connection(&peer) {
+            return Ok(conn);
+        }
+        if addrs.is_empty() {
+            return Err(NodeError::NoAddress(peer));
+        }
+        let mut failures = Vec::new();
+        for &addr in addrs {
+            let dialled = tokio::time::timeout(
+                DIAL_TIMEOUT,
+                tls::dial(&self.endpoint, &self.key, addr, peer),
+            )
+            .await;
+            match dialled {
+                Ok(Ok(conn)) => {
+                    self.remember_connection(peer, &conn);
+                    tokio::spawn(serve_connection(self.clone(), conn.clone()));
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => failures.push(format!("{addr}: {}", error_chain(&e))),
+                Err(_) => failures.push(format!("{addr}: no answer within {DIAL_TIMEOUT:?}")),
+            }
+        }
+        Err(NodeError::Unreachable {
+            peer,
+            reason: failures.join("; "),
+        })
+    }
+
+    /// Sends one message on a new stream and waits for the single answer.
+    async fn exchange(
+        self: &Arc<Self>,
+        peer: NodeId,
+        addrs: &[SocketAddr],
+        message: &Message,
+    ) -> Result<Message, NodeError> {
+        let conn = self.connection(peer, addrs).await?;
+        let unreachable = |reason: String| NodeError::Unreachable { peer, reason };
+        let frame = encode_frame(message).map_err(|e| unreachable(e.to_string()))?;
+        let exchange = async {
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            send.write_all(&frame)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            send.finish().map_err(|e| unreachable(e.to_string()))?;
+            let bytes = recv
+                .read_to_end(MAX_FRAME_LEN + 4)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            match decode_frame::<Message>(&bytes) {
+                Ok(Some((message, _))) => Ok(message),
+                _ => Err(NodeError::Protocol { peer }),
+            }
+        };
+        let result = tokio::time::timeout(STREAM_TIMEOUT, exchange)
+            .await
+            .map_err(|_| unreachable("timed out waiting for an answer".into()))?;
+        if result.is_err() {
+            // A broken connection must not be reused for the next attempt.
+            self.forget_connection(&peer, &conn);
+        }
+        result
+    }
+
+    async fn deliver_once(self: &Arc<Self>, out: &Outgoing) -> Result<AckStatus, NodeError> {
+        let peer = out.envelope.body.to;
+        match self
+            .exchange(peer, &out.addrs, &Message::Envelope(out.envelope.clone()))
+            .await?
+        {
+            Message::Ack(Ack { status }) => Ok(status),
+            _ => Err(NodeError::Protocol { peer }),
+        }
+    }
+
+    /// Delivers now if possible; otherwise keeps retrying in the background.
+    async fn deliver(self: &Arc<Self>, out: Outgoing) -> Delivery {
+        match self.deliver_once(&out).await {
+            Ok(status) => {
+                self.after_delivery(&out, &status);
+                Delivery::Acked(status)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                debug!(peer = %out.envelope.body.to, %reason, "delivery failed; retrying in the background");
+                let shared = self.clone();
+                tokio::spawn(async move { shared.deliver_with_retry(out).await });
+                Delivery::Retrying { reason }
+            }
+        }
+    }
+
+    async fn deliver_with_retry(self: Arc<Self>, out: Outgoing) {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(500);
+        while started.elapsed() < RETRY_FOR {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            match self.deliver_once(&out).await {
+                Ok(status) => {
+                    self.after_delivery(&out, &status);
+                    return;
+                }
+                Err(NodeError::Stopped) => return,
+                Err(e) => debug!(peer = %out.envelope.body.to, error = %e, "retry failed"),
+            }
+        }
+        warn!(peer = %out.envelope.body.to, "gave up delivering a {} envelope", kind_name(&out.envelope));
+    }
+
+    fn after_delivery(&self, out: &Outgoing, status: &AckStatus) {
+        if let AckStatus::Refused(refusal) = status {
+            warn!(peer = %out.envelope.body.to, %refusal, "peer refused our {} envelope", kind_name(&out.envelope));
+        }
+        if matches!(
+            out.envelope.body.kind,
+            kith_protocol::wire::Kind::Revoke { .. }
+        ) {
+            self.close_peer(&out.envelope.body.to, "revoked");
+        }
+    }
+}
+
+fn kind_name(envelope: &Envelope) -> &'static str {
+    use kith_protocol::wire::Kind;
+    match envelope.body.kind {
+        Kind::Request { .. } => "request",
+        Kind::Accept => "accept",
+        Kind::Reject { .. } => "reject",
+        Kind::Revoke { .. } => "revoke",
+    }
+}
+
+/// An error and its causes in one line, for messages that travel as strings.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+async fn run_outbox(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(out) = rx.recv().await {
+        let shared = shared.clone();
+        tokio::spawn(async move { shared.deliver(out).await });
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+                Ok(Ok(conn)) => serve_connection(shared, conn).await,
+                Ok(Err(e)) => debug!(%remote, error = %e, "inbound handshake failed"),
+                Err(_) => debug!(%remote, "inbound handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+    let peer = match tls::peer_node_id(&conn) {
+        Ok(peer) => peer,
+        Err(e) => {
+            debug!(error = %e, "connection without a usable node certificate");
+            conn.close(0u32.into(), b"no node certificate");
+            return;
+        }
+    };
+    let remote = conn.remote_address();
+    shared.remember_connection(peer, &conn);
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move { serve_stream(shared, conn, peer, remote, send, recv).await });
+    }
+    shared.forget_connection(&peer, &conn);
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    peer: NodeId,
+    remote: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let refused = |refusal| {
+        Message::Ack(Ack {
+            status: AckStatus::Refused(refusal),
+        })
+    };
+    let bytes =
+        match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_FRAME_LEN + 4)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "stream read failed");
+                let _ = send.reset(0u32.into());
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "stream stalled; dropping it");
+                let _ = send.reset(0u32.into());
+                return;
+            }
+        };
+    let mut close_after = false;
+    let answer = match decode_frame::<Message>(&bytes) {
+        Ok(Some((Message::Envelope(envelope), _))) => {
+            let input = Input::Envelope {
+                envelope,
+                transport_peer: Some(peer),
+                source: Some(remote),
+            };
+            match shared.handle(input).await {
+                Ok(handled) => {
+                    for out in handled.outgoing {
+                        let _ = shared.outbox.send(out);
+                    }
+                    match handled.reply {
+                        Reply::Ack(ack) => {
+                            close_after = ack.status == AckStatus::Revoked;
+                            Message::Ack(ack)
+                        }
+                        _ => refused(Refusal::Malformed),
+                    }
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "could not handle an envelope");
+                    let _ = send.reset(0u32.into());
+                    return;
+                }
+            }
+        }
+        Ok(Some((Message::Ping { id }, _))) => {
+            let trusted = shared
+                .read(move |m, now| m.is_trusted(&peer, now))
+                .await
+                .unwrap_or(false);
+            if trusted {
+                Message::Pong { id }
+            } else {
+                refused(Refusal::NotTrusted)
+            }
+        }
+        Ok(Some(_)) | Ok(None) | Err(_) => refused(Refusal::Malformed),
+    };
+    if let Ok(frame) = encode_frame(&answer) {
+        let _ = send.write_all(&frame).await;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+    if close_after {
+        shared.close_peer(&peer, "revoked");
+        conn.close(close_code::REVOKED.into(), b"revoked");
+    }
+}
+
+impl Node {
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The ticket other nodes use to reach this one.
+    pub fn ticket(&self) -> Ticket {
+        Ticket {
+            node_id: self.shared.node_id,
+            addrs: self.shared.advertise.clone(),
+        }
+    }
+
+    /// Events as they happen (request received, approved, revoked, ...).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Runs an operator command; envelopes it produces are delivered before this returns
+    /// (or handed to background retry if the peer cannot be reached now).
+    pub async fn command(&self, command: Command) -> Result<Vec<Delivery>, NodeError> {
+        let handled = self.shared.handle(Input::Command(command)).await?;
+        match handled.reply {
+            Reply::Failed(e) => return Err(NodeError::Command(e)),
+            Reply::Done | Reply::None | Reply::Ack(_) => {}
+        }
+        let mut deliveries = Vec::new();
+        for out in handled.outgoing {
+            deliveries.push(self.shared.deliver(out).await);
+        }
+        Ok(deliveries)
+    }
+
+    /// Asks the node named by `ticket` for trust.
+    pub async fn request(
+        &self,
+        ticket: &Ticket,
+        justification: &str,
+    ) -> Result<Delivery, NodeError> {
+        let deliveries = self
+            .command(Command::Request {
+                to: ticket.node_id,
+                justification: justification.to_string(),
+                address: ticket.addrs.first().copied(),
+            })
+            .await?;
+        Ok(deliveries
+            .into_iter()
+            .next()
+            .unwrap_or(Delivery::Acked(AckStatus::Pending)))
+    }
+
+    /// A copy of every peer record.
+    pub async fn peers(&self) -> Result<Vec<PeerRecord>, NodeError> {
+        self.shared.read(|m, _| m.peers().cloned().collect()).await
+    }
+
+    /// Reads the state machine on the core thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&TrustMachine, u64) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        self.shared.read(f).await
+    }
+
+    pub async fn is_trusted(&self, peer: NodeId) -> Result<bool, NodeError> {
+        self.shared
+            .read(move |m, now| m.is_trusted(&peer, now))
+            .await
+    }
+
+    /// Round-trip time to a trusted peer over its connection.
+    pub async fn ping(&self, peer: NodeId) -> Result<Duration, NodeError> {
+        let (trusted, addrs) = self
+            .shared
+            .read(move |m, now| (m.is_trusted(&peer, now), dial_addrs(m.peer(&peer))))
+            .await?;
+        if !trusted {
+            return Err(NodeError::NotTrusted(peer));
+        }
+        let id = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        let started = std::time::Instant::now();
+        match self
+            .shared
+            .exchange(peer, &addrs, &Message::Ping { id })
+            .await?
+        {
+            Message::Pong { id: got } if got == id => Ok(started.elapsed()),
+            Message::Ack(Ack {
+                status: AckStatus::Refused(refusal),
+            }) => Err(NodeError::Refused { peer, refusal }),
+            _ => Err(NodeError::Protocol { peer }),
+        }
+    }
+
+    /// Closes all connections with a reason and stops the core after its last commit.
+    pub async fn shutdown(self) {
+        self.shared
+            .endpoint
+            .close(close_code::SHUTDOWN.into(), b"node shutting down");
+        self.accept.abort();
+        self.outbox.abort();
+        let Node { shared, core, .. } = self;
+        let endpoint = shared.endpoint.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        // The core stops after committing everything sent before this.
+        let _ = shared.core.send(CoreMsg::Shutdown);
+        let core = core.lock().unwrap().take();
+        if let Some(core) = core {
+            let _ = tokio::task::spawn_blocking(move || core.join()).await;
+        }
+    }
+}

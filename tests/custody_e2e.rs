@@ -1,0 +1,176 @@
+//! Key custody through the real binary: a copied data dir refuses to run until the
+//! operator forks it (a new node) or adopts it (the same node, moved); a running
+//! daemon cannot dump core.
+
+mod common;
+
+use std::path::Path;
+
+use common::{TestNode, stderr_of};
+use kith_keys::keystore::Secrets;
+use kith_keys::mnemonic::Mnemonic;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+/// Copies a (stopped) data dir's files to a new temp dir, as a snapshot or backup would.
+fn copy_of(node: &TestNode) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["keystore", "kith.redb", "instance.json"] {
+        let from = node.data_dir().join(name);
+        if from.exists() {
+            std::fs::copy(&from, dir.path().join(name)).unwrap();
+        }
+    }
+    TestNode {
+        dir,
+        child: None,
+        node_id: node.node_id.clone(),
+    }
+}
+
+fn id_json(node: &TestNode) -> Value {
+    node.json(&["id"])
+}
+
+fn derived_id(node: &TestNode, index: u64) -> String {
+    let phrase = node.run_ok(&["mnemonic"]);
+    let secrets = Secrets::new(
+        Mnemonic::parse(phrase.trim()).unwrap(),
+        Zeroizing::new(String::new()),
+        u32::try_from(index).unwrap(),
+    );
+    secrets.node_key().unwrap().node_id().to_string()
+}
+
+fn run_refuses(node: &TestNode) -> String {
+    let out = node.run(&["run", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1), "a copy must not start");
+    stderr_of(&out)
+}
+
+#[test]
+fn a_copied_data_dir_refuses_to_run_and_explains_fork_and_adopt() {
+    let original = TestNode::init();
+    let copy = copy_of(&original);
+    let err = run_refuses(&copy);
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(
+        err.contains("kith fork") && err.contains("kith adopt"),
+        "{err}"
+    );
+    assert!(err.contains(&original.node_id), "{err}");
+    // Read-only commands still work, with the same warning.
+    let out = copy.run(&["id"]);
+    assert!(out.status.success());
+    assert!(stderr_of(&out).contains("kith fork"));
+}
+
+#[test]
+fn fork_makes_a_new_node_at_a_recorded_random_index_and_keeps_policy() {
+    let mut original = TestNode::init();
+    let other = TestNode::init();
+    original.start();
+    original.run_ok(&["allow", &other.node_id, "--name", "friend"]);
+    original.run_ok(&["ignore", &TestNode::init().node_id]);
+    let mut peer = TestNode::init();
+    peer.start();
+    peer.run_ok(&["request", &original.ticket()]);
+    original.wait_for_state(&peer.node_id, "incoming_pending");
+    original.stop();
+
+    let mut copy = copy_of(&original);
+    let forked = copy.run_ok(&["fork"]);
+    let new_id = forked.lines().next().unwrap().to_string();
+    assert_ne!(new_id, original.node_id);
+    let id = id_json(&copy);
+    assert_eq!(id["node_id"], new_id.as_str());
+    let index = id["index"].as_u64().unwrap();
+    assert_ne!(index, 0);
+    assert!(index < 1 << 31);
+    assert_eq!(
+        derived_id(&copy, index),
+        new_id,
+        "the fork's key is the SLIP-0010 derivation at its index"
+    );
+    assert_eq!(id["parent"]["node_id"], original.node_id.as_str());
+    assert!(
+        copy.run_ok(&["id"])
+            .contains(&format!("forked from: {}", original.node_id))
+    );
+
+    copy.node_id = new_id;
+    copy.start();
+    assert_eq!(copy.json(&["status"])["node_id"], copy.node_id.as_str());
+    assert!(
+        copy.json(&["peers"]).as_array().unwrap().is_empty(),
+        "peers are dropped"
+    );
+    assert_eq!(
+        copy.json(&["allowed"])[0]["name"],
+        "friend",
+        "the allowlist is kept"
+    );
+    assert_eq!(
+        copy.json(&["ignored"]).as_array().unwrap().len(),
+        1,
+        "the deny list is kept"
+    );
+}
+
+#[test]
+fn two_forks_of_one_copy_get_different_ids() {
+    let original = TestNode::init();
+    let a = copy_of(&original);
+    let b = copy_of(&original);
+    let id_a = a.run_ok(&["fork"]).lines().next().unwrap().to_string();
+    let id_b = b.run_ok(&["fork"]).lines().next().unwrap().to_string();
+    assert_ne!(id_a, id_b);
+    assert_ne!(id_a, original.node_id);
+    assert_ne!(id_json(&a)["index"], id_json(&b)["index"]);
+}
+
+#[test]
+fn adopt_keeps_the_identity_and_lets_it_run() {
+    let original = TestNode::init();
+    let mut moved = copy_of(&original);
+    drop(original); // the old copy is gone
+    run_refuses(&moved);
+    let adopted = moved.run_ok(&["adopt"]);
+    assert_eq!(adopted.lines().next().unwrap(), moved.node_id);
+    moved.start();
+    assert_eq!(moved.json(&["status"])["node_id"], moved.node_id.as_str());
+}
+
+#[test]
+fn fork_and_adopt_refuse_while_the_daemon_runs() {
+    let mut node = TestNode::init();
+    node.start();
+    for cmd in ["fork", "adopt"] {
+        let out = node.run(&[cmd]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr_of(&out).contains("stop it first"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
+    assert_eq!(node.json(&["status"])["node_id"], node.node_id.as_str());
+}
+
+fn proc_field(pid: u32, file: &str, prefix: &str) -> Option<String> {
+    let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join(file)).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_string)
+}
+
+#[test]
+fn a_running_daemon_cannot_dump_core() {
+    let mut node = TestNode::init();
+    node.start();
+    let line = proc_field(node.pid(), "limits", "Max core file size").expect("limits readable");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max core file size  <soft> <hard> bytes"
+    assert_eq!(fields[4], "0", "{line}");
+    assert_eq!(fields[5], "0", "{line}");
+}
