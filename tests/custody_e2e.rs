@@ -174,3 +174,33 @@ fn a_running_daemon_cannot_dump_core() {
     assert_eq!(fields[4], "0", "{line}");
     assert_eq!(fields[5], "0", "{line}");
 }
+
+#[test]
+fn the_daemon_keeps_its_key_in_locked_memory_where_the_limit_allows() {
+    let mut node = TestNode::init();
+    node.start();
+    let limit = proc_field(node.pid(), "limits", "Max locked memory").expect("limits readable");
+    let allowed = match limit.split_whitespace().nth(3) {
+        Some("unlimited") => u64::MAX,
+        Some(v) => v.parse().unwrap_or(0),
+        None => 0,
+    };
+    let locked = proc_field(node.pid(), "status", "VmLck:").expect("status readable");
+    let kib: u64 = locked.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let log = node.log();
+    if allowed >= 4096 {
+        assert!(kib >= 4, "the key's page is locked: {locked}\n{log}");
+        assert!(!log.contains("could not lock"), "{log}");
+        assert_eq!(node.json(&["status"])["hardened"], true);
+    } else {
+        eprintln!("RLIMIT_MEMLOCK is {allowed} bytes: checking for the warning instead");
+        assert!(log.contains("could not lock the node key"), "{log}");
+    }
+
+    // --no-harden turns it all off, and says so.
+    let mut debug = TestNode::init();
+    debug.start_with(&["--no-harden"]);
+    let locked = proc_field(debug.pid(), "status", "VmLck:").unwrap();
+    assert!(locked.split_whitespace().nth(1).unwrap() == "0", "{locked}");
+    assert!(debug.log().contains("--no-harden"));
+}

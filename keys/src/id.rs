@@ -11,7 +11,11 @@ use std::str::FromStr;
 use data_encoding::BASE32_NOPAD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
+
+use crate::memory::SecretCell;
 
 /// Length of a [`NodeId`] in text form.
 pub const NODE_ID_TEXT_LEN: usize = 52;
@@ -212,32 +216,37 @@ impl<'de> Deserialize<'de> for Signature {
 }
 
 /// A node's secret signing key. Wiped on drop; never printed.
+///
+/// Cloning shares the one secret (reference-counted); it never copies it. The secret
+/// lives in a locked, non-dumpable page once [`crate::memory::protect_secrets`] was
+/// called, else on the heap; either way it is wiped when the last clone drops.
+#[derive(Clone)]
 pub struct NodeKey {
-    key: SigningKey,
+    key: Arc<SecretCell<SigningKey>>,
 }
 
 impl NodeKey {
     /// Builds a key from a 32-byte Ed25519 secret (a SLIP-0010 leaf key).
     pub fn from_secret(secret: &Zeroizing<[u8; 32]>) -> Self {
         NodeKey {
-            key: SigningKey::from_bytes(secret),
+            key: Arc::new(SecretCell::new(SigningKey::from_bytes(secret))),
         }
     }
 
     /// A fresh random key from the OS RNG, for tests and throwaway nodes.
     pub fn generate() -> Self {
         NodeKey {
-            key: SigningKey::generate(&mut rand_core::OsRng),
+            key: Arc::new(SecretCell::new(SigningKey::generate(&mut rand_core::OsRng))),
         }
     }
 
     pub fn node_id(&self) -> NodeId {
-        NodeId(self.key.verifying_key().to_bytes())
+        NodeId(self.key.get().verifying_key().to_bytes())
     }
 
     pub fn sign(&self, message: &[u8]) -> Signature {
         use ed25519_dalek::Signer;
-        Signature(self.key.sign(message).to_bytes())
+        Signature(self.key.get().sign(message).to_bytes())
     }
 
     /// The key as PKCS#8 DER, for building a TLS certificate. The buffer is wiped on drop.
@@ -245,6 +254,7 @@ impl NodeKey {
         use ed25519_dalek::pkcs8::EncodePrivateKey;
         let doc = self
             .key
+            .get()
             .to_pkcs8_der()
             .expect("encoding an Ed25519 key as PKCS#8 cannot fail");
         Zeroizing::new(doc.as_bytes().to_vec())

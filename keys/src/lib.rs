@@ -17,6 +17,7 @@
 //!   [`keystore::open`], ...) holding [`Secrets`] (mnemonic, BIP39 passphrase,
 //!   node index) under a [`Passphrase`] (Argon2id + AES-256-GCM).
 //! - [`fsutil`]: atomic, durable, private (0600) file writes.
+//! - [`memory`]: locked, non-dumpable pages for long-lived secret keys.
 //!
 //! From phrase to node: `Mnemonic` → [`Mnemonic::to_seed`] →
 //! [`derive_node_key`] → `NodeKey` → [`NodeKey::node_id`]; [`Secrets::node_key`]
@@ -26,6 +27,7 @@ pub mod fsutil;
 mod hash;
 pub mod id;
 pub mod keystore;
+pub mod memory;
 pub mod mnemonic;
 pub mod slip10;
 

@@ -19,9 +19,9 @@
 //!   handshake with certificate signatures.
 //! - use a process-wide default crypto provider: the ring provider is passed
 //!   explicitly, so nothing depends on (or panics for lack of) global state.
-//! - hold the node's secret in more places than it must: the certificate is
-//!   signed through the same in-memory TLS signing key, and the PKCS#8 buffer the
-//!   key is loaded from is wiped on drop.
+//! - copy the node's secret: handshakes and the certificate are signed through the
+//!   node's own `NodeKey` (which the daemon keeps in a locked, non-dumpable page),
+//!   never through a key loaded into the crypto provider.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -127,8 +127,7 @@ pub fn node_certificate(
     key: &NodeKey,
 ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
     let pkcs8 = key.to_pkcs8_der();
-    let signer = signing_key(&pkcs8)?;
-    let cert = self_signed_certificate(key.node_id(), signer)?;
+    let cert = self_signed_certificate(key.node_id(), signing_key(key))?;
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
     Ok((cert, private))
 }
@@ -374,18 +373,52 @@ fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The rustls signing key for a node key. The PKCS#8 buffer is the caller's and is
-/// wiped on drop; this borrows it without copying.
-fn signing_key(pkcs8: &[u8]) -> Result<Arc<dyn SigningKey>, TlsError> {
-    Ok(rustls::crypto::ring::sign::any_eddsa_type(
-        &PrivatePkcs8KeyDer::from(pkcs8),
-    )?)
+/// Signs TLS handshakes (and the certificate) with the node key itself.
+///
+/// Loading the key into ring would put a second copy of the secret on the ordinary
+/// heap, outside the locked, non-dumpable page the daemon keeps it in; a `NodeKey`
+/// clone shares that one page instead.
+#[derive(Debug)]
+struct NodeSigningKey(NodeKey);
+
+impl SigningKey for NodeSigningKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered
+            .contains(&SignatureScheme::ED25519)
+            .then(|| Box::new(NodeSigner(self.0.clone())) as Box<dyn rustls::sign::Signer>)
+    }
+
+    fn public_key(&self) -> Option<rustls::pki_types::SubjectPublicKeyInfoDer<'static>> {
+        let mut spki = ED25519_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(self.0.node_id().as_bytes());
+        Some(spki.into())
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ED25519
+    }
+}
+
+#[derive(Debug)]
+struct NodeSigner(NodeKey);
+
+impl rustls::sign::Signer for NodeSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        Ok(self.0.sign(message).0.to_vec())
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+fn signing_key(key: &NodeKey) -> Arc<dyn SigningKey> {
+    Arc::new(NodeSigningKey(key.clone()))
 }
 
 /// The node's certificate and signing key, as a resolver both rustls sides accept.
 fn node_identity(key: &NodeKey) -> Result<Arc<SingleCertAndKey>, TlsError> {
-    let pkcs8 = key.to_pkcs8_der();
-    let signer = signing_key(&pkcs8)?;
+    let signer = signing_key(key);
     let cert = self_signed_certificate(key.node_id(), signer.clone())?;
     let certified = CertifiedKey::new(vec![cert], signer);
     // Guards against a certificate that does not match the key that will sign handshakes.
@@ -396,8 +429,7 @@ fn node_identity(key: &NodeKey) -> Result<Arc<SingleCertAndKey>, TlsError> {
 /// Builds the self-signed certificate for `id`, signing through `signer`.
 ///
 /// rcgen's own `KeyPair::from_pkcs8_der_and_sign_algo` would keep a second copy of
-/// the secret in a buffer that is never wiped; signing through the rustls key keeps
-/// the one in-memory copy TLS needs anyway.
+/// the secret in a buffer that is never wiped; signing through the node key does not.
 fn self_signed_certificate(
     id: NodeId,
     signer: Arc<dyn SigningKey>,

@@ -60,6 +60,10 @@ pub struct RunArgs {
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
+    if !args.no_harden {
+        // Before unlocking, so the node key is born in a locked, non-dumpable page.
+        kith_keys::memory::protect_secrets();
+    }
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
     // Two nodes with one identity break every peer's replay defences: never run a copy.
     if let Err(e) = &unlocked.custody {
@@ -82,7 +86,17 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
         for warning in report.warnings() {
             eprintln!("warning: {warning}");
         }
-        report.warnings().is_empty()
+        let memory = kith_keys::memory::report();
+        if memory.lock_failures > 0 {
+            eprintln!(
+                "warning: could not lock the node key in memory (RLIMIT_MEMLOCK too low?); \
+                 it may be written to swap"
+            );
+        }
+        if memory.dontdump_failures > 0 {
+            eprintln!("warning: could not exclude the node key's memory from core dumps");
+        }
+        report.warnings().is_empty() && memory.lock_failures == 0 && memory.dontdump_failures == 0
     };
     if args.auto_approve {
         eprintln!(
