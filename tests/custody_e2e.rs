@@ -21,11 +21,7 @@ fn copy_of(node: &TestNode) -> TestNode {
             std::fs::copy(&from, dir.path().join(name)).unwrap();
         }
     }
-    TestNode {
-        dir,
-        child: None,
-        node_id: node.node_id.clone(),
-    }
+    TestNode::with_dir(dir, node.node_id.clone())
 }
 
 fn id_json(node: &TestNode) -> Value {

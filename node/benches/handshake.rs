@@ -25,6 +25,19 @@
 //! datagrams the kernel dropped for lack of socket buffer. Both sides share the
 //! machine's cores; a node serving remote clients would have them all.
 //!
+//! 4. relayed handshake: a private node (file store, `--private`: its endpoint
+//!    refuses every inbound connection) registered at an in-process relay
+//!    (`kith_node::relay::RelayServer`); a fresh identity dials the *relay*, sends
+//!    the signed `Request` in a `Forward` and waits for the relay's `Forwarded`
+//!    answer carrying the private node's own `Pending` ack (sent after its durable
+//!    commit). p50/p99, one at a time, against the direct handshake p50 of the same run.
+//! 5. relay forwarding rate: S sender connections with K streams in flight each,
+//!    forwarding envelopes through one relay to D sink connections that answer every
+//!    push with an ack at once (the sinks stand in for nodes: what is measured is the
+//!    relay). Envelopes are signed once per sender, before timing; the relay neither
+//!    verifies nor dedupes pushes, so reusing one is the same work for it. Envelopes
+//!    per second, and the p50/p99 of one forward (sender → relay → sink → back).
+//!
 //! It prints tables and a PASS/FAIL line per target and asserts nothing about the
 //! figures (a handshake that fails is counted and shown, not a panic).
 
@@ -37,12 +50,15 @@ use std::time::{Duration, Instant};
 
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use kith_keys::{NodeId, NodeKey};
+use kith_node::node::LinkState;
 use kith_node::node::{error_chain, now_ms};
+use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::store::Store;
 use kith_node::{Node, NodeBuilder, StoreLocation, tls};
 use kith_protocol::frame::{MAX_FRAME_LEN, PREFIX_LEN, decode_frame, encode_frame};
 use kith_protocol::machine::{Config, PeerRecord, StoreWrite, TrustState};
-use kith_protocol::wire::{Ack, AckStatus, Body, Envelope, Kind, Message};
+use kith_protocol::relay::{ForwardResult, RelayConfig};
+use kith_protocol::wire::{Ack, AckStatus, Body, Envelope, Kind, Message, Reach};
 use rand_core::{OsRng, RngCore};
 use tokio::runtime::Runtime;
 
@@ -62,11 +78,23 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Targets, reported as PASS/FAIL.
 const TARGET_LATENCY_RATIO: f64 = 2.0;
 const TARGET_RATE: f64 = 2_000.0;
+/// Relayed handshake p50 against the direct handshake p50 of the same run.
+const TARGET_RELAYED_RATIO: f64 = 1.5;
+/// Envelopes one relay forwards per second.
+const TARGET_FORWARD_RATE: f64 = 20_000.0;
+
+/// Forwarding rate: sender connections, streams in flight on each, sink connections,
+/// and envelopes forwarded in the timed run.
+const FORWARD_SENDERS: usize = 16;
+const FORWARD_IN_FLIGHT: usize = 16;
+const FORWARD_SINKS: usize = 4;
+const FORWARD_ENVELOPES: usize = 200_000;
 
 /// Thread names, for telling the CPU time of each side apart.
 const NODE_THREADS: &str = "kith-node-rt";
 const CORE_THREAD: &str = "kith-core";
 const CLIENT_THREADS: &str = "bench-client";
+const RELAY_THREADS: &str = "bench-relay";
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -149,11 +177,80 @@ async fn kith_handshake(
     }
 }
 
+/// A kith handshake through a relay: dial the relay (`server`), forward a signed
+/// request to `dest`, wait for the relay's answer with `dest`'s `Pending` ack.
+/// Returns how long the dial took.
+async fn relayed_handshake(
+    client: &quinn::Endpoint,
+    key: &NodeKey,
+    relay: SocketAddr,
+    relay_id: NodeId,
+    dest: NodeId,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let conn = tls::dial(client, key, relay, relay_id)
+        .await
+        .map_err(|e| format!("dial: {}", error_chain(&e)))?;
+    let dialled = started.elapsed();
+    let mut nonce = [0u8; 16];
+    OsRng.fill_bytes(&mut nonce);
+    let body = Body {
+        kind: Kind::Request {
+            justification: "relayed handshake bench".into(),
+        },
+        from: key.node_id(),
+        to: dest,
+        nonce,
+        timestamp_ms: now_ms(),
+    };
+    let message = Message::Forward {
+        envelope: Envelope::sign(body, key),
+        reach: Reach::default(),
+    };
+    let answer = exchange(&conn, &encode_frame(&message).map_err(|e| e.to_string())?).await;
+    conn.close(0u32.into(), b"bench");
+    match answer? {
+        Message::Forwarded {
+            result: ForwardResult::Delivered,
+            ack: Some(Ack {
+                status: AckStatus::Pending,
+            }),
+        } => Ok(dialled),
+        other => Err(format!(
+            "relay answered {other:?}, expected delivered + pending"
+        )),
+    }
+}
+
+/// One frame out on a new stream, one message back.
+async fn exchange(conn: &quinn::Connection, frame: &[u8]) -> Result<Message, String> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| format!("open: {}", error_chain(&e)))?;
+    send.write_all(frame)
+        .await
+        .map_err(|e| format!("write: {}", error_chain(&e)))?;
+    send.finish().map_err(|e| format!("finish: {e}"))?;
+    let bytes = recv
+        .read_to_end(MAX_FRAME_LEN + PREFIX_LEN)
+        .await
+        .map_err(|e| format!("read: {}", error_chain(&e)))?;
+    match decode_frame::<Message>(&bytes) {
+        Ok(Some((message, _))) => Ok(message),
+        other => Err(format!("undecodable answer: {other:?}")),
+    }
+}
+
 /// Which handshake a measurement runs.
 #[derive(Clone, Copy)]
 enum Op {
     Raw,
     Kith,
+    /// Through the relay at the measurement's server address, to this node.
+    Relayed {
+        dest: NodeId,
+    },
 }
 
 /// Runs one handshake; returns how long its dial took (all of a raw connect).
@@ -172,6 +269,7 @@ async fn run_op(
                 Ok(started.elapsed())
             }
             Op::Kith => kith_handshake(client, key, server, server_id).await,
+            Op::Relayed { dest } => relayed_handshake(client, key, server, server_id, dest).await,
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, one)
@@ -253,6 +351,8 @@ fn thread_times() -> BTreeMap<&'static str, Duration> {
             "node core"
         } else if comm.starts_with(CLIENT_THREADS) {
             "clients"
+        } else if comm.starts_with(RELAY_THREADS) {
+            "relay"
         } else {
             "other"
         };
@@ -500,6 +600,209 @@ fn kith_run(
     run
 }
 
+fn start_relay(relay_rt: &Runtime, config: RelayConfig) -> RelayServer {
+    relay_rt.block_on(async {
+        RelayServer::spawn(
+            NodeKey::generate(),
+            RelayOptions {
+                listen: loopback(),
+                advertise: Vec::new(),
+                config,
+            },
+        )
+        .await
+        .expect("starting the relay")
+    })
+}
+
+/// Relayed handshakes against a fresh private node (file store) homed at `relay`,
+/// after `warmup` untimed ones; pending records are counted like [`kith_run`]'s.
+fn relayed_run(
+    node_rt: &Runtime,
+    clients: &Runtime,
+    relay: &RelayServer,
+    store: StoreLocation,
+    warmup: usize,
+    total: usize,
+) -> Run {
+    let node = node_rt.block_on(async {
+        NodeBuilder::new(NodeKey::generate())
+            .listen(loopback())
+            .store(store.clone())
+            .config(bench_config())
+            .private(true)
+            .relay(relay.ticket().as_relay())
+            .spawn()
+            .await
+            .expect("starting the private node")
+    });
+    let registered = Instant::now();
+    while node
+        .relay_status()
+        .is_none_or(|s| s.state != LinkState::Registered)
+    {
+        assert!(
+            registered.elapsed() < Duration::from_secs(10),
+            "the private node did not register at the relay"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let op = Op::Relayed {
+        dest: node.node_id(),
+    };
+    let (addr, id) = (relay.local_addr(), relay.node_id());
+    let pending = || {
+        node_rt
+            .block_on(node.read(|m, _| m.pending_incoming()))
+            .unwrap_or(0)
+    };
+    if warmup > 0 {
+        drive(clients, op, addr, id, 1, 0, warmup);
+    }
+    let before = pending();
+    let mut run = drive(clients, op, addr, id, 1, 0, total);
+    let in_node = pending().saturating_sub(before);
+    node_rt.block_on(node.shutdown());
+    let in_file = match &store {
+        StoreLocation::File(path) => Some(pending_in_file(path).map(|n| n.saturating_sub(before))),
+        StoreLocation::InMemory => None,
+    };
+    run.pending = Some((in_node, in_file));
+    run
+}
+
+/// A stand-in destination: connected to the relay (so registered), it answers every
+/// pushed envelope with a `Pending` ack at once, without looking at it.
+async fn sink(relay: SocketAddr, relay_id: NodeId) -> (quinn::Endpoint, quinn::Connection, NodeId) {
+    let key = NodeKey::generate();
+    let endpoint = tls::make_endpoint(&key, loopback()).expect("binding a sink endpoint");
+    let conn = tls::dial(&endpoint, &key, relay, relay_id)
+        .await
+        .expect("a sink connects to the relay");
+    let ack = encode_frame(&Message::Ack(Ack {
+        status: AckStatus::Pending,
+    }))
+    .unwrap();
+    let serving = conn.clone();
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = serving.accept_bi().await {
+            let ack = ack.clone();
+            tokio::spawn(async move {
+                if recv.read_to_end(MAX_FRAME_LEN + PREFIX_LEN).await.is_ok() {
+                    let _ = send.write_all(&ack).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+    (endpoint, conn, key.node_id())
+}
+
+/// `total` forwards through `relay` from `senders` connections with `in_flight`
+/// streams each, to `sinks` sink connections (sender i → sink i mod sinks).
+fn forwarding_run(
+    clients: &Runtime,
+    relay: &RelayServer,
+    senders: usize,
+    in_flight: usize,
+    sinks: usize,
+    total: usize,
+) -> Run {
+    let (addr, relay_id) = (relay.local_addr(), relay.node_id());
+    clients.block_on(async {
+        let mut sink_conns = Vec::new();
+        for _ in 0..sinks {
+            sink_conns.push(sink(addr, relay_id).await);
+        }
+        // Sinks register as they connect; give the relay a moment to see the last one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut sender_conns = Vec::new();
+        for i in 0..senders {
+            let key = NodeKey::generate();
+            let endpoint = tls::make_endpoint(&key, loopback()).expect("binding a sender");
+            let conn = tls::dial(&endpoint, &key, addr, relay_id)
+                .await
+                .expect("a sender connects to the relay");
+            let to = sink_conns[i % sinks].2;
+            let envelope = Envelope::sign(
+                Body {
+                    kind: Kind::Request {
+                        justification: "forwarding bench".into(),
+                    },
+                    from: key.node_id(),
+                    to,
+                    nonce: [i as u8; 16],
+                    timestamp_ms: now_ms(),
+                },
+                &key,
+            );
+            let frame = encode_frame(&Message::Forward {
+                envelope,
+                reach: Reach::default(),
+            })
+            .unwrap();
+            sender_conns.push((endpoint, conn, Arc::new(frame)));
+        }
+        // Warm-up: one forward per sender.
+        for (_, conn, frame) in &sender_conns {
+            let _ = exchange(conn, frame).await;
+        }
+        let next = Arc::new(AtomicUsize::new(0));
+        let before = Counters::now();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (_, conn, frame) in &sender_conns {
+            for _ in 0..in_flight {
+                let (next, conn, frame) = (next.clone(), conn.clone(), frame.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    let mut failures = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < total {
+                        let t = Instant::now();
+                        let answer =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange(&conn, &frame))
+                                .await
+                                .unwrap_or_else(|_| Err("timed out".into()));
+                        match answer {
+                            Ok(Message::Forwarded {
+                                result: ForwardResult::Delivered,
+                                ack: Some(_),
+                            }) => samples.push(t.elapsed()),
+                            Ok(other) => failures.push(format!("answer {other:?}")),
+                            Err(e) => failures.push(e),
+                        }
+                    }
+                    (samples, failures)
+                }));
+            }
+        }
+        let mut run = Run {
+            concurrency: senders * in_flight,
+            ..Run::default()
+        };
+        let mut failures = Vec::new();
+        for task in tasks {
+            let (s, f) = task.await.expect("a sender task panicked");
+            run.samples.extend(s);
+            failures.extend(f);
+        }
+        run.elapsed = started.elapsed();
+        run.counters = Counters::now().since(&before);
+        run.samples.sort();
+        run.failures = failures.len();
+        run.first_failure = failures.into_iter().next();
+        for (endpoint, conn, _) in sender_conns {
+            conn.close(0u32.into(), b"done");
+            endpoint.close(0u32.into(), b"done");
+        }
+        for (endpoint, conn, _) in sink_conns {
+            conn.close(0u32.into(), b"done");
+            endpoint.close(0u32.into(), b"done");
+        }
+        run
+    })
+}
+
 /// Durable commits of one new pending record each, one at a time, on a store file
 /// of its own: what the node's core pays per batch.
 fn store_commits(path: &Path, iterations: usize) -> Run {
@@ -578,6 +881,12 @@ fn main() {
         .thread_name(CLIENT_THREADS)
         .build()
         .expect("building the client runtime");
+    // The relay gets a runtime of its own too, as `kith relay` builds it.
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(RELAY_THREADS)
+        .build()
+        .expect("building the relay runtime");
     let dir = tempfile::Builder::new()
         .prefix("kith-handshake-bench-")
         // The target dir, not /tmp: /tmp may be a tmpfs, where fsync costs nothing.
@@ -631,6 +940,42 @@ fn main() {
         ..store_commits(&dir.path().join("commits.redb"), LATENCY_ITERATIONS)
     };
 
+    // 4. Relayed handshakes, one at a time, to a private node homed at a relay, and
+    // the relay's forwarding rate. The relay runs with the default config except the
+    // per-sender rate limit, lifted as the pending bounds are for the node.
+    let relay = start_relay(
+        &relay_rt,
+        RelayConfig {
+            rate_burst: 0,
+            ..RelayConfig::default()
+        },
+    );
+    let relayed = Run {
+        name: "kith relayed handshake".into(),
+        ..relayed_run(
+            &node_rt,
+            &clients,
+            &relay,
+            StoreLocation::File(dir.path().join("relayed.redb")),
+            WARMUP,
+            LATENCY_ITERATIONS,
+        )
+    };
+    let forwarding = Run {
+        name: format!(
+            "relay forwarding, {FORWARD_SENDERS}×{FORWARD_IN_FLIGHT} → {FORWARD_SINKS} sinks"
+        ),
+        ..forwarding_run(
+            &clients,
+            &relay,
+            FORWARD_SENDERS,
+            FORWARD_IN_FLIGHT,
+            FORWARD_SINKS,
+            FORWARD_ENVELOPES,
+        )
+    };
+    relay_rt.block_on(relay.shutdown());
+
     // 3. Sustained: raw connects (the transport's ceiling), then kith handshakes with
     // one fresh node per concurrency level.
     let raw_sustained = Run {
@@ -665,8 +1010,9 @@ fn main() {
         .max_by(|a, b| a.rate().total_cmp(&b.rate()))
         .map(|r| r.concurrency);
 
-    let all: Vec<&Run> = [&raw, &direct, &in_memory, &commits, &raw_sustained]
+    let all: Vec<&Run> = [&raw, &direct, &in_memory, &commits, &relayed, &forwarding]
         .into_iter()
+        .chain([&raw_sustained])
         .chain(&sustained)
         .collect();
     let mut results = table(vec![
@@ -693,7 +1039,9 @@ fn main() {
                 notes.push("MISMATCH".into());
             }
         }
-        if run.pending.is_none() && run.dials.is_empty() {
+        if std::ptr::eq(*run, &forwarding) {
+            notes.push("per forward: sender → relay → sink ack → relay answer".into());
+        } else if run.pending.is_none() && run.dials.is_empty() {
             notes.push("Store::apply of one pending record, on the bench's main thread".into());
         }
         if run.failures > 0 {
@@ -732,6 +1080,7 @@ fn main() {
         "clients",
         "node async",
         "node core",
+        "relay",
         "total (bench)",
         "bench busy",
         "machine busy",
@@ -750,6 +1099,7 @@ fn main() {
             right(us(run.cpu_per(c.get("clients")))),
             right(us(run.cpu_per(c.get("node async")))),
             right(us(run.cpu_per(c.get("node core")))),
+            right(us(run.cpu_per(c.get("relay")))),
             right(us(run.cpu_per(c.own()))),
             right(share(c.own(), run)),
             right(share(c.machine_busy, run)),
@@ -818,6 +1168,33 @@ fn main() {
             cores as f64 / node_cpu.as_secs_f64().max(1e-9),
         );
     }
+    let relayed_ratio = relayed.p(50.0).as_secs_f64() / direct.p(50.0).as_secs_f64();
+    let relayed_ok = relayed.durable() && relayed_ratio <= TARGET_RELAYED_RATIO;
+    println!(
+        "{}: relayed handshake p50 {} (p99 {}) = {relayed_ratio:.2}× direct handshake p50 {} \
+         (target ≤ {TARGET_RELAYED_RATIO}×; {})",
+        if relayed_ok { "PASS" } else { "FAIL" },
+        ms(relayed.p(50.0)),
+        ms(relayed.p(99.0)),
+        ms(direct.p(50.0)),
+        if relayed.durable() {
+            format!("all {} pending records in the reopened store", relayed.ok())
+        } else {
+            "failures or a store count mismatch".to_string()
+        },
+    );
+    let forward_ok = forwarding.failures == 0 && forwarding.rate() >= TARGET_FORWARD_RATE;
+    println!(
+        "{}: relay forwarding {:.0} envelopes/s with {} streams in flight (target ≥ \
+         {TARGET_FORWARD_RATE:.0}/s; {} failures; relay CPU {} per envelope; p50 {}, p99 {})",
+        if forward_ok { "PASS" } else { "FAIL" },
+        forwarding.rate(),
+        forwarding.concurrency,
+        forwarding.failures,
+        us(forwarding.cpu_per(forwarding.counters.get("relay"))),
+        ms(forwarding.p(50.0)),
+        ms(forwarding.p(99.0)),
+    );
     println!(
         "total bench time {:.1} s",
         bench_started.elapsed().as_secs_f64()

@@ -225,6 +225,13 @@ pub struct PeerView {
     pub justification: Option<String>,
     pub reason: Option<String>,
     pub expires_at_ms: Option<u64>,
+    /// How this node last reached the peer: "direct" or "relayed" (before it sent
+    /// anything: how the peer reached it; absent when nothing was exchanged).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The peer's home relay (its node id), if it told us of one.
+    #[serde(default)]
+    pub relay: Option<String>,
 }
 
 /// One pending request as `kith pending` shows it.
@@ -254,6 +261,77 @@ pub struct StatusView {
     pub hardened: bool,
     pub auto_approve: bool,
     pub started_at_ms: u64,
+    /// "direct" (peers can dial this node; its relay's dial-back succeeded),
+    /// "relay only" (private, or the dial-back failed), or "direct (untested)" (no relay).
+    #[serde(default)]
+    pub reachability: String,
+    /// `kith run --private`: inbound connections are refused.
+    #[serde(default)]
+    pub private: bool,
+    /// The home relay connection, with `kith run --relay`.
+    #[serde(default)]
+    pub relay: Option<RelayLinkView>,
+}
+
+/// The home relay connection as `kith status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayLinkView {
+    pub node_id: String,
+    pub addrs: Vec<String>,
+    /// connecting, connected, registered, refused, disconnected
+    pub state: String,
+    pub since_ms: u64,
+    /// The address the relay sees this node at.
+    pub observed: Option<String>,
+    /// The relay's dial-back result: true (dialled us directly), false, or absent (not tested).
+    pub direct: Option<bool>,
+    /// Why the relay refused to register this node.
+    pub refusal: Option<String>,
+    /// Set when the relay reported this node's id connected from elsewhere too.
+    pub conflict: Option<ConflictView>,
+    pub last_error: Option<String>,
+    pub connects: u64,
+}
+
+/// An identity conflict: the same node id connected to the relay from other addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConflictView {
+    pub others: Vec<String>,
+    pub at_ms: u64,
+    /// What the operator should do.
+    pub advice: String,
+}
+
+/// What `kith status` shows for a relay (`kith relay`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayServerView {
+    /// Always "relay": tells a relay's status from a node's.
+    pub role: String,
+    pub node_id: String,
+    pub version: String,
+    pub data_dir: String,
+    pub listen: String,
+    pub ticket: String,
+    /// Connected clients (registered or not).
+    pub clients: usize,
+    /// Nodes envelopes are routed to.
+    pub registered: usize,
+    /// Envelopes waiting for an offline destination.
+    pub queued: usize,
+    pub forwarded: u64,
+    pub delivered: u64,
+    pub queued_total: u64,
+    pub delivered_from_queue: u64,
+    pub expired: u64,
+    pub unknown_destination: u64,
+    pub refused: u64,
+    pub conflicts: u64,
+    pub max_clients: usize,
+    /// Size of the `--allow` list, if one is in force.
+    pub allow: Option<usize>,
+    pub keystore_encrypted: bool,
+    pub hardened: bool,
+    pub started_at_ms: u64,
 }
 
 /// The outcome of a command that sent an envelope to a peer.
@@ -264,10 +342,17 @@ pub struct SentView {
     pub node_id: String,
     /// Our side's state for the peer after the command.
     pub state: String,
-    /// True when the peer acknowledged the envelope; false when delivery is being retried.
+    /// True when the peer acknowledged the envelope (directly or through a relay);
+    /// false when it is queued at a relay or delivery is being retried.
     pub delivered: bool,
     /// The peer's acknowledgement ("pending", "trusted", ...) or why it could not be reached.
     pub detail: String,
+    /// "direct" or "relayed" when it got through; absent otherwise.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// True when the peer's relay holds it until the peer reconnects.
+    #[serde(default)]
+    pub queued: bool,
 }
 
 /// A node on the allow or deny list.
@@ -287,7 +372,9 @@ pub struct EventView {
     pub short_id: String,
     /// request_received, request_sent, auto_approved, approved, rejected, rejected_by_peer,
     /// accepted_by_peer, mutual_trust, revoked, revoked_by_peer, trust_expired, pending_expired,
-    /// pending_evicted, ignored, dismissed, cancelled, refused
+    /// pending_evicted, ignored, dismissed, cancelled, refused; relay_connected,
+    /// relay_registered, relay_refused, relay_disconnected, identity_conflict (node_id is
+    /// then the relay's)
     pub kind: String,
     /// Justification, reason or refusal, when the event carries one (not escaped).
     pub detail: Option<String>,

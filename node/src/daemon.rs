@@ -15,17 +15,22 @@ use kith_protocol::machine::{
     Command, Config, Event, EventKind, PeerRecord, TrustMachine, TrustState,
 };
 use kith_protocol::validate::escape_for_display;
+use kith_protocol::wire::RelayRef;
 use serde::Serialize;
 use tokio::io::BufReader;
 use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
 
 use crate::control::{
-    self, ControlError, EventView, ListedView, PeerView, PendingView, PingView, Request, Response,
-    SentView, StatusView,
+    self, ConflictView, ControlError, EventView, ListedView, PeerView, PendingView, PingView,
+    RelayLinkView, Request, Response, SentView, StatusView,
 };
 use crate::datadir::DataDir;
-use crate::node::{Delivery, Node, NodeBuilder, NodeError, StoreLocation, now_ms};
+use crate::node::{
+    Delivery, Node, NodeBuilder, NodeError, RelayEvent, RelayEventKind, RelayStatus, StoreLocation,
+    now_ms,
+};
+use crate::reach::PeerReach;
 use crate::ticket::Ticket;
 
 /// How `kith run` was configured.
@@ -38,6 +43,10 @@ pub struct DaemonOptions {
     pub hardened: bool,
     /// A shell command run for every incoming request, with its details in KITH_* variables.
     pub on_request: Option<String>,
+    /// The home relay (`--relay`).
+    pub relay: Option<RelayRef>,
+    /// Refuse inbound connections, advertise no direct address (`--private`).
+    pub private: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +62,10 @@ struct Daemon {
     data_dir: DataDir,
     options: DaemonOptions,
     started_at_ms: u64,
-    /// The most recent events, for `kith events` without `--follow`.
+    /// The most recent events, for `kith events` without `--follow`, and the live
+    /// stream of new ones (both fed by `watch_events`, under the same lock).
     recent: Mutex<VecDeque<EventView>>,
+    live: tokio::sync::broadcast::Sender<EventView>,
 }
 
 /// Events kept for `kith events`.
@@ -67,29 +78,44 @@ pub async fn run(
     options: DaemonOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let node = NodeBuilder::new(key)
+    let mut builder = NodeBuilder::new(key)
         .listen(options.listen)
         .advertise(options.advertise.clone())
         .store(StoreLocation::File(data_dir.store()))
         .config(options.config.clone())
-        .spawn()
-        .await?;
+        .private(options.private);
+    if let Some(relay) = &options.relay {
+        builder = builder.relay(relay.clone());
+    }
+    let node = builder.spawn().await?;
     let listener = control::bind(&data_dir.control_socket()).await?;
     info!(node_id = %node.node_id(), listen = %node.local_addr(), "kith node running");
     eprintln!(
-        "kith node {} listening on {} (control socket {})",
+        "kith node {} listening on {} (control socket {}){}",
         node.node_id(),
         node.local_addr(),
-        data_dir.control_socket().display()
+        data_dir.control_socket().display(),
+        match (&options.relay, options.private) {
+            (Some(r), true) => format!("; private, reachable through relay {}", r.node_id.short()),
+            (Some(r), false) => format!("; home relay {}", r.node_id.short()),
+            (None, true) => "; private, and without a relay nobody can reach it".to_string(),
+            (None, false) => String::new(),
+        }
     );
+    let (live, _) = tokio::sync::broadcast::channel(1024);
     let daemon = Arc::new(Daemon {
         node,
         data_dir,
         options,
         started_at_ms: now_ms(),
         recent: Mutex::new(VecDeque::new()),
+        live,
     });
-    let watcher = tokio::spawn(watch_events(daemon.clone(), daemon.node.subscribe()));
+    let watcher = tokio::spawn(watch_events(
+        daemon.clone(),
+        daemon.node.subscribe(),
+        daemon.node.subscribe_relay(),
+    ));
     tokio::select! {
         () = shutdown => info!("shutting down"),
         () = serve_control(listener, daemon.clone()) => {}
@@ -167,7 +193,7 @@ pub fn state_name(state: &TrustState) -> &'static str {
     }
 }
 
-fn peer_view(record: &PeerRecord, now: u64) -> PeerView {
+fn peer_view(record: &PeerRecord, now: u64, reach: Option<&PeerReach>) -> PeerView {
     let state =
         if record.state == TrustState::Trusted && record.expires_at_ms.is_some_and(|e| e <= now) {
             "expired"
@@ -185,6 +211,12 @@ fn peer_view(record: &PeerRecord, now: u64) -> PeerView {
         justification: record.justification.clone(),
         reason: record.reason.clone(),
         expires_at_ms: record.expires_at_ms,
+        path: reach
+            .and_then(|r| r.last_path)
+            .map(|p| p.as_str().to_string()),
+        relay: reach
+            .and_then(|r| r.relay.as_ref())
+            .map(|r| r.node_id.to_string()),
     }
 }
 
@@ -228,10 +260,29 @@ impl Daemon {
             })
             .await
             .unwrap_or("unknown");
-        let (delivered, detail) = match deliveries.into_iter().next() {
-            Some(Delivery::Acked(status)) => (true, status.to_string()),
-            Some(Delivery::Retrying { reason }) => (false, reason),
-            None => (true, "nothing to send".to_string()),
+        let (delivered, detail, path, queued) = match deliveries.into_iter().next() {
+            Some(Delivery::Acked(status)) => (true, status.to_string(), Some("direct"), false),
+            Some(Delivery::Relayed { relay, ack }) => (
+                true,
+                match ack {
+                    Some(status) => status.to_string(),
+                    None => format!("handed to {} by relay {}", peer.short(), relay.short()),
+                },
+                Some("relayed"),
+                false,
+            ),
+            Some(Delivery::Queued { relay }) => (
+                false,
+                format!(
+                    "{} is offline; relay {} holds it until it reconnects",
+                    peer.short(),
+                    relay.short()
+                ),
+                Some("relayed"),
+                true,
+            ),
+            Some(Delivery::Retrying { reason }) => (false, reason, None, false),
+            None => (true, "nothing to send".to_string(), None, false),
         };
         ok(SentView {
             from: self.node.node_id().to_string(),
@@ -239,6 +290,8 @@ impl Daemon {
             state: state.to_string(),
             delivered,
             detail,
+            path: path.map(str::to_string),
+            queued,
         })
     }
 
@@ -249,6 +302,7 @@ impl Daemon {
                 "ticket": self.node.ticket().to_string(),
                 "node_id": self.node.node_id().to_string(),
                 "addrs": self.node.ticket().addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "relay": self.node.ticket().relay.map(|r| r.node_id.to_string()),
             })),
             Request::Request {
                 ticket,
@@ -280,7 +334,14 @@ impl Daemon {
             }
             Request::Peers => match self
                 .node
-                .read(|m, now| m.peers().map(|p| peer_view(p, now)).collect::<Vec<_>>())
+                .read({
+                    let reach = self.node.reach();
+                    move |m, now| {
+                        m.peers()
+                            .map(|p| peer_view(p, now, reach.get(&p.id)))
+                            .collect::<Vec<_>>()
+                    }
+                })
                 .await
             {
                 Ok(mut views) => {
@@ -397,9 +458,13 @@ impl Daemon {
     }
 
     async fn stream_events(&self, stream: &mut BufReader<tokio::net::UnixStream>, follow: bool) {
-        // Subscribe before copying the history so nothing falls between the two.
-        let mut live = self.node.subscribe();
-        let history: Vec<EventView> = self.recent.lock().unwrap().iter().cloned().collect();
+        // Subscribe and copy the history under the lock `watch_events` holds while it
+        // adds an event to both, so nothing is missed or seen twice.
+        let (mut live, history) = {
+            let recent = self.recent.lock().unwrap();
+            let history: Vec<EventView> = recent.iter().cloned().collect();
+            (self.live.subscribe(), history)
+        };
         for view in history {
             if control::write_response(stream, &ok(view)).await.is_err() {
                 return;
@@ -410,11 +475,8 @@ impl Daemon {
         }
         loop {
             match live.recv().await {
-                Ok(event) => {
-                    if control::write_response(stream, &ok(event_view(&event)))
-                        .await
-                        .is_err()
-                    {
+                Ok(view) => {
+                    if control::write_response(stream, &ok(view)).await.is_err() {
                         return;
                     }
                 }
@@ -502,7 +564,77 @@ impl Daemon {
             hardened: self.options.hardened,
             auto_approve,
             started_at_ms: self.started_at_ms,
+            reachability: self.node.reachability().to_string(),
+            private: self.node.is_private(),
+            relay: self.node.relay_status().map(|s| relay_link_view(&s)),
         })
+    }
+}
+
+/// What an operator should do about an identity conflict.
+pub const CONFLICT_ADVICE: &str = concat!(
+    "this node's id is connected to its relay from another place too: two running copies of ",
+    "one identity. If this data dir was copied (a cloned VM, a restored backup), run `kith fork` ",
+    "on the copy to make it a new node; if the node moved here, stop the old copy (and run ",
+    "`kith adopt` here if asked to)"
+);
+
+fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
+    RelayLinkView {
+        node_id: s.relay.to_string(),
+        addrs: s.addrs.iter().map(|a| a.to_string()).collect(),
+        state: s.state.as_str().to_string(),
+        since_ms: s.since_ms,
+        observed: s.observed.map(|a| a.to_string()),
+        direct: s.direct,
+        refusal: s.refusal.map(|r| r.to_string()),
+        conflict: s.conflict.as_ref().map(|c| ConflictView {
+            others: c.others.iter().map(|a| a.to_string()).collect(),
+            at_ms: c.at_ms,
+            advice: CONFLICT_ADVICE.to_string(),
+        }),
+        last_error: s.last_error.clone(),
+        connects: s.connects,
+    }
+}
+
+/// The name and detail a relay event has in `kith events`.
+pub fn relay_event_view(event: &RelayEvent) -> EventView {
+    let (kind, detail, address) = match &event.kind {
+        RelayEventKind::Connected { addr } => ("relay_connected", None, Some(addr.to_string())),
+        RelayEventKind::Registered { observed, direct } => (
+            "relay_registered",
+            Some(match direct {
+                Some(true) => "reachable directly".to_string(),
+                Some(false) => "relay only: the relay could not dial this node".to_string(),
+                None => "relay only".to_string(),
+            }),
+            Some(observed.to_string()),
+        ),
+        RelayEventKind::Refused { reason } => ("relay_refused", Some(reason.to_string()), None),
+        RelayEventKind::Disconnected { reason } => {
+            ("relay_disconnected", Some(reason.clone()), None)
+        }
+        RelayEventKind::Conflict { others } => (
+            "identity_conflict",
+            Some(format!(
+                "also connected from {}: {CONFLICT_ADVICE}",
+                others
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            others.first().map(|a| a.to_string()),
+        ),
+    };
+    EventView {
+        at_ms: event.at_ms,
+        node_id: event.relay.to_string(),
+        short_id: event.relay.short(),
+        kind: kind.to_string(),
+        detail,
+        address,
     }
 }
 
@@ -591,21 +723,38 @@ pub fn event_view(event: &Event) -> EventView {
     }
 }
 
-/// Keeps the recent-events ring and runs the `--on-request` hook.
-async fn watch_events(daemon: Arc<Daemon>, mut events: tokio::sync::broadcast::Receiver<Event>) {
+/// Keeps the recent-events ring and the live stream (trust events and relay
+/// events), and runs the `--on-request` hook.
+async fn watch_events(
+    daemon: Arc<Daemon>,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    mut relay_events: tokio::sync::broadcast::Receiver<RelayEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut relay_open = true;
     loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(_) => return,
+        let view = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => event_view(&event),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
+            event = relay_events.recv(), if relay_open => match event {
+                Ok(event) => relay_event_view(&event),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(_) => {
+                    relay_open = false;
+                    continue;
+                }
+            },
         };
-        let view = event_view(&event);
         {
             let mut recent = daemon.recent.lock().unwrap();
             if recent.len() == RECENT_EVENTS {
                 recent.pop_front();
             }
             recent.push_back(view.clone());
+            let _ = daemon.live.send(view.clone());
         }
         if view.kind == "request_received" {
             if let Some(cmd) = &daemon.options.on_request {

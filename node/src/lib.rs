@@ -3,10 +3,16 @@
 //! # Layout
 //!
 //! - [`node`]: [`Node`] — a QUIC endpoint, the trust state machine and its store, wired
-//!   together; embeddable (see examples/two_nodes.rs).
+//!   together; embeddable (see examples/two_nodes.rs). Its private `link` submodule is
+//!   the relay client: the home relay connection (keep-alive, reconnect with backoff and
+//!   jitter, registration) and forwarding through relays.
 //! - [`daemon`]: `kith run` — a node bound to a data dir, answering on its control socket.
 //! - [`control`]: the control socket protocol between `kith` subcommands and the daemon.
-//! - [`store`]: the redb database: peers, allow and deny lists, audit log.
+//! - [`store`]: the redb database: peers, allow and deny lists, audit log, reach records.
+//! - [`reach`]: how each peer is reached (direct addresses, its home relay, the last
+//!   path that worked) and the order delivery tries them in.
+//! - [`relay`]: `kith relay` — a relay server: a QUIC endpoint driving the sans-IO
+//!   `kith_protocol::relay::Relay`, with its own control socket.
 //! - [`tls`]: node certificates and the verifiers that bind a QUIC connection to a NodeId.
 //! - [`ticket`]: the pasteable string that says who a node is and how to reach it.
 //! - [`addrs`]: which local addresses go into a ticket.
@@ -24,6 +30,8 @@ pub mod demo;
 pub mod harden;
 pub mod instance;
 pub mod node;
+pub mod reach;
+pub mod relay;
 pub mod store;
 pub mod ticket;
 pub mod tls;
@@ -33,3 +41,5 @@ pub use node::{Delivery, Node, NodeBuilder, NodeError, StoreLocation};
 
 /// The UDP port a kith node listens on by default.
 pub const DEFAULT_PORT: u16 = 7444;
+/// The UDP port a kith relay listens on by default.
+pub const DEFAULT_RELAY_PORT: u16 = 7445;

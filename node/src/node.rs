@@ -7,6 +7,17 @@
 //! and outgoing envelopes. So nothing is acknowledged before it is on disk, and a
 //! burst of handshakes costs one fsync. The async side only moves bytes: it must
 //! never decide trust itself, and never send a reply the core has not released.
+//!
+//! Reaching peers: an envelope goes over an open connection to its peer, else to a
+//! direct address, else through a relay (the peer's home relay, the relay it last
+//! came through, our own home relay) — see [`crate::reach`]. A node with a home
+//! relay keeps a connection to it ([`link`]) and receives envelopes pushed through
+//! it like any other, with no transport peer and no source address. A private node
+//! (`--private`) refuses every inbound connection and advertises no direct address.
+//! Reply hints ([`Reach`]) learned from envelopes are stored by the core in the same
+//! transaction as the envelope's effects, and only if it was applied.
+
+mod link;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,16 +25,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use link::{
+    BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LinkState, RelayEvent, RelayEventKind, RelayStatus,
+};
+
 use kith_keys::{NodeId, NodeKey};
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::machine::{
     Command, Config, Event, Input, Output, PeerRecord, Reply, TrustMachine,
 };
+use kith_protocol::relay::ForwardResult;
 use kith_protocol::validate::Refusal;
-use kith_protocol::wire::{Ack, AckStatus, Envelope, Message};
+use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayRef};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::reach::{PathKind, PeerReach, Targets, targets};
 use crate::store::{Store, StoreError};
 use crate::ticket::Ticket;
 use crate::tls::{self, TlsError};
@@ -38,11 +55,21 @@ const MAX_BATCH: usize = 512;
 const EVENT_BUFFER: usize = 1024;
 /// Retries of an undelivered envelope stop before its timestamp leaves the peer's skew window.
 const RETRY_FOR: Duration = Duration::from_secs(240);
+/// How long a direct dial may take before delivery falls back to a relay (when the
+/// peer has one): long enough for a handshake over a slow path, short enough that a
+/// NAT that drops the dial costs little.
+pub const DIRECT_BEFORE_RELAY: Duration = Duration::from_secs(2);
 
 /// QUIC application close codes.
 pub mod close_code {
     pub const SHUTDOWN: u32 = 0;
     pub const REVOKED: u32 = 1;
+    /// A relay closes a connection that a newer registration replaced.
+    pub const REPLACED: u32 = 2;
+    /// A relay closes its dial-back connection as soon as it is established.
+    pub const DIAL_BACK: u32 = 3;
+    /// A relay refuses a client (too many clients).
+    pub const RELAY_FULL: u32 = 4;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +92,8 @@ pub enum NodeError {
     NotTrusted(NodeId),
     #[error("{peer} answered with something other than an acknowledgement")]
     Protocol { peer: NodeId },
+    #[error("relay {relay}: {reason}")]
+    Relay { relay: NodeId, reason: String },
 }
 
 /// Where the node keeps its database.
@@ -81,6 +110,8 @@ pub struct NodeBuilder {
     store: StoreLocation,
     config: Config,
     advertise: Vec<SocketAddr>,
+    relay: Option<RelayRef>,
+    private: bool,
 }
 
 impl NodeBuilder {
@@ -92,7 +123,23 @@ impl NodeBuilder {
             store: StoreLocation::InMemory,
             config: Config::default(),
             advertise: Vec::new(),
+            relay: None,
+            private: false,
         }
+    }
+
+    /// The home relay: the node keeps a connection to it, registers there, and its
+    /// ticket names it.
+    pub fn relay(mut self, relay: RelayRef) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// Accept no inbound connection and advertise no direct address: reachable only
+    /// through the home relay (and over connections this node opened).
+    pub fn private(mut self, private: bool) -> Self {
+        self.private = private;
+        self
     }
 
     pub fn listen(mut self, addr: SocketAddr) -> Self {
@@ -139,14 +186,18 @@ impl NodeBuilder {
             addr: self.listen,
             source,
         })?;
-        let advertise = if self.advertise.is_empty() {
+        let advertise = if self.private {
+            Vec::new()
+        } else if self.advertise.is_empty() {
             crate::addrs::advertised(local_addr)
         } else {
             self.advertise
         };
+        let reach: ReachMap = Arc::new(Mutex::new(snapshot.reach.into_iter().collect()));
 
         let (core_tx, core_rx) = std::sync::mpsc::channel();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (relay_events, first_relay_subscriber) = broadcast::channel(EVENT_BUFFER);
         let key = Arc::new(self.key);
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -155,23 +206,36 @@ impl NodeBuilder {
             endpoint: endpoint.clone(),
             local_addr,
             advertise,
+            private: self.private,
+            home: self.relay.clone(),
             core: core_tx,
             events: events.clone(),
             conns: Mutex::new(HashMap::new()),
             outbox,
+            reach: reach.clone(),
+            links: Mutex::new(HashMap::new()),
+            link_dial: tokio::sync::Mutex::new(()),
+            relay_status: Mutex::new(self.relay.as_ref().map(link::RelayStatus::new)),
+            relay_events,
+            first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
         });
+        let home = self.relay.clone();
         let core = std::thread::Builder::new()
             .name("kith-core".into())
-            .spawn(move || run_core(machine, store, key, core_rx, events))
+            .spawn(move || run_core(machine, store, key, core_rx, events, reach, home))
             .expect("spawning the core thread");
         let accept = tokio::spawn(accept_loop(shared.clone()));
         let outbox = tokio::spawn(run_outbox(shared.clone(), outbox_rx));
-        info!(%node_id, %local_addr, "node started");
+        let home_link = self
+            .relay
+            .map(|relay| tokio::spawn(link::run_home(shared.clone(), relay)));
+        info!(%node_id, %local_addr, private = self.private, "node started");
         Ok(Node {
             shared,
             core: Mutex::new(Some(core)),
             accept,
             outbox,
+            home_link,
         })
     }
 }
@@ -182,7 +246,12 @@ pub struct Node {
     core: Mutex<Option<std::thread::JoinHandle<()>>>,
     accept: tokio::task::JoinHandle<()>,
     outbox: tokio::task::JoinHandle<()>,
+    home_link: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How each peer is reached; written by the core thread (after its commit), read by
+/// delivery and views.
+type ReachMap = Arc<Mutex<HashMap<NodeId, PeerReach>>>;
 
 struct Shared {
     node_id: NodeId,
@@ -190,12 +259,29 @@ struct Shared {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     advertise: Vec<SocketAddr>,
+    /// Refuse inbound connections; advertise no direct address.
+    private: bool,
+    /// The home relay, if any.
+    home: Option<RelayRef>,
     core: std::sync::mpsc::Sender<CoreMsg>,
     events: broadcast::Sender<Event>,
+    /// Direct connections to peers, by peer.
     conns: Mutex<HashMap<NodeId, quinn::Connection>>,
     /// Envelopes produced while serving a peer (auto-approvals, mutual trust), delivered
     /// by the outbox task so that serving never waits on dialling.
     outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    reach: ReachMap,
+    /// Connections to relays (the home relay's and ones dialled to reach a peer), by relay.
+    links: Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// Held while dialling a relay, so two deliveries never open two connections to
+    /// one relay (the relay would close the older one as replaced).
+    link_dial: tokio::sync::Mutex<()>,
+    /// The home relay connection's state, for `kith status`.
+    relay_status: Mutex<Option<link::RelayStatus>>,
+    relay_events: broadcast::Sender<RelayEvent>,
+    /// Subscribed before the home link starts, so the first subscriber (the daemon)
+    /// sees the relay events of the first moments too.
+    first_relay_subscriber: Mutex<Option<broadcast::Receiver<RelayEvent>>>,
 }
 
 /// A read of the state machine, run on the core thread.
@@ -207,11 +293,30 @@ enum CoreMsg {
     Handle {
         // Boxed: an envelope makes `Input` large, and most messages are small.
         input: Box<Input>,
+        /// What to remember about reaching the peer if the input is applied.
+        learn: Option<Box<Learn>>,
         reply: oneshot::Sender<Result<Handled, NodeError>>,
     },
     Read(ReadFn),
+    /// Which path last reached a peer (after a delivery); stored with the next batch.
+    Path {
+        peer: NodeId,
+        path: PathKind,
+    },
     /// Commit what came before, then stop.
     Shutdown,
+}
+
+/// Reachability learned with an input: from a ticket (a request command) or from an
+/// envelope's reply hint. Recorded only if the input was applied.
+#[derive(Debug, Clone, Default)]
+struct Learn {
+    peer: Option<NodeId>,
+    hint: Option<Reach>,
+    /// The relay the envelope came through.
+    via: Option<RelayRef>,
+    /// The path the envelope came by.
+    path: Option<PathKind>,
 }
 
 /// What the core released for one input, after its writes were committed.
@@ -220,11 +325,11 @@ struct Handled {
     outgoing: Vec<Outgoing>,
 }
 
-/// A signed envelope to deliver, with the addresses the core knows for its recipient.
+/// A signed envelope to deliver, with the ways the core knows to reach its recipient.
 #[derive(Clone)]
 struct Outgoing {
     envelope: Envelope,
-    addrs: Vec<SocketAddr>,
+    targets: Targets,
 }
 
 /// Where to dial a peer: where it last spoke from (its endpoint, on a direct
@@ -242,10 +347,28 @@ fn dial_addrs(record: Option<&PeerRecord>) -> Vec<SocketAddr> {
 /// The outcome of delivering one envelope.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
-    /// The peer acknowledged it with this status.
+    /// The peer acknowledged it with this status, over a direct connection.
     Acked(AckStatus),
+    /// A relay pushed it to the peer; `ack` is the peer's answer if it came back in time.
+    Relayed {
+        relay: NodeId,
+        ack: Option<AckStatus>,
+    },
+    /// The peer is offline; its relay holds the envelope until it reconnects.
+    Queued { relay: NodeId },
     /// The peer could not be reached now; delivery is retried in the background.
     Retrying { reason: String },
+}
+
+impl Delivery {
+    /// The peer's acknowledgement, however it came back.
+    pub fn ack(&self) -> Option<&AckStatus> {
+        match self {
+            Delivery::Acked(status) => Some(status),
+            Delivery::Relayed { ack, .. } => ack.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -261,6 +384,8 @@ fn run_core(
     key: Arc<NodeKey>,
     rx: std::sync::mpsc::Receiver<CoreMsg>,
     events: broadcast::Sender<Event>,
+    reach: ReachMap,
+    home: Option<RelayRef>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut rng = rand_core::OsRng;
@@ -289,6 +414,13 @@ fn run_core(
         let mut writes = Vec::new();
         let mut released: Vec<(ReplyTo, Output)> = Vec::new();
         let mut reads = Vec::new();
+        // Reach records changed by this batch, applied to the shared map after the commit.
+        let mut reach_changes: HashMap<NodeId, Option<PeerReach>> = HashMap::new();
+        let current =
+            |changes: &HashMap<NodeId, Option<PeerReach>>, id: &NodeId| match changes.get(id) {
+                Some(r) => r.clone(),
+                None => reach.lock().unwrap().get(id).cloned(),
+            };
         if deadline.is_some_and(|d| d <= now) {
             let out = machine.handle(now, Input::Tick, &key, &mut rng);
             writes.extend(out.writes.iter().cloned());
@@ -296,16 +428,57 @@ fn run_core(
         }
         for msg in batch {
             match msg {
-                CoreMsg::Handle { input, reply } => {
+                CoreMsg::Handle {
+                    input,
+                    learn,
+                    reply,
+                } => {
                     let out = machine.handle(now, *input, &key, &mut rng);
+                    let applied = out.refusal().is_none() && !matches!(out.reply, Reply::Failed(_));
+                    for w in &out.writes {
+                        if let kith_protocol::machine::StoreWrite::RemovePeer(id) = w {
+                            reach_changes.insert(*id, None);
+                        }
+                    }
+                    if let Some(learn) = learn.filter(|_| applied) {
+                        // Only for peers we keep a record of: a denied or refused
+                        // sender leaves nothing behind.
+                        if let Some(peer) = learn.peer.filter(|p| machine.peer(p).is_some()) {
+                            let before = current(&reach_changes, &peer);
+                            let mut r = before.clone().unwrap_or_default();
+                            if let Some(hint) = &learn.hint {
+                                r.learn(hint);
+                            }
+                            if learn.via.is_some() {
+                                r.via = learn.via.clone();
+                            }
+                            // An inbound path only fills in until we reached the peer ourselves.
+                            if let Some(path) = learn.path.filter(|_| r.last_path.is_none()) {
+                                r.record_path(path, now);
+                            }
+                            if before.as_ref() != Some(&r) {
+                                reach_changes.insert(peer, Some(r));
+                            }
+                        }
+                    }
                     writes.extend(out.writes.iter().cloned());
                     released.push((Some(reply), out));
+                }
+                CoreMsg::Path { peer, path } => {
+                    if machine.peer(&peer).is_some() {
+                        let mut r = current(&reach_changes, &peer).unwrap_or_default();
+                        if r.last_path != Some(path) {
+                            r.record_path(path, now);
+                            reach_changes.insert(peer, Some(r));
+                        }
+                    }
                 }
                 CoreMsg::Read(f) => reads.push(f),
                 CoreMsg::Shutdown => stop = true,
             }
         }
-        if let Err(e) = store.apply(&writes) {
+        let reach_writes: Vec<(NodeId, Option<PeerReach>)> = reach_changes.into_iter().collect();
+        if let Err(e) = store.apply_all(&writes, &reach_writes) {
             // Nothing of this batch is durable, so none of it may be acted on: roll the
             // machine back to what the store holds and fail every input of the batch.
             warn!(error = %e, "store commit failed; rolling back the batch");
@@ -328,6 +501,15 @@ fn run_core(
                 }
             }
         } else {
+            {
+                let mut map = reach.lock().unwrap();
+                for (id, r) in reach_writes {
+                    match r {
+                        Some(r) => map.insert(id, r),
+                        None => map.remove(&id),
+                    };
+                }
+            }
             for (reply, out) in released {
                 for event in out.events {
                     let _ = events.send(event);
@@ -335,9 +517,14 @@ fn run_core(
                 let outgoing = out
                     .send
                     .into_iter()
-                    .map(|envelope| Outgoing {
-                        addrs: dial_addrs(machine.peer(&envelope.body.to)),
-                        envelope,
+                    .map(|envelope| {
+                        let to = envelope.body.to;
+                        let known = dial_addrs(machine.peer(&to));
+                        let r = reach.lock().unwrap().get(&to).cloned();
+                        Outgoing {
+                            targets: targets(&known, r.as_ref(), home.as_ref()),
+                            envelope,
+                        }
                     })
                     .collect();
                 let handled = Handled {
@@ -364,14 +551,66 @@ fn run_core(
 
 impl Shared {
     async fn handle(&self, input: Input) -> Result<Handled, NodeError> {
+        self.handle_learning(input, None).await
+    }
+
+    async fn handle_learning(
+        &self,
+        input: Input,
+        learn: Option<Learn>,
+    ) -> Result<Handled, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.core
             .send(CoreMsg::Handle {
                 input: Box::new(input),
+                learn: learn.map(Box::new),
                 reply: tx,
             })
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Records (with the core's next commit) which path last reached `peer`.
+    fn note_path(&self, peer: NodeId, path: PathKind) {
+        let already = self
+            .reach
+            .lock()
+            .unwrap()
+            .get(&peer)
+            .is_some_and(|r| r.last_path == Some(path));
+        if !already {
+            let _ = self.core.send(CoreMsg::Path { peer, path });
+        }
+    }
+
+    /// How this node can be reached, as its reply hints say: its direct addresses
+    /// (none when private, or when its relay's dial-back found it unreachable; plus
+    /// the address its relay sees when the dial-back succeeded) and its home relay.
+    fn own_reach(&self) -> Reach {
+        let status = self.relay_status.lock().unwrap().clone();
+        let mut direct = if self.private {
+            Vec::new()
+        } else {
+            self.advertise.clone()
+        };
+        if let Some(status) = &status {
+            match status.direct {
+                Some(false) => direct.clear(),
+                Some(true) => {
+                    if let Some(observed) = status.observed {
+                        if !self.private && !direct.contains(&observed) {
+                            direct.insert(0, observed);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        direct.truncate(crate::ticket::MAX_ADDRS);
+        Reach {
+            direct,
+            relay: self.home.clone(),
+        }
     }
 
     async fn read<T: Send + 'static>(
@@ -426,6 +665,7 @@ impl Shared {
         self: &Arc<Self>,
         peer: NodeId,
         addrs: &[SocketAddr],
+        dial_timeout: Duration,
     ) -> Result<quinn::Connection, NodeError> {
         if let Some(conn) = self.cached_connection(&peer) {
             return Ok(conn);
@@ -436,7 +676,7 @@ impl Shared {
         let mut failures = Vec::new();
         for &addr in addrs {
             let dialled = tokio::time::timeout(
-                DIAL_TIMEOUT,
+                dial_timeout,
                 tls::dial(&self.endpoint, &self.key, addr, peer),
             )
             .await;
@@ -447,7 +687,7 @@ impl Shared {
                     return Ok(conn);
                 }
                 Ok(Err(e)) => failures.push(format!("{addr}: {}", error_chain(&e))),
-                Err(_) => failures.push(format!("{addr}: no answer within {DIAL_TIMEOUT:?}")),
+                Err(_) => failures.push(format!("{addr}: no answer within {dial_timeout:?}")),
             }
         }
         Err(NodeError::Unreachable {
@@ -463,30 +703,24 @@ impl Shared {
         addrs: &[SocketAddr],
         message: &Message,
     ) -> Result<Message, NodeError> {
-        let conn = self.connection(peer, addrs).await?;
-        let unreachable = |reason: String| NodeError::Unreachable { peer, reason };
-        let frame = encode_frame(message).map_err(|e| unreachable(e.to_string()))?;
-        let exchange = async {
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            send.write_all(&frame)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            send.finish().map_err(|e| unreachable(e.to_string()))?;
-            let bytes = recv
-                .read_to_end(MAX_FRAME_LEN + 4)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            match decode_frame::<Message>(&bytes) {
-                Ok(Some((message, _))) => Ok(message),
-                _ => Err(NodeError::Protocol { peer }),
-            }
-        };
-        let result = tokio::time::timeout(STREAM_TIMEOUT, exchange)
+        self.exchange_within(peer, addrs, message, DIAL_TIMEOUT)
             .await
-            .map_err(|_| unreachable("timed out waiting for an answer".into()))?;
+    }
+
+    async fn exchange_within(
+        self: &Arc<Self>,
+        peer: NodeId,
+        addrs: &[SocketAddr],
+        message: &Message,
+        dial_timeout: Duration,
+    ) -> Result<Message, NodeError> {
+        let conn = self.connection(peer, addrs, dial_timeout).await?;
+        let result = exchange_on(&conn, message, STREAM_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Io(reason) => NodeError::Unreachable { peer, reason },
+                ExchangeError::Garbled => NodeError::Protocol { peer },
+            });
         if result.is_err() {
             // A broken connection must not be reused for the next attempt.
             self.forget_connection(&peer, &conn);
@@ -494,23 +728,71 @@ impl Shared {
         result
     }
 
-    async fn deliver_once(self: &Arc<Self>, out: &Outgoing) -> Result<AckStatus, NodeError> {
+    /// One attempt over every path, in order: the open connection or a direct dial,
+    /// then each relay.
+    async fn deliver_once(self: &Arc<Self>, out: &Outgoing) -> Result<Delivery, NodeError> {
         let peer = out.envelope.body.to;
-        match self
-            .exchange(peer, &out.addrs, &Message::Envelope(out.envelope.clone()))
-            .await?
-        {
-            Message::Ack(Ack { status }) => Ok(status),
-            _ => Err(NodeError::Protocol { peer }),
+        let mut failures = Vec::new();
+        let has_conn = self.cached_connection(&peer).is_some();
+        if has_conn || !out.targets.direct.is_empty() {
+            let dial_timeout = if out.targets.relays.is_empty() {
+                DIAL_TIMEOUT
+            } else {
+                DIRECT_BEFORE_RELAY
+            };
+            let message = Message::Deliver {
+                envelope: out.envelope.clone(),
+                reach: self.own_reach(),
+            };
+            match self
+                .exchange_within(peer, &out.targets.direct, &message, dial_timeout)
+                .await
+            {
+                Ok(Message::Ack(Ack { status })) => {
+                    self.note_path(peer, PathKind::Direct);
+                    return Ok(Delivery::Acked(status));
+                }
+                Ok(_) => failures.push(NodeError::Protocol { peer }.to_string()),
+                Err(NodeError::Stopped) => return Err(NodeError::Stopped),
+                Err(e) => failures.push(e.to_string()),
+            }
         }
+        for relay in &out.targets.relays {
+            match link::forward(self, relay, &out.envelope).await {
+                Ok((ForwardResult::Delivered, ack)) => {
+                    self.note_path(peer, PathKind::Relayed);
+                    return Ok(Delivery::Relayed {
+                        relay: relay.node_id,
+                        ack: ack.map(|a| a.status),
+                    });
+                }
+                Ok((ForwardResult::Queued, _)) => {
+                    self.note_path(peer, PathKind::Relayed);
+                    return Ok(Delivery::Queued {
+                        relay: relay.node_id,
+                    });
+                }
+                Ok((other, _)) => {
+                    failures.push(format!("relay {}: {other}", relay.node_id.short()))
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if failures.is_empty() {
+            return Err(NodeError::NoAddress(peer));
+        }
+        Err(NodeError::Unreachable {
+            peer,
+            reason: failures.join("; "),
+        })
     }
 
     /// Delivers now if possible; otherwise keeps retrying in the background.
     async fn deliver(self: &Arc<Self>, out: Outgoing) -> Delivery {
         match self.deliver_once(&out).await {
-            Ok(status) => {
-                self.after_delivery(&out, &status);
-                Delivery::Acked(status)
+            Ok(delivery) => {
+                self.after_delivery(&out, &delivery);
+                delivery
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -529,8 +811,8 @@ impl Shared {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
             match self.deliver_once(&out).await {
-                Ok(status) => {
-                    self.after_delivery(&out, &status);
+                Ok(delivery) => {
+                    self.after_delivery(&out, &delivery);
                     return;
                 }
                 Err(NodeError::Stopped) => return,
@@ -540,8 +822,8 @@ impl Shared {
         warn!(peer = %out.envelope.body.to, "gave up delivering a {} envelope", kind_name(&out.envelope));
     }
 
-    fn after_delivery(&self, out: &Outgoing, status: &AckStatus) {
-        if let AckStatus::Refused(refusal) = status {
+    fn after_delivery(&self, out: &Outgoing, delivery: &Delivery) {
+        if let Some(AckStatus::Refused(refusal)) = delivery.ack() {
             warn!(peer = %out.envelope.body.to, %refusal, "peer refused our {} envelope", kind_name(&out.envelope));
         }
         if matches!(
@@ -561,6 +843,40 @@ fn kind_name(envelope: &Envelope) -> &'static str {
         Kind::Reject { .. } => "reject",
         Kind::Revoke { .. } => "revoke",
     }
+}
+
+/// Why one exchange on a connection failed.
+pub(crate) enum ExchangeError {
+    /// The stream failed or timed out.
+    Io(String),
+    /// The answer did not decode.
+    Garbled,
+}
+
+/// Sends `message` on a new stream of `conn` and waits (at most `timeout`) for the one answer.
+pub(crate) async fn exchange_on(
+    conn: &quinn::Connection,
+    message: &Message,
+    timeout: Duration,
+) -> Result<Message, ExchangeError> {
+    let frame = encode_frame(message).map_err(|e| ExchangeError::Io(e.to_string()))?;
+    let io = |e: &dyn std::fmt::Display| ExchangeError::Io(e.to_string());
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
+        send.write_all(&frame).await.map_err(|e| io(&e))?;
+        send.finish().map_err(|e| io(&e))?;
+        let bytes = recv
+            .read_to_end(MAX_FRAME_LEN + 4)
+            .await
+            .map_err(|e| io(&e))?;
+        match decode_frame::<Message>(&bytes) {
+            Ok(Some((message, _))) => Ok(message),
+            _ => Err(ExchangeError::Garbled),
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ExchangeError::Io("timed out waiting for an answer".into()))?
 }
 
 /// An error and its causes in one line, for messages that travel as strings.
@@ -584,6 +900,13 @@ async fn run_outbox(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedRec
 
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
+        if shared.private {
+            // A private node is reachable only through its relay: refuse at once
+            // (CONNECTION_REFUSED), before any handshake work.
+            debug!(remote = %incoming.remote_address(), "refusing an inbound connection (private node)");
+            incoming.refuse();
+            continue;
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -643,14 +966,33 @@ async fn serve_stream(
             }
         };
     let mut close_after = false;
-    let answer = match decode_frame::<Message>(&bytes) {
-        Ok(Some((Message::Envelope(envelope), _))) => {
+    let decoded = match decode_frame::<Message>(&bytes) {
+        Ok(Some((Message::Envelope(envelope), _))) => Ok(Some((
+            Message::Deliver {
+                envelope,
+                reach: Reach::default(),
+            },
+            0,
+        ))),
+        other => other,
+    };
+    let answer = match decoded {
+        Ok(Some((Message::Deliver { envelope, reach }, _))) => {
+            let from = envelope.body.from;
             let input = Input::Envelope {
                 envelope,
                 transport_peer: Some(peer),
                 source: Some(remote),
             };
-            match shared.handle(input).await {
+            // A plain `Envelope` (no hint) tells nothing about reaching the sender.
+            let hinted = reach != Reach::default();
+            let learn = Learn {
+                peer: Some(from),
+                hint: hinted.then_some(reach),
+                via: None,
+                path: Some(PathKind::Direct),
+            };
+            match shared.handle_learning(input, Some(learn)).await {
                 Ok(handled) => {
                     for out in handled.outgoing {
                         let _ = shared.outbox.send(out);
@@ -703,12 +1045,54 @@ impl Node {
         self.shared.local_addr
     }
 
-    /// The ticket other nodes use to reach this one.
+    /// The ticket other nodes use to reach this one: its direct addresses (none when
+    /// private) and its home relay.
     pub fn ticket(&self) -> Ticket {
         Ticket {
             node_id: self.shared.node_id,
             addrs: self.shared.advertise.clone(),
+            relay: self.shared.home.clone(),
         }
+    }
+
+    /// Whether this node refuses inbound connections.
+    pub fn is_private(&self) -> bool {
+        self.shared.private
+    }
+
+    /// The home relay connection's state; `None` without a home relay.
+    pub fn relay_status(&self) -> Option<RelayStatus> {
+        self.shared.relay_status.lock().unwrap().clone()
+    }
+
+    /// "direct" when peers can dial this node, "relay only" when they must go
+    /// through its relay (private, or the relay's dial-back failed). Without a relay
+    /// nothing tested it: "direct (untested)".
+    pub fn reachability(&self) -> &'static str {
+        if self.shared.private {
+            return "relay only";
+        }
+        match self.relay_status().and_then(|s| s.direct) {
+            Some(true) => "direct",
+            Some(false) => "relay only",
+            None => "direct (untested)",
+        }
+    }
+
+    /// Relay connection events (connected, registered, refused, identity conflict).
+    /// The first call gets every event since the node started.
+    pub fn subscribe_relay(&self) -> broadcast::Receiver<RelayEvent> {
+        self.shared
+            .first_relay_subscriber
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| self.shared.relay_events.subscribe())
+    }
+
+    /// How each peer is reached, as far as this node knows.
+    pub fn reach(&self) -> HashMap<NodeId, PeerReach> {
+        self.shared.reach.lock().unwrap().clone()
     }
 
     /// Events as they happen (request received, approved, revoked, ...).
@@ -737,13 +1121,27 @@ impl Node {
         ticket: &Ticket,
         justification: &str,
     ) -> Result<Delivery, NodeError> {
-        let deliveries = self
-            .command(Command::Request {
-                to: ticket.node_id,
-                justification: justification.to_string(),
-                address: ticket.addrs.first().copied(),
-            })
+        let command = Command::Request {
+            to: ticket.node_id,
+            justification: justification.to_string(),
+            address: ticket.addrs.first().copied(),
+        };
+        let learn = Learn {
+            peer: Some(ticket.node_id),
+            hint: Some(ticket.reach()),
+            ..Learn::default()
+        };
+        let handled = self
+            .shared
+            .handle_learning(Input::Command(command), Some(learn))
             .await?;
+        if let Reply::Failed(e) = handled.reply {
+            return Err(NodeError::Command(e));
+        }
+        let mut deliveries = Vec::new();
+        for out in handled.outgoing {
+            deliveries.push(self.shared.deliver(out).await);
+        }
         Ok(deliveries
             .into_iter()
             .next()
@@ -795,6 +1193,9 @@ impl Node {
 
     /// Closes all connections with a reason and stops the core after its last commit.
     pub async fn shutdown(self) {
+        if let Some(home) = &self.home_link {
+            home.abort();
+        }
         self.shared
             .endpoint
             .close(close_code::SHUTDOWN.into(), b"node shutting down");

@@ -1,4 +1,5 @@
-//! The node's durable state in redb: peers, allow and deny lists, and the audit log.
+//! The node's durable state in redb: peers, allow and deny lists, the audit log,
+//! and how each peer is reached (its relay, its reply hints; see [`crate::reach`]).
 //!
 //! The trust state machine says what must be remembered as [`StoreWrite`]s; this
 //! module commits a batch of them in one transaction, durably, before the daemon
@@ -9,6 +10,8 @@ use std::path::Path;
 
 use kith_keys::NodeId;
 use kith_protocol::machine::{AllowEntry, AuditEntry, PeerRecord, StoreWrite};
+
+use crate::reach::PeerReach;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,6 +21,8 @@ const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
 const ALLOW: TableDefinition<&[u8], &[u8]> = TableDefinition::new("allow");
 const DENY: TableDefinition<&[u8], ()> = TableDefinition::new("deny");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Per peer: a postcard [`PeerReach`]. Not trust state: removed with the peer's record.
+const REACH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reach");
 
 /// Bumped when a table's encoding changes; a newer file is refused, not misread.
 const SCHEMA_VERSION: u32 = 1;
@@ -62,6 +67,8 @@ pub struct Snapshot {
     pub deny: Vec<NodeId>,
     /// The auto-approve policy as last set by command (false if never set).
     pub auto_approve: bool,
+    /// How each peer is reached.
+    pub reach: Vec<(NodeId, PeerReach)>,
 }
 
 /// The node's database.
@@ -105,6 +112,7 @@ impl Store {
             txn.open_table(ALLOW).map_err(db_err)?;
             txn.open_table(DENY).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
+            txn.open_table(REACH).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db })
@@ -151,15 +159,59 @@ impl Store {
         {
             snapshot.auto_approve = decode("meta", v.value())?;
         }
+        for item in txn
+            .open_table(REACH)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = item.map_err(db_err)?;
+            snapshot
+                .reach
+                .push((node_id("reach", k.value())?, decode("reach", v.value())?));
+        }
         Ok(snapshot)
     }
 
     /// Commits every write in one durable transaction: all of them, or none.
     pub fn apply(&self, writes: &[StoreWrite]) -> Result<(), StoreError> {
-        if writes.is_empty() {
+        self.apply_all(writes, &[])
+    }
+
+    /// [`Store::apply`], plus reach records (`None` removes one), in the same
+    /// transaction. Removing a peer removes its reach record too.
+    pub fn apply_all(
+        &self,
+        writes: &[StoreWrite],
+        reach_writes: &[(NodeId, Option<PeerReach>)],
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() && reach_writes.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(db_err)?;
+        let removes = writes
+            .iter()
+            .any(|w| matches!(w, StoreWrite::RemovePeer(_)));
+        if !reach_writes.is_empty() || removes {
+            let mut reach = txn.open_table(REACH).map_err(db_err)?;
+            for (id, value) in reach_writes {
+                match value {
+                    Some(r) => {
+                        reach
+                            .insert(id.as_bytes().as_slice(), encode(r).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    None => {
+                        reach.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+                    }
+                }
+            }
+            for write in writes {
+                if let StoreWrite::RemovePeer(id) = write {
+                    reach.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+                }
+            }
+        }
         {
             let mut peers = txn.open_table(PEERS).map_err(db_err)?;
             let mut allow = txn.open_table(ALLOW).map_err(db_err)?;

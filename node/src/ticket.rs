@@ -3,6 +3,11 @@
 //! Text form: `kith1` followed by lowercase unpadded base32 of a postcard-encoded
 //! [`Ticket`]. A ticket carries no secret and no authority: whoever dials its
 //! addresses still has to find the NodeId it names at the other end (TLS checks it).
+//!
+//! A node with a home relay puts the relay in its ticket (a private node puts only
+//! the relay: no direct address). A relay's own ticket is an ordinary ticket (its
+//! NodeId and addresses) and is what `kith run --relay` takes. Tickets written
+//! before relays existed (no relay field) still parse.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,17 +15,55 @@ use std::str::FromStr;
 
 use data_encoding::BASE32_NOPAD;
 use kith_keys::NodeId;
+use kith_protocol::wire::{Reach, RelayRef};
 use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "kith1";
 /// More addresses than anyone needs; bounds what a pasted ticket can make us dial.
 pub const MAX_ADDRS: usize = 16;
 
-/// Who a node is and where it listens.
+/// Who a node is, where it listens, and which relay carries its messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
     pub node_id: NodeId,
+    /// Direct addresses; empty for a private node.
     pub addrs: Vec<SocketAddr>,
+    /// The node's home relay, if it has one.
+    pub relay: Option<RelayRef>,
+}
+
+/// The ticket layout before relays: still accepted.
+#[derive(Deserialize)]
+struct LegacyTicket {
+    node_id: NodeId,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Ticket {
+    /// A ticket with direct addresses only (no relay), e.g. a relay's own ticket.
+    pub fn direct(node_id: NodeId, addrs: Vec<SocketAddr>) -> Ticket {
+        Ticket {
+            node_id,
+            addrs,
+            relay: None,
+        }
+    }
+
+    /// How to reach this node, as a reply hint says it.
+    pub fn reach(&self) -> Reach {
+        Reach {
+            direct: self.addrs.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+
+    /// This ticket's node as a relay to dial.
+    pub fn as_relay(&self) -> RelayRef {
+        RelayRef {
+            node_id: self.node_id,
+            addrs: self.addrs.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +78,8 @@ pub enum TicketError {
     BadNodeId,
     #[error("the ticket lists {0} addresses; at most {MAX_ADDRS} are allowed")]
     TooManyAddrs(usize),
+    #[error("the ticket names a relay without an address")]
+    RelayWithoutAddress,
 }
 
 impl fmt::Display for Ticket {
@@ -61,10 +106,26 @@ impl FromStr for Ticket {
         let bytes = BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
             .map_err(|_| TicketError::BadEncoding)?;
-        let ticket: Ticket = postcard::from_bytes(&bytes).map_err(|_| TicketError::BadContents)?;
+        let ticket: Ticket = match postcard::from_bytes(&bytes) {
+            Ok(ticket) => ticket,
+            Err(_) => {
+                let legacy: LegacyTicket =
+                    postcard::from_bytes(&bytes).map_err(|_| TicketError::BadContents)?;
+                Ticket::direct(legacy.node_id, legacy.addrs)
+            }
+        };
         NodeId::from_bytes(*ticket.node_id.as_bytes()).map_err(|_| TicketError::BadNodeId)?;
         if ticket.addrs.len() > MAX_ADDRS {
             return Err(TicketError::TooManyAddrs(ticket.addrs.len()));
+        }
+        if let Some(relay) = &ticket.relay {
+            NodeId::from_bytes(*relay.node_id.as_bytes()).map_err(|_| TicketError::BadNodeId)?;
+            if relay.addrs.len() > MAX_ADDRS {
+                return Err(TicketError::TooManyAddrs(relay.addrs.len()));
+            }
+            if relay.addrs.is_empty() {
+                return Err(TicketError::RelayWithoutAddress);
+            }
         }
         Ok(ticket)
     }
@@ -76,13 +137,47 @@ mod tests {
     use kith_keys::NodeKey;
 
     fn sample() -> Ticket {
-        Ticket {
-            node_id: NodeKey::generate().node_id(),
-            addrs: vec![
+        Ticket::direct(
+            NodeKey::generate().node_id(),
+            vec![
                 "127.0.0.1:7444".parse().unwrap(),
                 "[::1]:7444".parse().unwrap(),
             ],
+        )
+    }
+
+    #[test]
+    fn relay_tickets_round_trip_and_old_tickets_still_parse() {
+        let mut ticket = sample();
+        ticket.addrs.clear();
+        ticket.relay = Some(RelayRef {
+            node_id: NodeKey::generate().node_id(),
+            addrs: vec!["192.0.2.7:7445".parse().unwrap()],
+        });
+        assert_eq!(ticket.to_string().parse::<Ticket>().unwrap(), ticket);
+
+        #[derive(Serialize)]
+        struct Old {
+            node_id: NodeId,
+            addrs: Vec<SocketAddr>,
         }
+        let old = sample();
+        let bytes = postcard::to_allocvec(&Old {
+            node_id: old.node_id,
+            addrs: old.addrs.clone(),
+        })
+        .unwrap();
+        let text = format!(
+            "{PREFIX}{}",
+            BASE32_NOPAD.encode(&bytes).to_ascii_lowercase()
+        );
+        assert_eq!(text.parse::<Ticket>().unwrap(), old);
+
+        ticket.relay.as_mut().unwrap().addrs.clear();
+        assert_eq!(
+            ticket.to_string().parse::<Ticket>(),
+            Err(TicketError::RelayWithoutAddress)
+        );
     }
 
     #[test]

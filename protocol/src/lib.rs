@@ -12,7 +12,8 @@
 //! # Layout
 //!
 //! - [`wire`]: [`Envelope`], [`Body`], [`Kind`], [`Ack`], [`AckStatus`] and
-//!   [`Message`] — what travels on a stream — plus signing and verification.
+//!   [`Message`] — what travels on a stream, relay messages and the [`Reach`]
+//!   reply hint included — plus signing and verification.
 //! - [`frame`]: `u32` LE length + postcard framing; [`FrameDecoder`] takes
 //!   bytes in any chunks and refuses oversized frames from their prefix.
 //! - [`validate`]: the stateless envelope rules ([`check_envelope`]), the text
@@ -21,9 +22,12 @@
 //! - [`replay`]: the bounded, time-limited (sender, nonce) cache.
 //! - [`machine`]: [`TrustMachine`], the per-node trust state machine:
 //!   [`Input`] in, [`Output`] out.
+//! - [`relay`]: [`Relay`], the relay state machine (routing, queueing,
+//!   expiry, limits, identity conflicts): [`RelayInput`] in, [`RelayOutput`]s out.
 
 pub mod frame;
 pub mod machine;
+pub mod relay;
 pub mod replay;
 pub mod validate;
 pub mod wire;
@@ -36,10 +40,15 @@ pub use machine::{
     DEFAULT_SKEW_MS, Decider, Event, EventKind, Input, MAX_NAME_CHARS, Output, PeerRecord, Reply,
     StoreWrite, TextField, TrustMachine, TrustState,
 };
+pub use relay::{
+    ClientInfo, ConnId, DEFAULT_QUEUE_TTL_MS, ForwardResult, Relay, RelayConfig, RelayInput,
+    RelayOutput, RelayRefusal, RelayStats,
+};
 pub use replay::NonceCache;
 pub use validate::{
     Refusal, TextError, check_envelope, check_text, escape_for_display, is_unsafe_for_display,
 };
 pub use wire::{
-    Ack, AckStatus, Body, Envelope, Kind, MAX_TEXT_CHARS, Message, PROTOCOL_VERSION, SIGNING_DOMAIN,
+    Ack, AckStatus, Body, Envelope, Kind, MAX_REACH_ADDRS, MAX_TEXT_CHARS, Message,
+    PROTOCOL_VERSION, Reach, RelayNotice, RelayRef, SIGNING_DOMAIN,
 };

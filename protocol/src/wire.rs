@@ -12,10 +12,12 @@
 //! appended, never inserted or reordered.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use kith_keys::{NodeId, NodeKey, Signature, SignatureError};
 use serde::{Deserialize, Serialize};
 
+use crate::relay::{ForwardResult, RelayRefusal};
 use crate::validate::Refusal;
 
 /// The only protocol version this crate speaks. Envelopes carrying any other
@@ -161,10 +163,93 @@ impl fmt::Display for AckStatus {
     }
 }
 
+/// Most direct addresses in a [`Reach`] or a [`RelayRef`]; a hint with more is ignored.
+pub const MAX_REACH_ADDRS: usize = 16;
+
+/// A relay, as a node names it: its NodeId (checked by TLS when dialled) and where
+/// it listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RelayRef {
+    pub node_id: NodeId,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// How to reach the sender of an envelope later: a *reply hint*.
+///
+/// A node that receives a request may answer (accept, reject, revoke) hours later,
+/// when no connection to the requester exists, and a private requester can only be
+/// reached through its home relay. So every envelope a node sends travels with
+/// this hint, next to the envelope (in [`Message::Deliver`], [`Message::Forward`]
+/// and [`Message::Relayed`]), and the receiver remembers it once the envelope is
+/// applied.
+///
+/// It is deliberately **not** part of the signed [`Body`]:
+///
+/// - On a direct connection QUIC's mutual TLS already authenticates it (it comes
+///   from the connection's own node).
+/// - Through a relay, the relay could alter it — and so only misdirect the
+///   receiver's replies, i.e. drop them, which a relay can do anyway by not
+///   forwarding them. It can never make a reply say anything else: replies are
+///   signed end to end like everything else.
+/// - It is applied only with an envelope that passed every check (signature,
+///   freshness, replay), so it cannot be injected with a replayed envelope.
+/// - Reachability changes (a node moves, changes relay) without touching the
+///   signed protocol or the trust state machine, and the signed body stays what
+///   DESIGN.md specifies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    /// Where the sender can be dialled directly. Empty: do not dial it (a private
+    /// node, or one its relay found unreachable); reply through `relay`.
+    pub direct: Vec<SocketAddr>,
+    /// The sender's home relay, if it has one.
+    pub relay: Option<RelayRef>,
+}
+
+impl Reach {
+    /// Within the bounds a receiver accepts ([`MAX_REACH_ADDRS`] each).
+    pub fn is_bounded(&self) -> bool {
+        self.direct.len() <= MAX_REACH_ADDRS
+            && self
+                .relay
+                .as_ref()
+                .is_none_or(|r| r.addrs.len() <= MAX_REACH_ADDRS)
+    }
+}
+
+/// What a relay tells a connected node about itself.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayNotice {
+    /// The relay routes envelopes for this node over this connection. `observed`
+    /// is the address the relay sees the node at; `direct` is the result of a
+    /// dial-back to it (`None` when none was asked for).
+    Registered {
+        observed: SocketAddr,
+        direct: Option<bool>,
+    },
+    /// The relay will not route to this node (it may still forward for it after
+    /// [`RelayRefusal::NotAllowed`]).
+    Refused(RelayRefusal),
+    /// The same NodeId is connected to the relay from these other live
+    /// addresses too: two running copies of one identity.
+    Conflict { others: Vec<SocketAddr> },
+}
+
 /// Everything that travels on a kith stream, one per frame.
 ///
-/// Variant order is the wire format: append new variants (relay messages come
-/// later) at the end only.
+/// Variant order is the wire format: append new variants at the end only.
+///
+/// Exchanges (one request and one answer per bidirectional stream):
+///
+/// | opened by        | sends                 | answered with                |
+/// |------------------|-----------------------|------------------------------|
+/// | node → node      | `Envelope`, `Deliver` | `Ack`                        |
+/// | either           | `Ping`                | `Pong` (or a refusal `Ack`)  |
+/// | node → relay     | `Register`            | `RelayNotice`                |
+/// | node → relay     | `Forward`             | `Forwarded`                  |
+/// | relay → node     | `Relayed`             | `Ack`                        |
+/// | relay → node     | `RelayNotice`         | nothing (the stream is finished) |
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Envelope(Envelope),
@@ -176,6 +261,36 @@ pub enum Message {
     Pong {
         id: u64,
     },
+    /// An envelope sent directly, with how to reach its sender later.
+    Deliver {
+        envelope: Envelope,
+        reach: Reach,
+    },
+    /// To a relay: carry `envelope` to `envelope.body.to`, with the sender's hint.
+    Forward {
+        envelope: Envelope,
+        reach: Reach,
+    },
+    /// From a relay: what became of a [`Message::Forward`]. With
+    /// [`ForwardResult::Delivered`], `ack` is the destination's own answer when it
+    /// came back in time. The relay can forge this message (it is unsigned); what
+    /// the destination decided arrives later as signed envelopes.
+    Forwarded {
+        result: ForwardResult,
+        ack: Option<Ack>,
+    },
+    /// From a relay: an envelope some node forwarded to this one.
+    Relayed {
+        envelope: Envelope,
+        reach: Reach,
+    },
+    /// To a relay: tell me how I am registered; with `dial_back`, first test
+    /// whether I can be dialled directly at the address you see.
+    Register {
+        dial_back: bool,
+    },
+    /// From a relay: see [`RelayNotice`].
+    RelayNotice(RelayNotice),
 }
 
 #[cfg(test)]
@@ -245,6 +360,36 @@ mod tests {
             }),
             Message::Ping { id: 7 },
             Message::Pong { id: u64::MAX },
+            Message::Deliver {
+                envelope: Envelope::sign(body(&a, &b), &a),
+                reach: Reach {
+                    direct: vec!["192.0.2.1:7444".parse().unwrap()],
+                    relay: Some(RelayRef {
+                        node_id: b.node_id(),
+                        addrs: vec!["[2001:db8::1]:7445".parse().unwrap()],
+                    }),
+                },
+            },
+            Message::Forward {
+                envelope: Envelope::sign(body(&a, &b), &a),
+                reach: Reach::default(),
+            },
+            Message::Forwarded {
+                result: ForwardResult::Refused(RelayRefusal::QueueFull),
+                ack: Some(Ack {
+                    status: AckStatus::Pending,
+                }),
+            },
+            Message::Relayed {
+                envelope: Envelope::sign(body(&a, &b), &a),
+                reach: Reach::default(),
+            },
+            Message::Register { dial_back: true },
+            Message::RelayNotice(RelayNotice::Registered {
+                observed: "198.51.100.7:40000".parse().unwrap(),
+                direct: Some(false),
+            }),
+            Message::RelayNotice(RelayNotice::Conflict { others: vec![] }),
         ] {
             let bytes = postcard::to_allocvec(&msg).unwrap();
             assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), msg);
@@ -268,5 +413,62 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(ack, vec![1, 1]);
+        // The relay messages follow the original four, in this order.
+        let first = |m: &Message| postcard::to_allocvec(m).unwrap()[0];
+        let (a, b) = (key(1), key(2));
+        let env = Envelope::sign(body(&a, &b), &a);
+        assert_eq!(
+            first(&Message::Deliver {
+                envelope: env.clone(),
+                reach: Reach::default()
+            }),
+            4
+        );
+        assert_eq!(
+            first(&Message::Forward {
+                envelope: env.clone(),
+                reach: Reach::default()
+            }),
+            5
+        );
+        assert_eq!(
+            first(&Message::Forwarded {
+                result: ForwardResult::Queued,
+                ack: None
+            }),
+            6
+        );
+        assert_eq!(
+            first(&Message::Relayed {
+                envelope: env,
+                reach: Reach::default()
+            }),
+            7
+        );
+        assert_eq!(first(&Message::Register { dial_back: false }), 8);
+        assert_eq!(
+            first(&Message::RelayNotice(RelayNotice::Refused(
+                RelayRefusal::NotAllowed
+            ))),
+            9
+        );
+    }
+
+    #[test]
+    fn reach_bounds() {
+        let addr: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut reach = Reach {
+            direct: vec![addr; MAX_REACH_ADDRS],
+            relay: None,
+        };
+        assert!(reach.is_bounded());
+        reach.direct.push(addr);
+        assert!(!reach.is_bounded());
+        reach.direct.clear();
+        reach.relay = Some(RelayRef {
+            node_id: key(1).node_id(),
+            addrs: vec![addr; MAX_REACH_ADDRS + 1],
+        });
+        assert!(!reach.is_bounded());
     }
 }

@@ -16,6 +16,11 @@ pub struct TestNode {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub node_id: String,
+    /// The arguments of the last start, so a restart keeps them (`--relay`, `--private`, ...).
+    pub last_args: Vec<String>,
+    /// Run the daemon inside this network namespace (`ip netns exec`); the CLI
+    /// commands still run here (the control socket is a path in the data dir).
+    pub netns: Option<String>,
 }
 
 impl TestNode {
@@ -26,12 +31,25 @@ impl TestNode {
             dir,
             child: None,
             node_id: String::new(),
+            last_args: Vec::new(),
+            netns: None,
         };
         let out = node.run_ok(&["init", "--insecure-no-passphrase"]);
         assert!(!out.is_empty(), "init printed the phrase");
         node.node_id = node.run_ok(&["id"]).lines().next().unwrap().to_string();
         assert_eq!(node.node_id.len(), 52, "node id: {}", node.node_id);
         node
+    }
+
+    /// A node for an existing data dir (e.g. a copy of another node's), not running.
+    pub fn with_dir(dir: tempfile::TempDir, node_id: String) -> Self {
+        TestNode {
+            dir,
+            child: None,
+            node_id,
+            last_args: Vec::new(),
+            netns: None,
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -93,11 +111,79 @@ impl TestNode {
         self.spawn_and_wait(&args);
     }
 
+    /// Starts `kith relay` on a free loopback port and waits until it answers.
+    pub fn start_relay(&mut self, extra: &[&str]) {
+        let mut args = vec!["relay", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        self.spawn_and_wait(&args);
+    }
+
+    /// Starts `kith relay` listening on `addr`.
+    pub fn start_relay_at(&mut self, addr: &str) {
+        self.spawn_daemon(&["relay", "--listen", addr]);
+    }
+
+    /// Starts the daemon with exactly these arguments and waits until it answers.
+    pub fn spawn_daemon(&mut self, args: &[&str]) {
+        self.spawn_and_wait(args);
+    }
+
+    /// Starts `kith run --private --relay <relay's ticket>` on a free loopback port.
+    pub fn start_private(&mut self, relay: &TestNode) {
+        let ticket = relay.ticket();
+        self.start_with(&["--private", "--relay", &ticket]);
+    }
+
+    /// `kith status --json`.
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    /// The address the daemon listens on.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.status()["listen"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Polls `check` until it holds, or panics after 20 s with `what` and the log.
+    pub fn wait_until(&self, what: &str, mut check: impl FnMut(&TestNode) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the node is registered at its home relay (after `min_connects` connections).
+    pub fn wait_registered(&self, min_connects: u64) {
+        self.wait_until("registration at the relay", |n| {
+            let relay = &n.status()["relay"];
+            relay["state"] == "registered"
+                && relay["connects"].as_u64().unwrap_or(0) >= min_connects
+        });
+    }
+
     fn spawn_and_wait(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "already running");
+        self.last_args = args.iter().map(|a| a.to_string()).collect();
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = self
-            .command(args)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, kith_bin(), "--data-dir"])
+                    .arg(self.dir.path())
+                    .args(args)
+                    .env_remove("KITH_PASSPHRASE_FILE")
+                    .env_remove("KITH_DATA_DIR")
+                    .stdin(Stdio::null());
+                cmd
+            }
+            None => self.command(args),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -149,14 +235,27 @@ impl TestNode {
         }
     }
 
-    /// Stops and starts again on the same address, as a real node on its fixed port does.
+    /// Stops and starts again on the same address, as a real node on its fixed port does,
+    /// with the same arguments as the last start.
     pub fn restart(&mut self) {
         let listen = self.json(&["status"])["listen"]
             .as_str()
             .unwrap()
             .to_string();
         self.stop();
-        self.start_with_listen(&listen);
+        self.start_again_at(&listen);
+    }
+
+    /// Starts again with the last start's arguments, listening on `listen`.
+    pub fn start_again_at(&mut self, listen: &str) {
+        let mut args = self.last_args.clone();
+        match args.iter().position(|a| a == "--listen") {
+            Some(i) => args[i + 1] = listen.to_string(),
+            None if args.is_empty() => args = vec!["run".into(), "--listen".into(), listen.into()],
+            None => args.extend(["--listen".to_string(), listen.to_string()]),
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn_and_wait(&args);
     }
 
     pub fn pid(&self) -> u32 {

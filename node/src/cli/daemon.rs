@@ -25,6 +25,10 @@ Examples:
   kith run                                   listen on UDP 7444 (IPv6 and IPv4)
   kith run --listen 127.0.0.1:0              loopback only, any free port
   kith run --passphrase-file /etc/kith/pass  unattended start (e.g. under systemd)
+  kith run --relay kith1...                  keep a connection to a relay, so nodes that
+                                             cannot dial this one reach it through the relay
+  kith run --relay kith1... --private        behind NAT: accept no inbound connection; the
+                                             ticket names only the relay
 
 Stops cleanly on Ctrl-C or SIGTERM. Other kith commands talk to it through the
 control socket in the data directory; share `kith ticket` so others can reach it.")]
@@ -57,9 +61,37 @@ pub struct RunArgs {
     /// KITH_JUSTIFICATION, KITH_SOURCE_ADDR and KITH_RECEIVED_AT_MS in its environment.
     #[arg(long, value_name = "CMD")]
     on_request: Option<String>,
+
+    /// Home relay: its ticket (`kith ticket` on the relay). The node stays connected
+    /// to it and its ticket names it.
+    #[arg(long, value_name = "RELAY-TICKET")]
+    relay: Option<String>,
+
+    /// Accept no inbound connection and advertise no direct address: peers reach
+    /// this node only through its relay (use with --relay).
+    #[arg(long)]
+    private: bool,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
+    // Before anything slow: a bad ticket is a usage mistake.
+    let relay = match &args.relay {
+        Some(text) => Some(
+            text.parse::<crate::ticket::Ticket>()
+                .context("--relay needs the relay's ticket (`kith ticket` on the relay)")?
+                .as_relay(),
+        ),
+        None => None,
+    };
+    if relay.as_ref().is_some_and(|r| r.addrs.is_empty()) {
+        bail!("the --relay ticket has no address to dial");
+    }
+    if args.private && relay.is_none() {
+        eprintln!(
+            "warning: --private without --relay: no other node can reach this one; it can only \
+             send requests and hear answers on connections it opened"
+        );
+    }
     if !args.no_harden {
         // Before unlocking, so the node key is born in a locked, non-dumpable page.
         kith_keys::memory::protect_secrets();
@@ -124,6 +156,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
             keystore_encrypted: !unlocked.insecure,
             hardened,
             on_request: args.on_request,
+            relay,
+            private: args.private,
         };
         daemon::run(
             ctx.data_dir.clone(),
@@ -145,7 +179,7 @@ async fn default_listen() -> SocketAddr {
     }
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
@@ -208,13 +242,52 @@ Examples:
 pub struct StatusArgs {}
 
 pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
-    let status: StatusView = call(ctx, Request::Status)?;
+    let value: serde_json::Value = call(ctx, Request::Status)?;
+    if value["role"] == "relay" {
+        let relay: crate::control::RelayServerView =
+            serde_json::from_value(value).context("the relay's status has an unexpected shape")?;
+        return super::relay::print_status(ctx, &relay);
+    }
+    let status: StatusView =
+        serde_json::from_value(value).context("the daemon's answer has an unexpected shape")?;
     if ctx.json {
         print_json(&status)?;
         return Ok(exit::OK);
     }
     println!("node      {}", status.node_id);
-    println!("listening {}", status.listen);
+    println!(
+        "listening {}{}",
+        status.listen,
+        if status.private {
+            " (private: inbound connections refused)"
+        } else {
+            ""
+        }
+    );
+    println!("reachable {}", status.reachability);
+    if let Some(relay) = &status.relay {
+        let mut line = format!("{} ({})", relay.state, relay.node_id);
+        if let Some(observed) = &relay.observed {
+            line.push_str(&format!(", sees us at {observed}"));
+        }
+        if let Some(refusal) = &relay.refusal {
+            line.push_str(&format!(", refused: {refusal}"));
+        }
+        if relay.state != "registered" {
+            if let Some(err) = &relay.last_error {
+                line.push_str(&format!(", last error: {err}"));
+            }
+        }
+        println!("relay     {line}");
+        if let Some(conflict) = &relay.conflict {
+            println!(
+                "\nIDENTITY CONFLICT (reported {}): also connected from {}.\n{}",
+                ago(conflict.at_ms),
+                conflict.others.join(", "),
+                conflict.advice
+            );
+        }
+    }
     println!("data dir  {}", status.data_dir);
     println!(
         "peers     {} trusted, {} waiting for your approval, {} waiting for theirs",
@@ -306,7 +379,18 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     if sent.delivered {
-        println!("request delivered to {}: {}", sent.node_id, sent.detail);
+        println!(
+            "request delivered to {}{}: {}",
+            sent.node_id,
+            if sent.path.as_deref() == Some("relayed") {
+                " through its relay"
+            } else {
+                ""
+            },
+            sent.detail
+        );
+    } else if sent.queued {
+        println!("request queued for {}: {}", sent.node_id, sent.detail);
     } else {
         println!(
             "request recorded for {}, but it could not be delivered yet ({}); retrying in the background",
@@ -434,7 +518,7 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
         );
         return Ok(exit::OK);
     }
-    let mut t = table(&["node", "name", "state", "since", "address"]);
+    let mut t = table(&["node", "name", "state", "since", "address", "reached"]);
     for p in &peers {
         t.add_row(vec![
             p.short_id.clone(),
@@ -444,7 +528,14 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
                 .unwrap_or_else(|| "-".into()),
             p.state.replace('_', " "),
             ago(p.since_ms),
-            p.address.clone().unwrap_or_else(|| "-".into()),
+            p.address.clone().unwrap_or_else(|| {
+                if p.relay.is_some() {
+                    "via relay".into()
+                } else {
+                    "-".into()
+                }
+            }),
+            p.path.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     println!("{t}");
@@ -510,9 +601,17 @@ fn print_sent(ctx: &Context, verb: &str, sent: &SentView) -> anyhow::Result<u8> 
         print_json(sent)?;
     } else if sent.delivered {
         println!(
-            "{verb} {}; the peer was told ({})",
-            sent.node_id, sent.detail
+            "{verb} {}; the peer was told{} ({})",
+            sent.node_id,
+            if sent.path.as_deref() == Some("relayed") {
+                " through its relay"
+            } else {
+                ""
+            },
+            sent.detail
         );
+    } else if sent.queued {
+        println!("{verb} {}; {}", sent.node_id, sent.detail);
     } else {
         println!(
             "{verb} {}; the peer could not be told yet ({}), retrying in the background",

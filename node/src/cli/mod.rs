@@ -6,6 +6,7 @@ mod daemon;
 mod identity;
 mod operator;
 mod output;
+mod relay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ Getting started:
   kith request <TICKET> -j WHY ask another node for trust
   kith pending                 requests waiting for your answer
   kith approve <PEER>          trust a peer that asked
+
+Behind NAT: run a relay somewhere public (`kith relay`), then `kith run --relay <RELAY-TICKET> --private`.
 
 The data directory is --data-dir, else $KITH_DATA_DIR, else $XDG_DATA_HOME/kith, else ~/.local/share/kith.
 Unlocking reads --passphrase-file, else $KITH_PASSPHRASE_FILE, else asks on the terminal.";
@@ -66,6 +69,7 @@ pub enum Command {
     Fork(identity::ForkArgs),
     Adopt(identity::AdoptArgs),
     Run(daemon::RunArgs),
+    Relay(relay::RelayArgs),
     Status(daemon::StatusArgs),
     Ticket(daemon::TicketArgs),
     Request(daemon::RequestArgs),
@@ -123,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Fork(args) => identity::fork(&ctx, args),
         Command::Adopt(args) => identity::adopt(&ctx, args),
         Command::Run(args) => daemon::run(&ctx, args),
+        Command::Relay(args) => relay::run(&ctx, args),
         Command::Status(args) => daemon::status(&ctx, args),
         Command::Ticket(args) => daemon::ticket(&ctx, args),
         Command::Request(args) => daemon::request(&ctx, args),

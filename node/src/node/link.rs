@@ -1,0 +1,480 @@
+//! Relay links: this node's side of relaying.
+//!
+//! A node with a home relay keeps one QUIC connection to it ([`run_home`]): dial,
+//! register (asking for a dial-back unless private), serve what the relay pushes,
+//! and when the connection drops, reconnect with exponential backoff and jitter —
+//! forever, with no operator action. QUIC keep-alives (see [`crate::tls`]) keep the
+//! connection, and the NAT binding under it, open. To reach a peer through a relay
+//! that is not its home, the node dials that relay on demand ([`forward`]) and
+//! serves that connection the same way while it lasts (the relay may push replies
+//! for this node over it).
+//!
+//! Envelopes a relay pushes go to the core as `Input::Envelope` with no transport
+//! peer and no source (the relay is not their author: their signatures are what
+//! counts), together with the sender's reply hint and the relay they came through.
+//!
+//! This module must never decide trust or answer for the core: a pushed envelope
+//! is acknowledged only with the ack the core released after its commit. It must
+//! never open a second connection to a relay it already has one to (the relay
+//! would close the older one as replaced), and never treat a relay's unsigned
+//! notices as more than information for the operator.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kith_keys::NodeId;
+use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use kith_protocol::machine::{Input, Reply};
+use kith_protocol::relay::{ForwardResult, RelayRefusal};
+use kith_protocol::validate::Refusal;
+use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayNotice, RelayRef};
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::{
+    DIAL_TIMEOUT, ExchangeError, Learn, NodeError, STREAM_TIMEOUT, Shared, error_chain,
+    exchange_on, now_ms,
+};
+use crate::reach::PathKind;
+use crate::tls;
+
+/// First reconnect delay after the home relay connection drops.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connection that lasted this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Registration includes the relay's dial-back (up to a few seconds behind a NAT
+/// that drops it).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the home relay connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkState {
+    Connecting,
+    /// Connected, registration not answered yet.
+    Connected,
+    /// The relay routes envelopes to this node.
+    Registered,
+    /// Connected, but the relay will not route to this node (it may still forward for it).
+    Refused,
+    /// Not connected; a reconnect is scheduled.
+    Disconnected,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Registered => "registered",
+            LinkState::Refused => "refused",
+            LinkState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Another live connection under this node's id, as the relay reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub others: Vec<SocketAddr>,
+    pub at_ms: u64,
+}
+
+/// The home relay connection, for `kith status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    pub relay: NodeId,
+    pub addrs: Vec<SocketAddr>,
+    pub state: LinkState,
+    /// When `state` was entered.
+    pub since_ms: u64,
+    /// The address the relay sees this node at.
+    pub observed: Option<SocketAddr>,
+    /// The relay's dial-back: could it dial this node directly? `None`: not tested.
+    pub direct: Option<bool>,
+    pub refusal: Option<RelayRefusal>,
+    /// An identity conflict reported since the last registration.
+    pub conflict: Option<ConflictInfo>,
+    pub last_error: Option<String>,
+    /// Connections made so far (1 after the first; more after reconnects).
+    pub connects: u64,
+}
+
+impl RelayStatus {
+    pub(super) fn new(relay: &RelayRef) -> Self {
+        RelayStatus {
+            relay: relay.node_id,
+            addrs: relay.addrs.clone(),
+            state: LinkState::Connecting,
+            since_ms: now_ms(),
+            observed: None,
+            direct: None,
+            refusal: None,
+            conflict: None,
+            last_error: None,
+            connects: 0,
+        }
+    }
+}
+
+/// Something that happened to the home relay connection (`kith events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayEvent {
+    pub at_ms: u64,
+    pub relay: NodeId,
+    pub kind: RelayEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayEventKind {
+    Connected {
+        addr: SocketAddr,
+    },
+    Registered {
+        observed: SocketAddr,
+        direct: Option<bool>,
+    },
+    Refused {
+        reason: RelayRefusal,
+    },
+    Disconnected {
+        reason: String,
+    },
+    /// The relay sees this node's id connected from these other addresses too.
+    Conflict {
+        others: Vec<SocketAddr>,
+    },
+}
+
+impl Shared {
+    fn update_status(&self, f: impl FnOnce(&mut RelayStatus)) {
+        if let Some(status) = self.relay_status.lock().unwrap().as_mut() {
+            f(status);
+        }
+    }
+
+    fn relay_event(&self, relay: NodeId, kind: RelayEventKind) {
+        let _ = self.relay_events.send(RelayEvent {
+            at_ms: now_ms(),
+            relay,
+            kind,
+        });
+    }
+
+    fn live_link(&self, relay: &NodeId) -> Option<quinn::Connection> {
+        self.links
+            .lock()
+            .unwrap()
+            .get(relay)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn forget_link(&self, relay: &NodeId, conn: &quinn::Connection) {
+        let mut links = self.links.lock().unwrap();
+        if links
+            .get(relay)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            links.remove(relay);
+        }
+    }
+
+    fn is_home(&self, relay: &NodeId) -> bool {
+        self.home.as_ref().is_some_and(|h| h.node_id == *relay)
+    }
+}
+
+/// `d` scaled by a random factor in [0.75, 1.25), so many nodes that lost one
+/// relay do not all come back in the same instant.
+fn jitter(d: Duration) -> Duration {
+    let r = rand_core::OsRng.next_u32() as f64 / u32::MAX as f64;
+    d.mul_f64(0.75 + r * 0.5)
+}
+
+/// Dials `relay` at each of its addresses in turn.
+async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connection, NodeError> {
+    let mut failures = Vec::new();
+    for &addr in &relay.addrs {
+        match tokio::time::timeout(
+            DIAL_TIMEOUT,
+            tls::dial(&shared.endpoint, &shared.key, addr, relay.node_id),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => failures.push(format!("{addr}: {}", error_chain(&e))),
+            Err(_) => failures.push(format!("{addr}: no answer within {DIAL_TIMEOUT:?}")),
+        }
+    }
+    if failures.is_empty() {
+        failures.push("the relay has no address".into());
+    }
+    Err(NodeError::Relay {
+        relay: relay.node_id,
+        reason: format!("cannot connect: {}", failures.join("; ")),
+    })
+}
+
+/// Keeps the home relay connection up for as long as the node runs.
+pub(super) async fn run_home(shared: Arc<Shared>, relay: RelayRef) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        shared.update_status(|s| {
+            s.state = LinkState::Connecting;
+            s.since_ms = now_ms();
+        });
+        let dialled = {
+            let _dialling = shared.link_dial.lock().await;
+            dial_relay(&shared, &relay).await
+        };
+        match dialled {
+            Ok(conn) => {
+                let started = Instant::now();
+                home_session(&shared, &relay, conn).await;
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff = BACKOFF_MIN;
+                }
+            }
+            Err(e) => {
+                debug!(relay = %relay.node_id, error = %e, "home relay unreachable");
+                shared.update_status(|s| {
+                    s.state = LinkState::Disconnected;
+                    s.since_ms = now_ms();
+                    s.last_error = Some(e.to_string());
+                });
+            }
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection to the home relay: register, serve, wait for it to end.
+async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Connection) {
+    let id = relay.node_id;
+    shared.links.lock().unwrap().insert(id, conn.clone());
+    let addr = conn.remote_address();
+    shared.update_status(|s| {
+        s.state = LinkState::Connected;
+        s.since_ms = now_ms();
+        s.connects += 1;
+        s.observed = None;
+        s.direct = None;
+        s.refusal = None;
+        s.conflict = None;
+    });
+    shared.relay_event(id, RelayEventKind::Connected { addr });
+    info!(relay = %id, %addr, "connected to the home relay");
+    // Serve first: the relay pushes what it queued for us as soon as we connect.
+    tokio::spawn(serve_link(shared.clone(), conn.clone(), relay.clone()));
+
+    let register = Message::Register {
+        dial_back: !shared.private,
+    };
+    match exchange_on(&conn, &register, REGISTER_TIMEOUT).await {
+        Ok(Message::RelayNotice(RelayNotice::Registered { observed, direct })) => {
+            info!(relay = %id, %observed, ?direct, "registered at the home relay");
+            shared.update_status(|s| {
+                s.state = LinkState::Registered;
+                s.since_ms = now_ms();
+                s.observed = Some(observed);
+                s.direct = direct;
+                s.last_error = None;
+            });
+            shared.relay_event(id, RelayEventKind::Registered { observed, direct });
+        }
+        Ok(Message::RelayNotice(RelayNotice::Refused(reason))) => {
+            warn!(relay = %id, %reason, "the home relay refused to register this node");
+            shared.update_status(|s| {
+                s.state = LinkState::Refused;
+                s.since_ms = now_ms();
+                s.refusal = Some(reason);
+            });
+            shared.relay_event(id, RelayEventKind::Refused { reason });
+            if reason == RelayRefusal::TooManyClients {
+                conn.close(0u32.into(), b"relay full");
+            }
+        }
+        other => {
+            let reason = match other {
+                Err(ExchangeError::Io(e)) => format!("registration failed: {e}"),
+                _ => "it did not answer as a relay (is that ticket a relay's?)".to_string(),
+            };
+            warn!(relay = %id, %reason, "home relay registration failed");
+            shared.update_status(|s| s.last_error = Some(reason.clone()));
+            conn.close(0u32.into(), b"not a relay");
+        }
+    }
+    let reason = conn.closed().await;
+    shared.forget_link(&id, &conn);
+    let reason = reason.to_string();
+    info!(relay = %id, %reason, "home relay connection closed; reconnecting");
+    shared.update_status(|s| {
+        s.state = LinkState::Disconnected;
+        s.since_ms = now_ms();
+        s.last_error = Some(reason.clone());
+    });
+    shared.relay_event(id, RelayEventKind::Disconnected { reason });
+}
+
+/// The connection to `relay`: the open one, or (for a relay other than our home
+/// relay, whose connection only [`run_home`] makes) a new one.
+async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connection, NodeError> {
+    if let Some(conn) = shared.live_link(&relay.node_id) {
+        return Ok(conn);
+    }
+    if shared.is_home(&relay.node_id) {
+        return Err(NodeError::Relay {
+            relay: relay.node_id,
+            reason: "not connected to the home relay right now (reconnecting)".into(),
+        });
+    }
+    let _dialling = shared.link_dial.lock().await;
+    if let Some(conn) = shared.live_link(&relay.node_id) {
+        return Ok(conn);
+    }
+    let conn = dial_relay(shared, relay).await?;
+    shared
+        .links
+        .lock()
+        .unwrap()
+        .insert(relay.node_id, conn.clone());
+    tokio::spawn(serve_link(shared.clone(), conn.clone(), relay.clone()));
+    Ok(conn)
+}
+
+/// Asks `relay` to carry `envelope`; its answer, with the destination's ack when
+/// the relay pushed it at once.
+pub(super) async fn forward(
+    shared: &Arc<Shared>,
+    relay: &RelayRef,
+    envelope: &Envelope,
+) -> Result<(ForwardResult, Option<Ack>), NodeError> {
+    let conn = link(shared, relay).await?;
+    let message = Message::Forward {
+        envelope: envelope.clone(),
+        reach: shared.own_reach(),
+    };
+    let failed = |reason: String| NodeError::Relay {
+        relay: relay.node_id,
+        reason,
+    };
+    match exchange_on(&conn, &message, STREAM_TIMEOUT).await {
+        Ok(Message::Forwarded { result, ack }) => Ok((result, ack)),
+        Ok(Message::Ack(Ack {
+            status: AckStatus::Refused(refusal),
+        })) => Err(failed(format!("not a relay (it answered: {refusal})"))),
+        Ok(_) => Err(failed(
+            "answered with something other than a relay answer".into(),
+        )),
+        Err(ExchangeError::Garbled) => Err(failed("sent an answer that does not decode".into())),
+        Err(ExchangeError::Io(reason)) => {
+            if conn.close_reason().is_some() {
+                shared.forget_link(&relay.node_id, &conn);
+            }
+            Err(failed(reason))
+        }
+    }
+}
+
+/// Serves what a relay opens on our connection to it: pushed envelopes, notices, pings.
+async fn serve_link(shared: Arc<Shared>, conn: quinn::Connection, relay: RelayRef) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let shared = shared.clone();
+        let relay = relay.clone();
+        tokio::spawn(async move { serve_link_stream(shared, relay, send, recv).await });
+    }
+    if !shared.is_home(&relay.node_id) {
+        shared.forget_link(&relay.node_id, &conn);
+    }
+}
+
+async fn serve_link_stream(
+    shared: Arc<Shared>,
+    relay: RelayRef,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let bytes =
+        match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_FRAME_LEN + 4)).await {
+            Ok(Ok(bytes)) => bytes,
+            _ => {
+                let _ = send.reset(0u32.into());
+                return;
+            }
+        };
+    let refused = |refusal| {
+        Some(Message::Ack(Ack {
+            status: AckStatus::Refused(refusal),
+        }))
+    };
+    let answer = match decode_frame::<Message>(&bytes) {
+        Ok(Some((Message::Relayed { envelope, reach }, _))) => {
+            let from = envelope.body.from;
+            let input = Input::Envelope {
+                envelope,
+                transport_peer: None,
+                source: None,
+            };
+            let hinted = reach != Reach::default();
+            let learn = Learn {
+                peer: Some(from),
+                hint: hinted.then_some(reach),
+                via: Some(relay.clone()),
+                path: Some(PathKind::Relayed),
+            };
+            match shared.handle_learning(input, Some(learn)).await {
+                Ok(handled) => {
+                    for out in handled.outgoing {
+                        let _ = shared.outbox.send(out);
+                    }
+                    match handled.reply {
+                        Reply::Ack(ack) => Some(Message::Ack(ack)),
+                        _ => refused(Refusal::Malformed),
+                    }
+                }
+                Err(e) => {
+                    warn!(relay = %relay.node_id, error = %e, "could not handle a relayed envelope");
+                    let _ = send.reset(0u32.into());
+                    return;
+                }
+            }
+        }
+        Ok(Some((Message::RelayNotice(notice), _))) => {
+            on_notice(&shared, &relay, notice);
+            None
+        }
+        Ok(Some((Message::Ping { id }, _))) => Some(Message::Pong { id }),
+        _ => refused(Refusal::Malformed),
+    };
+    if let Some(answer) = answer {
+        if let Ok(frame) = encode_frame(&answer) {
+            let _ = send.write_all(&frame).await;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
+    match notice {
+        RelayNotice::Conflict { others } if shared.is_home(&relay.node_id) => {
+            warn!(
+                relay = %relay.node_id,
+                ?others,
+                "IDENTITY CONFLICT: this node's id is also connected to the relay from elsewhere"
+            );
+            let info = ConflictInfo {
+                others: others.clone(),
+                at_ms: now_ms(),
+            };
+            shared.update_status(|s| s.conflict = Some(info));
+            shared.relay_event(relay.node_id, RelayEventKind::Conflict { others });
+        }
+        other => debug!(relay = %relay.node_id, ?other, "relay notice"),
+    }
+}

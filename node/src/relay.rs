@@ -1,0 +1,687 @@
+//! `kith relay`: a relay server for nodes that cannot be dialled.
+//!
+//! A relay is a kith endpoint with its own identity (its data dir is initialised
+//! like any node's) and a public address. Every node that connects is a client,
+//! known by the NodeId its TLS certificate proved. This module moves bytes: it
+//! accepts connections and streams, turns them into [`RelayInput`]s for the sans-IO
+//! [`Relay`] state machine (`kith_protocol::relay`), and carries out the
+//! [`RelayOutput`]s — pushing envelopes over destinations' connections, answering
+//! senders, sending notices, probing and closing connections. Every decision
+//! (routing, queueing, expiry, limits, conflicts) is the state machine's, so the
+//! simulator runs relays with the same code.
+//!
+//! Also here: the dial-back a node may ask for when it registers (can the relay
+//! dial it directly at the address it sees?), and the daemon around the server
+//! (`run_daemon`: the control socket answering `status` and `ticket`).
+//!
+//! What it must never do: verify, alter, sign or originate an envelope (it has no
+//! say in trust; envelopes are signed end to end and checked by their
+//! destination), hold the state lock across an await, or keep anything on disk:
+//! its queue is memory only, bounded by the state machine.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kith_keys::{NodeId, NodeKey};
+use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use kith_protocol::relay::{
+    ConnId, ForwardResult, Relay, RelayConfig, RelayInput, RelayOutput, RelayRefusal, RelayStats,
+};
+use kith_protocol::validate::Refusal;
+use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayNotice};
+use tokio::io::BufReader;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::control::{self, ControlError, RelayServerView, Request, Response};
+use crate::datadir::DataDir;
+use crate::node::{DIAL_TIMEOUT, ExchangeError, STREAM_TIMEOUT, close_code, exchange_on, now_ms};
+use crate::ticket::Ticket;
+use crate::tls::{self, TlsError};
+
+/// How long a destination may take to acknowledge a pushed envelope. Shorter than
+/// a sender's wait for the relay's answer, so the sender always hears back.
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dial-back may take before the node counts as not directly reachable.
+pub const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How `kith relay` is configured.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub listen: SocketAddr,
+    /// Addresses for the ticket instead of the local interfaces'.
+    pub advertise: Vec<SocketAddr>,
+    pub config: RelayConfig,
+}
+
+/// A running relay.
+pub struct RelayServer {
+    inner: Arc<Inner>,
+    accept: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    key: Arc<NodeKey>,
+    endpoint: quinn::Endpoint,
+    /// A second endpoint, on another port, for dial-backs: a NAT lets in whatever
+    /// comes from the very address and port the node itself talks to (the relay's
+    /// listening socket), so a dial-back from there would prove nothing.
+    dial_back: quinn::Endpoint,
+    local_addr: SocketAddr,
+    advertise: Vec<SocketAddr>,
+    state: Mutex<State>,
+    /// Wakes the ticker when the machine's next deadline may have moved.
+    wake: Notify,
+    next_conn: AtomicU64,
+    probe_timeout: Duration,
+}
+
+struct State {
+    relay: Relay,
+    conns: HashMap<ConnId, quinn::Connection>,
+    /// What registering told each connection, for its `Register` request.
+    notices: HashMap<ConnId, RelayNotice>,
+    /// Reply hints of queued envelopes, by (destination, sender, nonce): the state
+    /// machine queues envelopes only; the hint goes out with the envelope when it is
+    /// pushed.
+    hints: HashMap<(NodeId, NodeId, [u8; 16]), Reach>,
+}
+
+/// A push to carry out: the destination connection, the envelope and its hint.
+struct Push {
+    conn_id: ConnId,
+    conn: Option<quinn::Connection>,
+    envelope: Envelope,
+    reach: Reach,
+}
+
+/// What the relay thinks of itself, for `kith status`.
+#[derive(Debug, Clone)]
+pub struct RelaySnapshot {
+    pub clients: usize,
+    pub registered: usize,
+    pub queued: usize,
+    pub stats: RelayStats,
+    pub max_clients: usize,
+    pub allow: Option<usize>,
+}
+
+impl RelayServer {
+    /// Binds the endpoint and starts serving. Must be called within a Tokio runtime.
+    pub async fn spawn(key: NodeKey, options: RelayOptions) -> Result<RelayServer, TlsError> {
+        let endpoint = tls::make_endpoint(&key, options.listen)?;
+        let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let advertise = if options.advertise.is_empty() {
+            crate::addrs::advertised(local_addr)
+        } else {
+            options.advertise
+        };
+        let probe_timeout = Duration::from_millis(options.config.probe_ms.max(1));
+        let dial_back = tls::make_endpoint(&key, SocketAddr::new(local_addr.ip(), 0))?;
+        // It only dials.
+        dial_back.set_server_config(None);
+        let inner = Arc::new(Inner {
+            node_id: key.node_id(),
+            key: Arc::new(key),
+            endpoint,
+            dial_back,
+            local_addr,
+            advertise,
+            state: Mutex::new(State {
+                relay: Relay::new(options.config),
+                conns: HashMap::new(),
+                notices: HashMap::new(),
+                hints: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            probe_timeout,
+        });
+        let accept = tokio::spawn(accept_loop(inner.clone()));
+        let ticker = tokio::spawn(tick_loop(inner.clone()));
+        info!(relay = %inner.node_id, %local_addr, "relay started");
+        Ok(RelayServer {
+            inner,
+            accept,
+            ticker,
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The ticket nodes pass to `kith run --relay`.
+    pub fn ticket(&self) -> Ticket {
+        Ticket::direct(self.inner.node_id, self.inner.advertise.clone())
+    }
+
+    pub fn snapshot(&self) -> RelaySnapshot {
+        let state = self.inner.state.lock().unwrap();
+        let r = &state.relay;
+        RelaySnapshot {
+            clients: r.clients(),
+            registered: r.registered(),
+            queued: r.queued(),
+            stats: r.stats().clone(),
+            max_clients: r.config().max_clients,
+            allow: r.config().allow.as_ref().map(|a| a.len()),
+        }
+    }
+
+    /// Closes every connection and stops.
+    pub async fn shutdown(self) {
+        self.accept.abort();
+        self.ticker.abort();
+        self.inner
+            .endpoint
+            .close(close_code::SHUTDOWN.into(), b"relay shutting down");
+        self.inner.dial_back.close(close_code::SHUTDOWN.into(), b"");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Inner {
+    /// Runs one input through the machine and carries out every output that needs
+    /// no answer from the caller. Returns the pushes (for a `Forward`, the caller
+    /// carries them out to learn the destination's ack) and the forward's answer.
+    fn step(
+        self: &Arc<Self>,
+        input: RelayInput,
+        hint: Option<Reach>,
+    ) -> (Vec<Push>, Option<ForwardResult>) {
+        let forwarded = match &input {
+            RelayInput::Forward { envelope, .. } => {
+                Some((envelope.body.to, envelope.body.from, envelope.body.nonce))
+            }
+            _ => None,
+        };
+        let mut pushes = Vec::new();
+        let mut answer = None;
+        let mut notices = Vec::new();
+        let mut probes = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap();
+            let outputs = state.relay.handle(now_ms(), input);
+            for output in outputs {
+                match output {
+                    RelayOutput::Push { conn, envelope } => {
+                        let key = (envelope.body.to, envelope.body.from, envelope.body.nonce);
+                        let reach = if forwarded == Some(key) {
+                            hint.clone().unwrap_or_default()
+                        } else {
+                            state.hints.remove(&key).unwrap_or_default()
+                        };
+                        pushes.push(Push {
+                            conn_id: conn,
+                            conn: state.conns.get(&conn).cloned(),
+                            envelope,
+                            reach,
+                        });
+                    }
+                    RelayOutput::Answer { result, .. } => {
+                        if let (ForwardResult::Queued, Some(key)) = (&result, forwarded) {
+                            if let Some(hint) = &hint {
+                                state.hints.entry(key).or_insert_with(|| hint.clone());
+                            }
+                        }
+                        answer = Some(result);
+                    }
+                    RelayOutput::Registered { conn, observed } => {
+                        state.notices.insert(
+                            conn,
+                            RelayNotice::Registered {
+                                observed,
+                                direct: None,
+                            },
+                        );
+                    }
+                    RelayOutput::Refused { conn, reason } => {
+                        if reason == RelayRefusal::TooManyClients {
+                            if let Some(c) = state.conns.remove(&conn) {
+                                c.close(close_code::RELAY_FULL.into(), b"too many clients");
+                            }
+                        } else {
+                            state.notices.insert(conn, RelayNotice::Refused(reason));
+                        }
+                    }
+                    RelayOutput::Conflict { node, conns } => {
+                        warn!(%node, ?conns, "identity conflict: one node id on several live connections");
+                        for &c in &conns {
+                            let others: Vec<SocketAddr> = conns
+                                .iter()
+                                .filter(|o| **o != c)
+                                .filter_map(|o| state.relay.client(*o).map(|i| i.addr))
+                                .collect();
+                            if let Some(conn) = state.conns.get(&c) {
+                                notices.push((conn.clone(), RelayNotice::Conflict { others }));
+                            }
+                        }
+                    }
+                    RelayOutput::Probe { conn } => {
+                        if let Some(c) = state.conns.get(&conn) {
+                            probes.push((conn, c.clone()));
+                        }
+                    }
+                    RelayOutput::Close { conn } => {
+                        state.notices.remove(&conn);
+                        if let Some(c) = state.conns.remove(&conn) {
+                            debug!(conn, "closing a replaced registration");
+                            c.close(
+                                close_code::REPLACED.into(),
+                                b"replaced by a newer connection",
+                            );
+                        }
+                    }
+                    RelayOutput::Expired { to, count } => {
+                        debug!(%to, count, "queued envelopes expired");
+                        let relay = &state.relay;
+                        let still: Vec<(NodeId, [u8; 16])> = relay
+                            .queued_envelopes(&to)
+                            .map(|e| (e.body.from, e.body.nonce))
+                            .collect();
+                        state
+                            .hints
+                            .retain(|k, _| k.0 != to || still.contains(&(k.1, k.2)));
+                    }
+                }
+            }
+            // Hints of envelopes the machine dropped without an `Expired` (a node
+            // forgotten to make room for others): keep the side map within the queue's bound.
+            if state.hints.len() > state.relay.config().queue_total {
+                let State { relay, hints, .. } = &mut *state;
+                hints.retain(|k, _| {
+                    relay
+                        .queued_envelopes(&k.0)
+                        .any(|e| e.body.from == k.1 && e.body.nonce == k.2)
+                });
+            }
+        }
+        self.wake.notify_one();
+        for (conn, notice) in notices {
+            tokio::spawn(async move {
+                let _ = exchange_on(&conn, &Message::RelayNotice(notice), STREAM_TIMEOUT).await;
+            });
+        }
+        for (id, conn) in probes {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.probe(id, conn).await });
+        }
+        (pushes, answer)
+    }
+
+    /// Pings an older connection of a node that registered again from elsewhere.
+    async fn probe(self: Arc<Self>, id: ConnId, conn: quinn::Connection) {
+        let ping = Message::Ping { id };
+        if let Ok(Message::Pong { id: got }) = exchange_on(&conn, &ping, self.probe_timeout).await {
+            if got == id {
+                self.step(RelayInput::Alive { conn: id }, None);
+            }
+        }
+    }
+
+    /// Carries `envelope` to the destination over `push.conn`; its ack.
+    async fn push(push: &Push) -> Result<Ack, String> {
+        let Some(conn) = &push.conn else {
+            return Err("the destination's connection is gone".into());
+        };
+        let message = Message::Relayed {
+            envelope: push.envelope.clone(),
+            reach: push.reach.clone(),
+        };
+        match exchange_on(conn, &message, PUSH_TIMEOUT).await {
+            Ok(Message::Ack(ack)) => Ok(ack),
+            Ok(_) => Err("the destination answered with something other than an ack".into()),
+            Err(ExchangeError::Garbled) => Err("the destination's answer does not decode".into()),
+            Err(ExchangeError::Io(e)) => Err(e),
+        }
+    }
+
+    /// A forward from connection `id`: route it, push it, answer with what happened.
+    async fn forward(self: &Arc<Self>, id: ConnId, envelope: Envelope, reach: Reach) -> Message {
+        let mut retried = false;
+        loop {
+            let (pushes, answer) = self.step(
+                RelayInput::Forward {
+                    conn: id,
+                    envelope: envelope.clone(),
+                },
+                Some(reach.clone()),
+            );
+            let result = answer.unwrap_or(ForwardResult::Refused(RelayRefusal::UnknownConnection));
+            let Some(push) = pushes.into_iter().next() else {
+                return Message::Forwarded { result, ack: None };
+            };
+            match Self::push(&push).await {
+                Ok(ack) => {
+                    return Message::Forwarded {
+                        result,
+                        ack: Some(ack),
+                    };
+                }
+                Err(e) => {
+                    let closed = push
+                        .conn
+                        .as_ref()
+                        .is_none_or(|c| c.close_reason().is_some());
+                    debug!(conn = push.conn_id, error = %e, closed, "push failed");
+                    if closed && !retried {
+                        // The destination went away under us: once it is known to be
+                        // offline, the same forward queues the envelope for it.
+                        retried = true;
+                        self.state.lock().unwrap().conns.remove(&push.conn_id);
+                        self.step(RelayInput::Disconnected { conn: push.conn_id }, None);
+                        continue;
+                    }
+                    return Message::Forwarded { result, ack: None };
+                }
+            }
+        }
+    }
+
+    /// Answers a `Register`: the registration outcome, after a dial-back if asked.
+    async fn register(&self, id: ConnId, node: NodeId, dial_back: bool) -> Message {
+        let notice = self.state.lock().unwrap().notices.get(&id).cloned();
+        match notice {
+            Some(RelayNotice::Registered { observed, .. }) => {
+                let direct = if dial_back {
+                    Some(self.dial_back(observed, node).await)
+                } else {
+                    None
+                };
+                let notice = RelayNotice::Registered { observed, direct };
+                self.state
+                    .lock()
+                    .unwrap()
+                    .notices
+                    .insert(id, notice.clone());
+                Message::RelayNotice(notice)
+            }
+            Some(notice) => Message::RelayNotice(notice),
+            None => Message::RelayNotice(RelayNotice::Refused(RelayRefusal::UnknownConnection)),
+        }
+    }
+
+    /// Can `node` be dialled directly at `addr`, from a port it never talked to? The
+    /// connection is closed at once.
+    async fn dial_back(&self, addr: SocketAddr, node: NodeId) -> bool {
+        match tokio::time::timeout(
+            DIAL_BACK_TIMEOUT,
+            tls::dial(&self.dial_back, &self.key, addr, node),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                conn.close(close_code::DIAL_BACK.into(), b"dial-back");
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+async fn tick_loop(inner: Arc<Inner>) {
+    loop {
+        let deadline = inner.state.lock().unwrap().relay.next_deadline();
+        let wait = match deadline {
+            Some(d) => Duration::from_millis(d.saturating_sub(now_ms()).clamp(1, 60_000)),
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {
+                if deadline.is_some_and(|d| d <= now_ms()) {
+                    inner.step(RelayInput::Tick, None);
+                }
+            }
+            () = inner.wake.notified() => {}
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+                Ok(Ok(conn)) => serve_connection(inner, conn).await,
+                Ok(Err(e)) => debug!(%remote, error = %e, "inbound handshake failed"),
+                Err(_) => debug!(%remote, "inbound handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(inner: Arc<Inner>, conn: quinn::Connection) {
+    let node = match tls::peer_node_id(&conn) {
+        Ok(node) => node,
+        Err(e) => {
+            debug!(error = %e, "connection without a usable node certificate");
+            conn.close(0u32.into(), b"no node certificate");
+            return;
+        }
+    };
+    let addr = conn.remote_address();
+    let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    inner.state.lock().unwrap().conns.insert(id, conn.clone());
+    debug!(%node, %addr, conn = id, "client connected");
+    let (pushes, _) = inner.step(
+        RelayInput::Connected {
+            conn: id,
+            node,
+            addr,
+        },
+        None,
+    );
+    if !pushes.is_empty() {
+        // What waited for this node, in order: a later envelope from one sender must
+        // not overtake an earlier one (its high-water mark would refuse the earlier).
+        tokio::spawn(async move {
+            for push in pushes {
+                if let Err(e) = Inner::push(&push).await {
+                    debug!(conn = push.conn_id, error = %e, "pushing a queued envelope failed");
+                }
+            }
+        });
+    }
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let inner = inner.clone();
+        tokio::spawn(async move { serve_stream(inner, id, node, send, recv).await });
+    }
+    let known = inner.state.lock().unwrap().conns.remove(&id).is_some();
+    inner.state.lock().unwrap().notices.remove(&id);
+    if known {
+        inner.step(RelayInput::Disconnected { conn: id }, None);
+    }
+    debug!(%node, conn = id, "client disconnected");
+}
+
+async fn serve_stream(
+    inner: Arc<Inner>,
+    id: ConnId,
+    node: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let bytes =
+        match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_FRAME_LEN + 4)).await {
+            Ok(Ok(bytes)) => bytes,
+            _ => {
+                let _ = send.reset(0u32.into());
+                return;
+            }
+        };
+    let answer = match decode_frame::<Message>(&bytes) {
+        Ok(Some((Message::Forward { envelope, reach }, _))) => {
+            inner.forward(id, envelope, reach).await
+        }
+        Ok(Some((Message::Register { dial_back }, _))) => inner.register(id, node, dial_back).await,
+        Ok(Some((Message::Ping { id }, _))) => Message::Pong { id },
+        _ => Message::Ack(Ack {
+            status: AckStatus::Refused(Refusal::Malformed),
+        }),
+    };
+    if let Ok(frame) = encode_frame(&answer) {
+        let _ = send.write_all(&frame).await;
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+// ----- the `kith relay` daemon -----------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayDaemonError {
+    #[error("cannot start the relay")]
+    Tls(#[from] TlsError),
+    #[error("cannot open the control socket")]
+    Control(#[from] ControlError),
+}
+
+/// What the relay daemon reports besides the server's own state.
+#[derive(Debug, Clone)]
+pub struct RelayDaemonInfo {
+    pub keystore_encrypted: bool,
+    pub hardened: bool,
+}
+
+/// Runs a relay bound to `data_dir` (its identity and control socket) until
+/// `shutdown` resolves. Prints the relay's ticket on stdout once it listens.
+pub async fn run_daemon(
+    data_dir: DataDir,
+    key: NodeKey,
+    options: RelayOptions,
+    info: RelayDaemonInfo,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayDaemonError> {
+    let server = RelayServer::spawn(key, options).await?;
+    let listener = control::bind(&data_dir.control_socket()).await?;
+    eprintln!(
+        "kith relay {} listening on {} (control socket {})",
+        server.node_id(),
+        server.local_addr(),
+        data_dir.control_socket().display()
+    );
+    eprintln!("nodes use it with: kith run --relay <TICKET>; its ticket:");
+    println!("{}", server.ticket());
+    let server = Arc::new(server);
+    let started_at_ms = now_ms();
+    let serve = {
+        let server = server.clone();
+        let data_dir = data_dir.clone();
+        async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "control socket accept failed");
+                        continue;
+                    }
+                };
+                let server = server.clone();
+                let data_dir = data_dir.clone();
+                let info = info.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = control::check_peer(&stream) {
+                        warn!(error = %e, "refused a control connection");
+                        return;
+                    }
+                    let mut stream = BufReader::new(stream);
+                    let response = match control::read_request(&mut stream).await {
+                        Ok(Some(request)) => {
+                            relay_dispatch(&server, &data_dir, &info, started_at_ms, request)
+                        }
+                        Ok(None) => return,
+                        Err(e) => Response::Error {
+                            message: format!("bad control request: {e}"),
+                        },
+                    };
+                    let _ = control::write_response(&mut stream, &response).await;
+                });
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown => info!("shutting down"),
+        () = serve => {}
+    }
+    let _ = std::fs::remove_file(data_dir.control_socket());
+    match Arc::try_unwrap(server) {
+        Ok(server) => server.shutdown().await,
+        Err(server) => server
+            .inner
+            .endpoint
+            .close(close_code::SHUTDOWN.into(), b"relay shutting down"),
+    }
+    Ok(())
+}
+
+fn relay_dispatch(
+    server: &RelayServer,
+    data_dir: &DataDir,
+    info: &RelayDaemonInfo,
+    started_at_ms: u64,
+    request: Request,
+) -> Response {
+    let data = match request {
+        Request::Status => {
+            let s = server.snapshot();
+            serde_json::to_value(RelayServerView {
+                role: "relay".into(),
+                node_id: server.node_id().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                data_dir: data_dir.path().display().to_string(),
+                listen: server.local_addr().to_string(),
+                ticket: server.ticket().to_string(),
+                clients: s.clients,
+                registered: s.registered,
+                queued: s.queued,
+                forwarded: s.stats.forwarded,
+                delivered: s.stats.delivered,
+                queued_total: s.stats.queued,
+                delivered_from_queue: s.stats.delivered_from_queue,
+                expired: s.stats.expired,
+                unknown_destination: s.stats.unknown_destination,
+                refused: s.stats.refused,
+                conflicts: s.stats.conflicts,
+                max_clients: s.max_clients,
+                allow: s.allow,
+                keystore_encrypted: info.keystore_encrypted,
+                hardened: info.hardened,
+                started_at_ms,
+            })
+        }
+        Request::Ticket => Ok(serde_json::json!({
+            "ticket": server.ticket().to_string(),
+            "node_id": server.node_id().to_string(),
+            "addrs": server.ticket().addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "relay": null,
+        })),
+        _ => {
+            return Response::Error {
+                message: "this data dir runs a relay (`kith relay`): it has no peers; \
+                          only `kith status` and `kith ticket` apply"
+                    .into(),
+            };
+        }
+    };
+    match data {
+        Ok(data) => Response::Ok { data },
+        Err(e) => Response::Error {
+            message: format!("cannot encode the answer: {e}"),
+        },
+    }
+}

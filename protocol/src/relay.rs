@@ -1,0 +1,1257 @@
+//! The relay state machine: what a kith relay decides, with no I/O.
+//!
+//! A relay carries signed envelopes for nodes that cannot be dialled. Each node
+//! (private or not) that connects to it is a *client*, known by the NodeId its
+//! TLS certificate proved; a client the relay may route to is *registered*. A
+//! client asks the relay to [forward](RelayInput::Forward) an envelope; the relay
+//! [pushes](RelayOutput::Push) it at once over the destination's connection, or
+//! queues it (bounded per destination and in total, with a TTL) until the
+//! destination registers again, and [answers](RelayOutput::Answer) the sender
+//! with what happened.
+//!
+//! [`Relay::handle`] takes one [`RelayInput`] and the current time and returns
+//! every [`RelayOutput`] that follows, in order. Nothing else happens implicitly;
+//! the caller (`kith relay`, or the simulator) owns the connections and carries
+//! the outputs out. Call [`RelayInput::Tick`] at [`Relay::next_deadline`].
+//!
+//! This module must never read a clock, touch a socket, or look inside an
+//! envelope beyond routing: it never verifies or alters signatures. It cannot
+//! forge anything (envelopes are signed end to end) and a relay that alters or
+//! replays one gets it refused by the destination's own validation. The few
+//! checks it makes — the envelope's `from` is the authenticated sender, the
+//! version is known, the text is within bounds — only keep it from spending
+//! memory on envelopes every destination would refuse.
+//!
+//! Decisions, in order, for a [`RelayInput::Forward`]: the connection must be a
+//! client; the sender's rate limit (a token bucket per NodeId); `body.from` must
+//! be the connection's node; the envelope must be well-formed; then route:
+//! registered → push (the newest registration wins); registered before and
+//! offline for less than [`RelayConfig::remember_ms`] → queue; otherwise
+//! unknown destination.
+//!
+//! Identity conflicts: a NodeId registering again *from the same address*
+//! replaces its old connection (a reconnect: two live sockets cannot share one
+//! address). From *another* address it may be a crashed process restarted
+//! behind a NAT that picked a new port, or really a second copy of the node. The
+//! relay routes to the newest connection at once and
+//! [probes](RelayOutput::Probe) the older one: if it answers
+//! ([`RelayInput::Alive`]) both are live and a [`RelayOutput::Conflict`] names
+//! every connection, so each side is told; if it does not answer within
+//! [`RelayConfig::probe_ms`] it is [closed](RelayOutput::Close). With
+//! `probe_ms == 0` the conflict is reported at once, without a probe.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+
+use kith_keys::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::machine::DEFAULT_SKEW_MS;
+use crate::validate::check_text;
+use crate::wire::{Envelope, MAX_TEXT_CHARS, PROTOCOL_VERSION};
+
+/// The caller's name for one connection to the relay. Never reused while the
+/// connection lives.
+pub type ConnId = u64;
+
+/// Default lifetime of a queued envelope: four minutes, below the five-minute
+/// skew window (an envelope older than that would be refused by its
+/// destination anyway).
+pub const DEFAULT_QUEUE_TTL_MS: u64 = 4 * 60 * 1000;
+
+/// Tunables of a relay. Everything has a sensible [`Default`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayConfig {
+    /// Most clients (registered or not) connected at once; more are refused
+    /// with [`RelayRefusal::TooManyClients`].
+    pub max_clients: usize,
+    /// Most envelopes queued for one offline destination.
+    pub queue_per_destination: usize,
+    /// Most envelopes queued in all.
+    pub queue_total: usize,
+    /// How long a queued envelope waits for its destination. Keep it below the
+    /// destinations' skew window ([`DEFAULT_SKEW_MS`]).
+    pub queue_ttl_ms: u64,
+    /// Token bucket per sender: most envelopes forwarded in a burst. `0` turns
+    /// rate limiting off.
+    pub rate_burst: u32,
+    /// Token bucket per sender: sustained envelopes per second.
+    pub rate_per_sec: u32,
+    /// If set, only these NodeIds may register (be routed to). Others may still
+    /// connect and forward — so strangers can ask members for trust — but
+    /// nothing is routed or queued for them.
+    pub allow: Option<BTreeSet<NodeId>>,
+    /// How long an older connection of a NodeId that registered again from
+    /// another address has to answer a probe before it is closed as stale.
+    /// `0`: report the conflict at once without probing.
+    pub probe_ms: u64,
+    /// How long after a registered node disconnects envelopes to it are still
+    /// queued (rather than answered with [`ForwardResult::UnknownDestination`]).
+    pub remember_ms: u64,
+    /// Most offline nodes remembered for queueing; the longest gone is forgotten first.
+    pub remember_max: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_clients: 4096,
+            queue_per_destination: 64,
+            queue_total: 4096,
+            queue_ttl_ms: DEFAULT_QUEUE_TTL_MS,
+            rate_burst: 128,
+            rate_per_sec: 32,
+            allow: None,
+            probe_ms: 5_000,
+            remember_ms: 24 * 60 * 60 * 1000,
+            remember_max: 16 * 1024,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Whether the queue TTL leaves queued envelopes acceptable to a
+    /// destination with the default skew window.
+    pub fn ttl_within_skew(&self) -> bool {
+        self.queue_ttl_ms < DEFAULT_SKEW_MS
+    }
+}
+
+/// One thing for the relay to process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayInput {
+    /// A connection finished its handshake; `node` is the TLS-authenticated
+    /// NodeId and `addr` the address the relay sees it from.
+    Connected {
+        conn: ConnId,
+        node: NodeId,
+        addr: SocketAddr,
+    },
+    /// A connection closed (or was closed after a [`RelayOutput::Close`]).
+    Disconnected { conn: ConnId },
+    /// A client asks for `envelope` to be carried to `envelope.body.to`.
+    /// Always answered by exactly one [`RelayOutput::Answer`] in the same output.
+    Forward { conn: ConnId, envelope: Envelope },
+    /// A connection that was [probed](RelayOutput::Probe) answered.
+    Alive { conn: ConnId },
+    /// Time passed: expire queues and probes. Call at [`Relay::next_deadline`].
+    Tick,
+}
+
+/// Something for the caller to do, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayOutput {
+    /// Send `envelope` to the client on `conn` (its destination).
+    Push { conn: ConnId, envelope: Envelope },
+    /// Tell the sender on `conn` what became of its envelope to `to`.
+    Answer {
+        conn: ConnId,
+        to: NodeId,
+        result: ForwardResult,
+    },
+    /// `conn` is registered: tell it the address the relay sees (`observed`).
+    Registered { conn: ConnId, observed: SocketAddr },
+    /// `conn` may not register. After [`RelayRefusal::TooManyClients`] the relay
+    /// forgot the connection: close it. After [`RelayRefusal::NotAllowed`] the
+    /// connection may still forward; nothing is routed to it.
+    Refused { conn: ConnId, reason: RelayRefusal },
+    /// `node` is connected from several live connections: tell each of `conns`.
+    Conflict { node: NodeId, conns: Vec<ConnId> },
+    /// Check that `conn` is still alive (e.g. a ping); report
+    /// [`RelayInput::Alive`] if it answers, or nothing.
+    Probe { conn: ConnId },
+    /// Close `conn`: the relay has forgotten it (a stale registration).
+    Close { conn: ConnId },
+    /// `count` envelopes queued for `to` expired undelivered.
+    Expired { to: NodeId, count: usize },
+}
+
+/// What became of a forwarded envelope, as told to its sender.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardResult {
+    /// Pushed at once over the destination's connection.
+    Delivered,
+    /// The destination is offline; the envelope waits for it (up to the queue TTL).
+    Queued,
+    /// The relay does not know the destination (never registered, or gone too long).
+    UnknownDestination,
+    /// The relay would not take it.
+    Refused(RelayRefusal),
+}
+
+impl fmt::Display for ForwardResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardResult::Delivered => f.write_str("delivered"),
+            ForwardResult::Queued => f.write_str("queued"),
+            ForwardResult::UnknownDestination => f.write_str("unknown destination"),
+            ForwardResult::Refused(r) => write!(f, "refused: {r}"),
+        }
+    }
+}
+
+/// Why a relay refused a registration or a forward.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayRefusal {
+    /// The sender exceeded its rate limit.
+    RateLimited,
+    /// The destination's queue, or the relay's, is full.
+    QueueFull,
+    /// The node is not on the relay's allow list.
+    NotAllowed,
+    /// The relay serves as many clients as it may.
+    TooManyClients,
+    /// The envelope's `from` is not the connection's authenticated node.
+    SenderMismatch,
+    /// The connection is not a client of the relay.
+    UnknownConnection,
+    /// Unknown version or over-long text: every destination would refuse it.
+    Malformed,
+}
+
+impl fmt::Display for RelayRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RelayRefusal::RateLimited => "rate limited",
+            RelayRefusal::QueueFull => "the relay's queue is full",
+            RelayRefusal::NotAllowed => "not on the relay's allow list",
+            RelayRefusal::TooManyClients => "the relay has too many clients",
+            RelayRefusal::SenderMismatch => "the envelope is not from the node on this connection",
+            RelayRefusal::UnknownConnection => "the connection is not a client of the relay",
+            RelayRefusal::Malformed => "the envelope is malformed",
+        })
+    }
+}
+
+/// Counters, for status and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStats {
+    pub forwarded: u64,
+    pub delivered: u64,
+    pub queued: u64,
+    /// Queued envelopes pushed when their destination registered.
+    pub delivered_from_queue: u64,
+    pub expired: u64,
+    pub unknown_destination: u64,
+    pub refused: u64,
+    pub conflicts: u64,
+}
+
+/// What the relay knows about one connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub node: NodeId,
+    pub addr: SocketAddr,
+    /// Whether envelopes are routed to it (false: may only forward).
+    pub registered: bool,
+    pub since_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Queued {
+    envelope: Envelope,
+    expires_ms: u64,
+}
+
+/// Token bucket in thousandths of a token, so refill needs no division.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Bucket {
+    milli: u64,
+    at_ms: u64,
+}
+
+/// The relay's whole state. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    config: RelayConfig,
+    clients: BTreeMap<ConnId, ClientInfo>,
+    /// Registered connections per node, oldest first; the last one is the route.
+    routes: BTreeMap<NodeId, Vec<ConnId>>,
+    /// Registered nodes now offline: when they left.
+    known: BTreeMap<NodeId, u64>,
+    queues: BTreeMap<NodeId, VecDeque<Queued>>,
+    queued_total: usize,
+    /// (expiry of the queue's front, destination), one per non-empty queue.
+    expiries: BTreeSet<(u64, NodeId)>,
+    buckets: BTreeMap<NodeId, Bucket>,
+    /// Older connections being probed: their deadline.
+    probes: BTreeMap<ConnId, u64>,
+    stats: RelayStats,
+}
+
+impl Relay {
+    pub fn new(config: RelayConfig) -> Self {
+        Relay {
+            config,
+            clients: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            known: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            queued_total: 0,
+            expiries: BTreeSet::new(),
+            buckets: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            stats: RelayStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Envelopes queued in all.
+    pub fn queued(&self) -> usize {
+        self.queued_total
+    }
+
+    /// Envelopes queued for `node`.
+    pub fn queued_for(&self, node: &NodeId) -> usize {
+        self.queues.get(node).map_or(0, VecDeque::len)
+    }
+
+    /// The envelopes queued for `node`, oldest first.
+    pub fn queued_envelopes(&self, node: &NodeId) -> impl Iterator<Item = &Envelope> {
+        self.queues
+            .get(node)
+            .into_iter()
+            .flat_map(|q| q.iter().map(|e| &e.envelope))
+    }
+
+    /// Connected clients, registered or not.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Nodes with at least one registered connection.
+    pub fn registered(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_registered(&self, node: &NodeId) -> bool {
+        self.routes.contains_key(node)
+    }
+
+    pub fn client(&self, conn: ConnId) -> Option<&ClientInfo> {
+        self.clients.get(&conn)
+    }
+
+    /// The connection envelopes to `node` are pushed on.
+    pub fn route(&self, node: &NodeId) -> Option<ConnId> {
+        self.routes.get(node).and_then(|c| c.last().copied())
+    }
+
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// When the next [`RelayInput::Tick`] is due: the earliest queue expiry or
+    /// probe deadline. `None` when nothing is scheduled.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let queue = self.expiries.first().map(|(at, _)| *at);
+        let probe = self.probes.values().min().copied();
+        queue.into_iter().chain(probe).min()
+    }
+
+    /// Processes one input; returns what to do, in order.
+    pub fn handle(&mut self, now_ms: u64, input: RelayInput) -> Vec<RelayOutput> {
+        let mut out = Vec::new();
+        match input {
+            RelayInput::Connected { conn, node, addr } => {
+                self.on_connected(now_ms, conn, node, addr, &mut out)
+            }
+            RelayInput::Disconnected { conn } => self.on_disconnected(now_ms, conn),
+            RelayInput::Forward { conn, envelope } => {
+                self.on_forward(now_ms, conn, envelope, &mut out)
+            }
+            RelayInput::Alive { conn } => self.on_alive(conn, &mut out),
+            RelayInput::Tick => self.on_tick(now_ms, &mut out),
+        }
+        out
+    }
+
+    fn on_connected(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        node: NodeId,
+        addr: SocketAddr,
+        out: &mut Vec<RelayOutput>,
+    ) {
+        if self.clients.contains_key(&conn) {
+            // The caller reused a live id: a caller bug. Keep the first.
+            return;
+        }
+        if self.clients.len() >= self.config.max_clients {
+            out.push(RelayOutput::Refused {
+                conn,
+                reason: RelayRefusal::TooManyClients,
+            });
+            return;
+        }
+        let allowed = self
+            .config
+            .allow
+            .as_ref()
+            .is_none_or(|allow| allow.contains(&node));
+        self.clients.insert(
+            conn,
+            ClientInfo {
+                node,
+                addr,
+                registered: allowed,
+                since_ms: now,
+            },
+        );
+        if !allowed {
+            out.push(RelayOutput::Refused {
+                conn,
+                reason: RelayRefusal::NotAllowed,
+            });
+            return;
+        }
+        // Older registrations of the same node.
+        let older: Vec<ConnId> = self.routes.get(&node).cloned().unwrap_or_default();
+        let mut others = Vec::new();
+        for old in older {
+            if self.clients.get(&old).is_some_and(|c| c.addr == addr) {
+                // Same address: the node reconnected; the old connection is stale.
+                self.forget_conn(now, old);
+                out.push(RelayOutput::Close { conn: old });
+            } else {
+                others.push(old);
+            }
+        }
+        self.routes.entry(node).or_default().push(conn);
+        self.known.remove(&node);
+        out.push(RelayOutput::Registered {
+            conn,
+            observed: addr,
+        });
+        if !others.is_empty() {
+            if self.config.probe_ms == 0 {
+                self.stats.conflicts += 1;
+                let conns = self.routes.get(&node).cloned().unwrap_or_default();
+                out.push(RelayOutput::Conflict { node, conns });
+            } else {
+                for old in others {
+                    if let std::collections::btree_map::Entry::Vacant(e) = self.probes.entry(old) {
+                        e.insert(now.saturating_add(self.config.probe_ms));
+                        out.push(RelayOutput::Probe { conn: old });
+                    }
+                }
+            }
+        }
+        // Whatever waited for it goes out now, oldest first.
+        if let Some(queue) = self.queues.remove(&node) {
+            if let Some(front) = queue.front() {
+                self.expiries.remove(&(front.expires_ms, node));
+            }
+            self.queued_total -= queue.len();
+            for q in queue {
+                if q.expires_ms <= now {
+                    self.stats.expired += 1;
+                    continue;
+                }
+                self.stats.delivered_from_queue += 1;
+                out.push(RelayOutput::Push {
+                    conn,
+                    envelope: q.envelope,
+                });
+            }
+        }
+    }
+
+    fn on_disconnected(&mut self, now: u64, conn: ConnId) {
+        self.forget_conn(now, conn);
+    }
+
+    /// Drops everything about `conn`; a node left with no registered
+    /// connection becomes known-offline, so envelopes to it are queued.
+    fn forget_conn(&mut self, now: u64, conn: ConnId) {
+        self.probes.remove(&conn);
+        let Some(client) = self.clients.remove(&conn) else {
+            return;
+        };
+        let node = client.node;
+        if let Some(conns) = self.routes.get_mut(&node) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                self.routes.remove(&node);
+                self.remember(now, node);
+            }
+        }
+        let still_connected = self.clients.values().any(|c| c.node == node);
+        if !still_connected {
+            // A full bucket is the same as no bucket; a partial one is kept so
+            // a reconnect does not reset the limit.
+            if self
+                .buckets
+                .get(&node)
+                .is_some_and(|b| self.refilled(b, now) >= self.capacity())
+            {
+                self.buckets.remove(&node);
+            }
+        }
+    }
+
+    fn remember(&mut self, now: u64, node: NodeId) {
+        self.known.insert(node, now);
+        while self.known.len() > self.config.remember_max {
+            // Forget the node gone longest, with its queue.
+            let Some((&oldest, _)) = self.known.iter().min_by_key(|(_, at)| **at) else {
+                break;
+            };
+            self.known.remove(&oldest);
+            self.drop_queue(oldest);
+        }
+    }
+
+    fn drop_queue(&mut self, node: NodeId) -> usize {
+        let Some(queue) = self.queues.remove(&node) else {
+            return 0;
+        };
+        if let Some(front) = queue.front() {
+            self.expiries.remove(&(front.expires_ms, node));
+        }
+        self.queued_total -= queue.len();
+        queue.len()
+    }
+
+    fn on_forward(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        envelope: Envelope,
+        out: &mut Vec<RelayOutput>,
+    ) {
+        let to = envelope.body.to;
+        let result = self.route_forward(now, conn, envelope, out);
+        match &result {
+            ForwardResult::Delivered => self.stats.delivered += 1,
+            ForwardResult::Queued => self.stats.queued += 1,
+            ForwardResult::UnknownDestination => self.stats.unknown_destination += 1,
+            ForwardResult::Refused(_) => self.stats.refused += 1,
+        }
+        self.stats.forwarded += 1;
+        out.push(RelayOutput::Answer { conn, to, result });
+    }
+
+    fn route_forward(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        envelope: Envelope,
+        out: &mut Vec<RelayOutput>,
+    ) -> ForwardResult {
+        let Some(sender) = self.clients.get(&conn).map(|c| c.node) else {
+            return ForwardResult::Refused(RelayRefusal::UnknownConnection);
+        };
+        if !self.take_token(now, sender) {
+            return ForwardResult::Refused(RelayRefusal::RateLimited);
+        }
+        if envelope.body.from != sender {
+            return ForwardResult::Refused(RelayRefusal::SenderMismatch);
+        }
+        if !well_formed(&envelope) {
+            return ForwardResult::Refused(RelayRefusal::Malformed);
+        }
+        let to = envelope.body.to;
+        if let Some(route) = self.route(&to) {
+            out.push(RelayOutput::Push {
+                conn: route,
+                envelope,
+            });
+            return ForwardResult::Delivered;
+        }
+        let remembered = self
+            .known
+            .get(&to)
+            .is_some_and(|gone| gone.saturating_add(self.config.remember_ms) > now);
+        if !remembered {
+            return ForwardResult::UnknownDestination;
+        }
+        // The same envelope forwarded again (a sender's retry) is queued once.
+        let queue = self.queues.get(&to);
+        if queue.is_some_and(|q| {
+            q.iter().any(|e| {
+                e.envelope.body.nonce == envelope.body.nonce && e.envelope.body.from == sender
+            })
+        }) {
+            return ForwardResult::Queued;
+        }
+        if queue.map_or(0, VecDeque::len) >= self.config.queue_per_destination
+            || self.queued_total >= self.config.queue_total
+        {
+            return ForwardResult::Refused(RelayRefusal::QueueFull);
+        }
+        let expires_ms = now.saturating_add(self.config.queue_ttl_ms);
+        let queue = self.queues.entry(to).or_default();
+        if queue.is_empty() {
+            self.expiries.insert((expires_ms, to));
+        }
+        queue.push_back(Queued {
+            envelope,
+            expires_ms,
+        });
+        self.queued_total += 1;
+        ForwardResult::Queued
+    }
+
+    fn on_alive(&mut self, conn: ConnId, out: &mut Vec<RelayOutput>) {
+        if self.probes.remove(&conn).is_none() {
+            return;
+        }
+        let Some(node) = self.clients.get(&conn).map(|c| c.node) else {
+            return;
+        };
+        let conns = self.routes.get(&node).cloned().unwrap_or_default();
+        if conns.len() > 1 {
+            self.stats.conflicts += 1;
+            out.push(RelayOutput::Conflict { node, conns });
+        }
+    }
+
+    fn on_tick(&mut self, now: u64, out: &mut Vec<RelayOutput>) {
+        // Probes nobody answered: the older connection is stale.
+        let stale: Vec<ConnId> = self
+            .probes
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in stale {
+            self.forget_conn(now, conn);
+            out.push(RelayOutput::Close { conn });
+        }
+        // Expired queue entries, earliest first.
+        while let Some(&(at, node)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.remove(&(at, node));
+            let mut count = 0;
+            if let Some(queue) = self.queues.get_mut(&node) {
+                while queue.front().is_some_and(|q| q.expires_ms <= now) {
+                    queue.pop_front();
+                    count += 1;
+                }
+                match queue.front() {
+                    Some(front) => {
+                        self.expiries.insert((front.expires_ms, node));
+                    }
+                    None => {
+                        self.queues.remove(&node);
+                    }
+                }
+            }
+            self.queued_total -= count;
+            self.stats.expired += count as u64;
+            if count > 0 {
+                out.push(RelayOutput::Expired { to: node, count });
+            }
+        }
+        // Housekeeping: forget nodes gone too long, and full buckets of
+        // nodes no longer connected.
+        let remember_ms = self.config.remember_ms;
+        let gone: Vec<NodeId> = self
+            .known
+            .iter()
+            .filter(|(_, at)| at.saturating_add(remember_ms) <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in gone {
+            self.known.remove(&node);
+            let dropped = self.drop_queue(node);
+            if dropped > 0 {
+                self.stats.expired += dropped as u64;
+                out.push(RelayOutput::Expired {
+                    to: node,
+                    count: dropped,
+                });
+            }
+        }
+        let connected: BTreeSet<NodeId> = self.clients.values().map(|c| c.node).collect();
+        let capacity = self.capacity();
+        let buckets = std::mem::take(&mut self.buckets);
+        self.buckets = buckets
+            .into_iter()
+            .filter(|(node, b)| connected.contains(node) || self.refilled(b, now) < capacity)
+            .collect();
+    }
+
+    fn capacity(&self) -> u64 {
+        u64::from(self.config.rate_burst) * 1000
+    }
+
+    fn refilled(&self, bucket: &Bucket, now: u64) -> u64 {
+        let elapsed = now.saturating_sub(bucket.at_ms);
+        bucket
+            .milli
+            .saturating_add(elapsed.saturating_mul(u64::from(self.config.rate_per_sec)))
+            .min(self.capacity())
+    }
+
+    /// Takes one token from `node`'s bucket; false if it has none.
+    fn take_token(&mut self, now: u64, node: NodeId) -> bool {
+        if self.config.rate_burst == 0 {
+            return true;
+        }
+        let capacity = self.capacity();
+        let bucket = self.buckets.get(&node).copied().unwrap_or(Bucket {
+            milli: capacity,
+            at_ms: now,
+        });
+        let milli = self.refilled(&bucket, now);
+        // A clock that went backwards refills nothing and is not remembered.
+        let at_ms = bucket.at_ms.max(now);
+        let (milli, ok) = match milli.checked_sub(1000) {
+            Some(left) => (left, true),
+            None => (milli, false),
+        };
+        self.buckets.insert(node, Bucket { milli, at_ms });
+        ok
+    }
+}
+
+/// The cheap checks that keep a relay from storing what every destination refuses.
+fn well_formed(envelope: &Envelope) -> bool {
+    envelope.version == PROTOCOL_VERSION
+        && envelope
+            .body
+            .kind
+            .text()
+            .is_none_or(|t| check_text(t, MAX_TEXT_CHARS).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Body, Kind};
+    use kith_keys::NodeKey;
+    use zeroize::Zeroizing;
+
+    fn key(seed: u8) -> NodeKey {
+        NodeKey::from_secret(&Zeroizing::new([seed; 32]))
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn env(from: &NodeKey, to: &NodeKey, n: u8) -> Envelope {
+        Envelope::sign(
+            Body {
+                kind: Kind::Request {
+                    justification: "hi".into(),
+                },
+                from: from.node_id(),
+                to: to.node_id(),
+                nonce: [n; 16],
+                timestamp_ms: 1_000 + n as u64,
+            },
+            from,
+        )
+    }
+
+    fn connect(r: &mut Relay, now: u64, conn: ConnId, k: &NodeKey, port: u16) -> Vec<RelayOutput> {
+        r.handle(
+            now,
+            RelayInput::Connected {
+                conn,
+                node: k.node_id(),
+                addr: addr(port),
+            },
+        )
+    }
+
+    fn answer(out: &[RelayOutput]) -> ForwardResult {
+        let answers: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                RelayOutput::Answer { result, .. } => Some(result.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answers.len(), 1, "exactly one answer per forward: {out:?}");
+        answers[0].clone()
+    }
+
+    #[test]
+    fn registers_and_pushes_at_once() {
+        let (a, b) = (key(1), key(2));
+        let mut r = Relay::new(RelayConfig::default());
+        assert_eq!(
+            connect(&mut r, 0, 1, &a, 1000),
+            vec![RelayOutput::Registered {
+                conn: 1,
+                observed: addr(1000)
+            }]
+        );
+        connect(&mut r, 0, 2, &b, 2000);
+        let e = env(&a, &b, 1);
+        let out = r.handle(
+            5,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: e.clone(),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![
+                RelayOutput::Push {
+                    conn: 2,
+                    envelope: e
+                },
+                RelayOutput::Answer {
+                    conn: 1,
+                    to: b.node_id(),
+                    result: ForwardResult::Delivered
+                }
+            ]
+        );
+        assert_eq!(r.stats().delivered, 1);
+        assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn unknown_destination_and_sender_mismatch() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut r = Relay::new(RelayConfig::default());
+        connect(&mut r, 0, 1, &a, 1000);
+        let out = r.handle(
+            0,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: env(&a, &b, 1),
+            },
+        );
+        assert_eq!(answer(&out), ForwardResult::UnknownDestination);
+        // Signed by c, sent on a's connection: the relay will not carry it.
+        let out = r.handle(
+            0,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: env(&c, &b, 1),
+            },
+        );
+        assert_eq!(
+            answer(&out),
+            ForwardResult::Refused(RelayRefusal::SenderMismatch)
+        );
+        let out = r.handle(
+            0,
+            RelayInput::Forward {
+                conn: 9,
+                envelope: env(&a, &b, 2),
+            },
+        );
+        assert_eq!(
+            answer(&out),
+            ForwardResult::Refused(RelayRefusal::UnknownConnection)
+        );
+        let mut bad = env(&a, &b, 3);
+        bad.version = 99;
+        let out = r.handle(
+            0,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: bad,
+            },
+        );
+        assert_eq!(
+            answer(&out),
+            ForwardResult::Refused(RelayRefusal::Malformed)
+        );
+    }
+
+    #[test]
+    fn queues_for_an_offline_node_and_pushes_on_return() {
+        let (a, b) = (key(1), key(2));
+        let mut r = Relay::new(RelayConfig::default());
+        connect(&mut r, 0, 1, &a, 1000);
+        connect(&mut r, 0, 2, &b, 2000);
+        r.handle(10, RelayInput::Disconnected { conn: 2 });
+        let (e1, e2) = (env(&a, &b, 1), env(&a, &b, 2));
+        for (i, e) in [&e1, &e2, &e1].into_iter().enumerate() {
+            let out = r.handle(
+                20 + i as u64,
+                RelayInput::Forward {
+                    conn: 1,
+                    envelope: e.clone(),
+                },
+            );
+            assert_eq!(answer(&out), ForwardResult::Queued);
+        }
+        assert_eq!(r.queued(), 2, "a retried envelope is queued once");
+        assert_eq!(r.next_deadline(), Some(20 + DEFAULT_QUEUE_TTL_MS));
+        let out = connect(&mut r, 100, 3, &b, 2001);
+        assert_eq!(
+            out,
+            vec![
+                RelayOutput::Registered {
+                    conn: 3,
+                    observed: addr(2001)
+                },
+                RelayOutput::Push {
+                    conn: 3,
+                    envelope: e1
+                },
+                RelayOutput::Push {
+                    conn: 3,
+                    envelope: e2
+                },
+            ]
+        );
+        assert_eq!(r.queued(), 0);
+        assert_eq!(r.next_deadline(), None);
+        assert_eq!(r.stats().delivered_from_queue, 2);
+    }
+
+    #[test]
+    fn queued_envelopes_expire() {
+        let (a, b) = (key(1), key(2));
+        let cfg = RelayConfig {
+            queue_ttl_ms: 1000,
+            ..RelayConfig::default()
+        };
+        let mut r = Relay::new(cfg);
+        connect(&mut r, 0, 1, &a, 1000);
+        connect(&mut r, 0, 2, &b, 2000);
+        r.handle(0, RelayInput::Disconnected { conn: 2 });
+        r.handle(
+            0,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: env(&a, &b, 1),
+            },
+        );
+        r.handle(
+            500,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: env(&a, &b, 2),
+            },
+        );
+        assert_eq!(r.next_deadline(), Some(1000));
+        assert_eq!(r.handle(999, RelayInput::Tick), vec![]);
+        assert_eq!(
+            r.handle(1000, RelayInput::Tick),
+            vec![RelayOutput::Expired {
+                to: b.node_id(),
+                count: 1
+            }]
+        );
+        assert_eq!(r.queued(), 1);
+        assert_eq!(r.next_deadline(), Some(1500));
+        r.handle(1500, RelayInput::Tick);
+        assert_eq!(r.queued(), 0);
+        assert_eq!(r.next_deadline(), None);
+        // Returning later, nothing is pushed.
+        let out = connect(&mut r, 2000, 3, &b, 2000);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn queue_bounds_per_destination_and_total() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let cfg = RelayConfig {
+            queue_per_destination: 2,
+            queue_total: 3,
+            rate_burst: 0,
+            ..RelayConfig::default()
+        };
+        let mut r = Relay::new(cfg);
+        connect(&mut r, 0, 1, &a, 1000);
+        connect(&mut r, 0, 2, &b, 2000);
+        connect(&mut r, 0, 3, &c, 3000);
+        r.handle(0, RelayInput::Disconnected { conn: 2 });
+        r.handle(0, RelayInput::Disconnected { conn: 3 });
+        let fwd = |r: &mut Relay, to: &NodeKey, n: u8| {
+            answer(&r.handle(
+                1,
+                RelayInput::Forward {
+                    conn: 1,
+                    envelope: env(&a, to, n),
+                },
+            ))
+        };
+        assert_eq!(fwd(&mut r, &b, 1), ForwardResult::Queued);
+        assert_eq!(fwd(&mut r, &b, 2), ForwardResult::Queued);
+        assert_eq!(
+            fwd(&mut r, &b, 3),
+            ForwardResult::Refused(RelayRefusal::QueueFull)
+        );
+        assert_eq!(fwd(&mut r, &c, 4), ForwardResult::Queued);
+        assert_eq!(
+            fwd(&mut r, &c, 5),
+            ForwardResult::Refused(RelayRefusal::QueueFull),
+            "the total bound"
+        );
+        assert_eq!(r.queued(), 3);
+    }
+
+    #[test]
+    fn forgets_offline_nodes_after_remember_ms() {
+        let (a, b) = (key(1), key(2));
+        let cfg = RelayConfig {
+            remember_ms: 100,
+            ..RelayConfig::default()
+        };
+        let mut r = Relay::new(cfg);
+        connect(&mut r, 0, 1, &a, 1000);
+        connect(&mut r, 0, 2, &b, 2000);
+        r.handle(0, RelayInput::Disconnected { conn: 2 });
+        let out = r.handle(
+            100,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: env(&a, &b, 1),
+            },
+        );
+        assert_eq!(answer(&out), ForwardResult::UnknownDestination);
+    }
+
+    #[test]
+    fn rate_limit_is_per_sender_and_refills() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let cfg = RelayConfig {
+            rate_burst: 3,
+            rate_per_sec: 2,
+            ..RelayConfig::default()
+        };
+        let mut r = Relay::new(cfg);
+        connect(&mut r, 0, 1, &a, 1000);
+        connect(&mut r, 0, 2, &b, 2000);
+        connect(&mut r, 0, 3, &c, 3000);
+        let mut n = 0u8;
+        let mut fwd = |r: &mut Relay, now: u64, conn: ConnId, from: &NodeKey| {
+            n += 1;
+            answer(&r.handle(
+                now,
+                RelayInput::Forward {
+                    conn,
+                    envelope: env(from, &b, n),
+                },
+            ))
+        };
+        for _ in 0..3 {
+            assert_eq!(fwd(&mut r, 0, 1, &a), ForwardResult::Delivered);
+        }
+        assert_eq!(
+            fwd(&mut r, 0, 1, &a),
+            ForwardResult::Refused(RelayRefusal::RateLimited)
+        );
+        assert_eq!(
+            fwd(&mut r, 0, 3, &c),
+            ForwardResult::Delivered,
+            "per sender"
+        );
+        assert_eq!(
+            fwd(&mut r, 499, 1, &a),
+            ForwardResult::Refused(RelayRefusal::RateLimited)
+        );
+        assert_eq!(fwd(&mut r, 500, 1, &a), ForwardResult::Delivered);
+        // A reconnect does not reset a partly spent bucket.
+        r.handle(500, RelayInput::Disconnected { conn: 1 });
+        connect(&mut r, 500, 4, &a, 1001);
+        assert_eq!(
+            fwd(&mut r, 500, 4, &a),
+            ForwardResult::Refused(RelayRefusal::RateLimited)
+        );
+    }
+
+    #[test]
+    fn client_cap_and_allow_list() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let cfg = RelayConfig {
+            max_clients: 2,
+            allow: Some([a.node_id()].into()),
+            ..RelayConfig::default()
+        };
+        let mut r = Relay::new(cfg);
+        assert!(matches!(
+            connect(&mut r, 0, 1, &a, 1000)[..],
+            [RelayOutput::Registered { .. }]
+        ));
+        assert_eq!(
+            connect(&mut r, 0, 2, &b, 2000),
+            vec![RelayOutput::Refused {
+                conn: 2,
+                reason: RelayRefusal::NotAllowed
+            }]
+        );
+        // b may still forward to a member, but nothing is routed to b.
+        let out = r.handle(
+            0,
+            RelayInput::Forward {
+                conn: 2,
+                envelope: env(&b, &a, 1),
+            },
+        );
+        assert_eq!(answer(&out), ForwardResult::Delivered);
+        let out = r.handle(
+            0,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: env(&a, &b, 1),
+            },
+        );
+        assert_eq!(answer(&out), ForwardResult::UnknownDestination);
+        assert_eq!(
+            connect(&mut r, 0, 3, &c, 3000),
+            vec![RelayOutput::Refused {
+                conn: 3,
+                reason: RelayRefusal::TooManyClients
+            }]
+        );
+        assert_eq!(r.clients(), 2);
+        assert!(r.client(3).is_none(), "a refused connection is forgotten");
+    }
+
+    #[test]
+    fn reconnect_from_the_same_address_replaces_the_old_connection() {
+        let a = key(1);
+        let mut r = Relay::new(RelayConfig::default());
+        connect(&mut r, 0, 1, &a, 1000);
+        let out = connect(&mut r, 5, 2, &a, 1000);
+        assert_eq!(
+            out,
+            vec![
+                RelayOutput::Close { conn: 1 },
+                RelayOutput::Registered {
+                    conn: 2,
+                    observed: addr(1000)
+                }
+            ]
+        );
+        assert_eq!(r.route(&a.node_id()), Some(2));
+        assert_eq!(r.clients(), 1);
+        // The late Disconnected of the old connection changes nothing.
+        r.handle(6, RelayInput::Disconnected { conn: 1 });
+        assert_eq!(r.route(&a.node_id()), Some(2));
+    }
+
+    #[test]
+    fn second_address_is_probed_then_reported_as_conflict() {
+        let (a, b) = (key(1), key(2));
+        let mut r = Relay::new(RelayConfig::default());
+        connect(&mut r, 0, 1, &a, 1000);
+        let out = connect(&mut r, 10, 2, &a, 1999);
+        assert_eq!(
+            out,
+            vec![
+                RelayOutput::Registered {
+                    conn: 2,
+                    observed: addr(1999)
+                },
+                RelayOutput::Probe { conn: 1 }
+            ]
+        );
+        assert_eq!(r.route(&a.node_id()), Some(2), "the newest is the route");
+        assert_eq!(r.next_deadline(), Some(5_010));
+        assert_eq!(
+            r.handle(20, RelayInput::Alive { conn: 1 }),
+            vec![RelayOutput::Conflict {
+                node: a.node_id(),
+                conns: vec![1, 2]
+            }]
+        );
+        assert_eq!(r.next_deadline(), None);
+        assert_eq!(r.stats().conflicts, 1);
+        // Both stay connected; envelopes go to the newest.
+        connect(&mut r, 20, 3, &b, 3000);
+        let out = r.handle(
+            30,
+            RelayInput::Forward {
+                conn: 3,
+                envelope: env(&b, &a, 1),
+            },
+        );
+        assert!(matches!(out[0], RelayOutput::Push { conn: 2, .. }));
+        // The newest leaves: the older one is the route again.
+        r.handle(40, RelayInput::Disconnected { conn: 2 });
+        assert_eq!(r.route(&a.node_id()), Some(1));
+    }
+
+    #[test]
+    fn unanswered_probe_closes_the_stale_connection() {
+        let a = key(1);
+        let mut r = Relay::new(RelayConfig::default());
+        connect(&mut r, 0, 1, &a, 1000);
+        connect(&mut r, 10, 2, &a, 1999);
+        assert_eq!(r.handle(5_009, RelayInput::Tick), vec![]);
+        assert_eq!(
+            r.handle(5_010, RelayInput::Tick),
+            vec![RelayOutput::Close { conn: 1 }]
+        );
+        assert_eq!(r.clients(), 1);
+        assert_eq!(r.route(&a.node_id()), Some(2));
+        // An Alive arriving after the close changes nothing.
+        assert_eq!(r.handle(5_020, RelayInput::Alive { conn: 1 }), vec![]);
+    }
+
+    #[test]
+    fn probe_ms_zero_reports_at_once() {
+        let a = key(1);
+        let mut r = Relay::new(RelayConfig {
+            probe_ms: 0,
+            ..RelayConfig::default()
+        });
+        connect(&mut r, 0, 1, &a, 1000);
+        let out = connect(&mut r, 0, 2, &a, 1999);
+        assert_eq!(
+            out[1],
+            RelayOutput::Conflict {
+                node: a.node_id(),
+                conns: vec![1, 2]
+            }
+        );
+    }
+
+    #[test]
+    fn default_ttl_is_inside_the_skew_window() {
+        assert!(RelayConfig::default().ttl_within_skew());
+    }
+
+    #[test]
+    fn wire_enums_round_trip() {
+        for r in [
+            ForwardResult::Delivered,
+            ForwardResult::Queued,
+            ForwardResult::UnknownDestination,
+            ForwardResult::Refused(RelayRefusal::Malformed),
+        ] {
+            let bytes = postcard::to_allocvec(&r).unwrap();
+            assert_eq!(postcard::from_bytes::<ForwardResult>(&bytes).unwrap(), r);
+            assert!(!r.to_string().is_empty());
+        }
+        assert_eq!(
+            postcard::to_allocvec(&ForwardResult::Refused(RelayRefusal::SenderMismatch)).unwrap(),
+            vec![3, 4]
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let (a, b) = (key(1), key(2));
+        let mut r = Relay::new(RelayConfig::default());
+        connect(&mut r, 0, 1, &a, 1000);
+        connect(&mut r, 0, 2, &b, 2000);
+        r.handle(0, RelayInput::Disconnected { conn: 2 });
+        r.handle(
+            1,
+            RelayInput::Forward {
+                conn: 1,
+                envelope: env(&a, &b, 1),
+            },
+        );
+        let bytes = postcard::to_allocvec(&r).unwrap();
+        assert_eq!(postcard::from_bytes::<Relay>(&bytes).unwrap(), r);
+    }
+}
