@@ -381,3 +381,31 @@ fn help_has_examples_and_completions_work() {
         );
     }
 }
+
+#[test]
+fn the_demo_walks_through_every_step_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::kith_bin())
+        .arg("demo")
+        .env("HOME", tmp.path())
+        .env_remove("KITH_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    for expected in [
+        "sees bob as trusted",
+        "refused, as it should be",
+        "without waiting for an operator",
+        "revoked by peer",
+        "delivered through the relay",
+        "sees dave as trusted",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the demo writes nothing"
+    );
+}

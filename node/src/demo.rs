@@ -1,15 +1,20 @@
 //! `kith demo`: a small kith network in one process on loopback, narrated.
 //!
 //! Three nodes with throwaway in-memory stores walk through request → pending →
-//! approve → ping → revoke, and the demo says what each side sees. It must never
-//! touch the operator's real data dir or listen on anything but loopback.
+//! approve → ping → revoke, then a relay and a private node show the same handshake
+//! through the relay. The demo says what each side sees. It must never touch the
+//! operator's real data dir or listen on anything but loopback.
 
 use std::time::Duration;
 
 use kith_keys::NodeKey;
 use kith_protocol::machine::{Command, Config, TrustState};
 
+use kith_protocol::relay::RelayConfig;
+use kith_protocol::wire::RelayRef;
+
 use crate::node::{Delivery, Node, NodeBuilder, NodeError};
+use crate::relay::{RelayOptions, RelayServer};
 
 fn say(who: &str, what: impl std::fmt::Display) {
     println!("  {who:<6} {what}");
@@ -42,6 +47,23 @@ async fn wait_for(
         peer,
         reason: format!("never reached {state:?}"),
     })
+}
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("loopback address")
+}
+
+/// How an envelope got to its peer, in words.
+fn describe(delivery: &Delivery) -> String {
+    match delivery {
+        Delivery::Acked(status) => format!("delivered directly, peer says {status}"),
+        Delivery::Relayed {
+            ack: Some(status), ..
+        } => format!("delivered through the relay, peer says {status}"),
+        Delivery::Relayed { ack: None, .. } => "delivered through the relay".into(),
+        Delivery::Queued { .. } => "queued at the relay until the peer reconnects".into(),
+        Delivery::Retrying { reason } => format!("not delivered yet ({reason}); retrying"),
+    }
 }
 
 fn delivered(deliveries: &[Delivery]) -> &'static str {
@@ -81,10 +103,13 @@ pub async fn run() -> Result<(), NodeError> {
     say("carol", "runs with --auto-approve: she trusts whoever asks");
 
     println!("\n1. alice asks bob for trust, with a justification");
-    let ack = alice
+    let sent = alice
         .request(&bob.ticket(), "alice's laptop wants to back up to bob")
         .await?;
-    say("alice", format!("sent the signed request: {ack:?}"));
+    say(
+        "alice",
+        format!("sent the signed request: {}", describe(&sent)),
+    );
     wait_for(&bob, alice.node_id(), TrustState::IncomingPending).await?;
     say(
         "bob",
@@ -170,9 +195,75 @@ pub async fn run() -> Result<(), NodeError> {
         }
     }
 
-    for node in [alice, bob, carol] {
+    println!("\n6. a relay, and dave: a private node that accepts no direct connection");
+    let relay = RelayServer::spawn(
+        NodeKey::generate(),
+        RelayOptions {
+            listen: loopback(),
+            advertise: Vec::new(),
+            config: RelayConfig::default(),
+        },
+    )
+    .await
+    .map_err(NodeError::Tls)?;
+    say(
+        "relay",
+        format!("node {} on {}", relay.node_id().short(), relay.local_addr()),
+    );
+    let dave = NodeBuilder::new(NodeKey::generate())
+        .listen(loopback())
+        .private(true)
+        .relay(RelayRef {
+            node_id: relay.node_id(),
+            addrs: vec![relay.local_addr()],
+        })
+        .spawn()
+        .await?;
+    for _ in 0..200 {
+        if dave.relay_status().is_some_and(|s| s.observed.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ticket = dave.ticket();
+    say(
+        "dave",
+        format!(
+            "node {}: registered at the relay; ticket has {} direct address(es) and the relay",
+            dave.node_id().short(),
+            ticket.addrs.len()
+        ),
+    );
+    let sent = alice
+        .request(&ticket, "alice wants to reach dave behind his NAT")
+        .await?;
+    say("alice", format!("asked dave: {}", describe(&sent)));
+    wait_for(&dave, alice.node_id(), TrustState::IncomingPending).await?;
+    let sent = dave
+        .command(Command::Approve {
+            peer: alice.node_id(),
+            name: None,
+            note: None,
+            expires_at_ms: None,
+        })
+        .await?;
+    say(
+        "dave",
+        format!(
+            "approved alice: {}",
+            sent.first().map(describe).unwrap_or_default()
+        ),
+    );
+    wait_for(&alice, dave.node_id(), TrustState::Trusted).await?;
+    say(
+        "alice",
+        format!("sees dave as {}", state_of(&alice, dave.node_id()).await?),
+    );
+
+    for node in [alice, bob, carol, dave] {
         node.shutdown().await;
     }
+    relay.shutdown().await;
     println!("\nDone. Every step above was a signed envelope over real QUIC on 127.0.0.1.");
     println!("Next: `kith init` and `kith run` on two machines (see README.md).");
     Ok(())
