@@ -63,6 +63,14 @@ pub struct Config {
     pub nonce_cache_capacity: usize,
     /// Trust on first use: approve requests from peers we never decided about.
     pub auto_approve: bool,
+    /// TEST-ONLY deliberate bug: skip the replay checks (the nonce cache and
+    /// the per-peer high-water mark) when validating an envelope. It exists so
+    /// the simulator's tests can show that a broken rule is caught by an
+    /// invariant. Never set it anywhere else; it is off by default, and off
+    /// when missing from a serialized config.
+    #[doc(hidden)]
+    #[serde(default)]
+    pub fault_skip_replay_check: bool,
 }
 
 impl Default for Config {
@@ -74,6 +82,7 @@ impl Default for Config {
             max_pending_per_source: 16,
             nonce_cache_capacity: 16 * 1024,
             auto_approve: false,
+            fault_skip_replay_check: false,
         }
     }
 }
@@ -805,6 +814,10 @@ impl TrustMachine {
             transport_peer,
         )?;
         let body = &envelope.body;
+        if self.config.fault_skip_replay_check {
+            // The test-only deliberate bug: see `Config::fault_skip_replay_check`.
+            return Ok(());
+        }
         if self.nonces.contains(&body.from, &body.nonce) {
             return Err(Refusal::ReplayedNonce);
         }

@@ -1,1 +1,45 @@
-//! kith-sim: many kith nodes in one process (issue 7). Nothing here yet.
+//! kith-sim: many kith nodes in one process, to see what a fleet does before
+//! deploying it and to find protocol bugs no hand-written test would.
+//!
+//! Two modes run the same scenario file:
+//!
+//! - **Simulated** ([`engine`]): every node is the protocol's own
+//!   [`TrustMachine`](kith_protocol::TrustMachine) and every relay the
+//!   protocol's own [`Relay`](kith_protocol::Relay), on a virtual clock and a
+//!   virtual network, with one seeded RNG. The seed is printed and accepted
+//!   back; the same seed gives a byte-identical report. Faults (loss,
+//!   partitions, crashes with restarts, clock skew, a replaying adversary, a
+//!   dropping or delaying relay) are small composable rules, and invariants
+//!   are checked as it runs.
+//! - **Real** ([`real`]): the same workload against real embedded
+//!   [`kith_node::Node`]s over QUIC on loopback, on the wall clock, writing the
+//!   same report so simulated and real latencies can be compared.
+//!
+//! # Layout
+//!
+//! - [`scenario`]: the scenario file format (TOML), validation and scaling.
+//! - [`dist`]: durations and latency/delay distributions.
+//! - [`engine`]: the deterministic event loop: virtual clock, network,
+//!   delivery with retries, relays, faults, workload.
+//! - [`node`]: a simulated node — machine, key, store built from its writes,
+//!   clock skew — restartable from its store.
+//! - [`invariants`]: what is checked, the bookkeeping it needs, the bounded
+//!   trace printed with a violation.
+//! - [`report`]: the JSON report (the same shape in both modes).
+//! - [`plot`]: SVG plots (latency histogram, trusted pairs, relay queue).
+//! - [`real`]: real mode over QUIC.
+//! - [`cli`]: the `kith-sim` command line.
+
+pub mod cli;
+pub mod dist;
+pub mod engine;
+pub mod invariants;
+pub mod node;
+pub mod plot;
+pub mod real;
+pub mod report;
+pub mod scenario;
+
+pub use engine::{Outcome, RunOptions, run};
+pub use report::Report;
+pub use scenario::Scenario;
