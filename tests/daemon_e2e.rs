@@ -200,3 +200,26 @@ fn control_socket_is_private() {
         "clean shutdown removes the socket"
     );
 }
+
+#[test]
+fn an_approval_made_while_the_requester_is_down_survives_a_crash_and_arrives() {
+    let (mut a, mut b) = pair();
+    request(&a, &b, "I will be back");
+    let a_listen = a.json(&["status"])["listen"].as_str().unwrap().to_string();
+    let b_listen = b.json(&["status"])["listen"].as_str().unwrap().to_string();
+    a.stop();
+
+    let approved = b.json(&["approve", &a.node_id]);
+    assert_eq!(approved["delivered"], false, "A is down: {approved}");
+    // B crashes before it could deliver; the approval and the debt are on disk.
+    b.kill9();
+    b.start_with_listen(&b_listen);
+    a.start_with_listen(&a_listen);
+    assert_eq!(
+        a.peer_state(&b.node_id).as_deref(),
+        Some("outgoing_pending")
+    );
+    // B's resender re-signs and sends the Accept without anyone's help.
+    a.wait_for_state(&b.node_id, "trusted");
+    assert_eq!(b.peer_state(&a.node_id).as_deref(), Some("trusted"));
+}

@@ -41,7 +41,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::reach::{PathKind, PeerReach, Targets, targets};
-use crate::store::{Store, StoreError};
+use crate::store::{NodeWrites, Store, StoreError};
 use crate::ticket::Ticket;
 use crate::tls::{self, TlsError};
 
@@ -53,8 +53,12 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
 /// Events buffered for slow subscribers before they start missing some.
 const EVENT_BUFFER: usize = 1024;
-/// Retries of an undelivered envelope stop before its timestamp leaves the peer's skew window.
-const RETRY_FOR: Duration = Duration::from_secs(240);
+/// First resend of an unacknowledged message; doubled after each failure.
+const RESEND_FIRST: Duration = Duration::from_secs(2);
+/// Longest wait between resends to a peer that stays unreachable.
+const RESEND_MAX: Duration = Duration::from_secs(300);
+/// A message no peer acknowledged for this long is given up (as pending requests expire).
+const RESEND_GIVE_UP_MS: u64 = 7 * 24 * 3600 * 1000;
 /// How long a direct dial may take before delivery falls back to a relay (when the
 /// peer has one): long enough for a handshake over a slow path, short enough that a
 /// NAT that drops the dial costs little.
@@ -194,6 +198,13 @@ impl NodeBuilder {
             self.advertise
         };
         let reach: ReachMap = Arc::new(Mutex::new(snapshot.reach.into_iter().collect()));
+        let unacked: UnackedMap = Arc::new(Mutex::new(
+            snapshot
+                .outbox
+                .into_iter()
+                .map(|(id, since_ms)| (id, Unacked { seq: 0, since_ms }))
+                .collect(),
+        ));
 
         let (core_tx, core_rx) = std::sync::mpsc::channel();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -213,6 +224,7 @@ impl NodeBuilder {
             conns: Mutex::new(HashMap::new()),
             outbox,
             reach: reach.clone(),
+            unacked: unacked.clone(),
             links: Mutex::new(HashMap::new()),
             link_dial: tokio::sync::Mutex::new(()),
             relay_status: Mutex::new(self.relay.as_ref().map(link::RelayStatus::new)),
@@ -222,10 +234,20 @@ impl NodeBuilder {
         let home = self.relay.clone();
         let core = std::thread::Builder::new()
             .name("kith-core".into())
-            .spawn(move || run_core(machine, store, key, core_rx, events, reach, home))
+            .spawn(move || {
+                let links = CoreLinks {
+                    key,
+                    events,
+                    reach,
+                    unacked,
+                    home,
+                };
+                run_core(machine, store, core_rx, links)
+            })
             .expect("spawning the core thread");
         let accept = tokio::spawn(accept_loop(shared.clone()));
         let outbox = tokio::spawn(run_outbox(shared.clone(), outbox_rx));
+        let resender = tokio::spawn(run_resender(shared.clone()));
         let home_link = self
             .relay
             .map(|relay| tokio::spawn(link::run_home(shared.clone(), relay)));
@@ -235,6 +257,7 @@ impl NodeBuilder {
             core: Mutex::new(Some(core)),
             accept,
             outbox,
+            resender,
             home_link,
         })
     }
@@ -246,6 +269,7 @@ pub struct Node {
     core: Mutex<Option<std::thread::JoinHandle<()>>>,
     accept: tokio::task::JoinHandle<()>,
     outbox: tokio::task::JoinHandle<()>,
+    resender: tokio::task::JoinHandle<()>,
     home_link: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -271,6 +295,8 @@ struct Shared {
     /// by the outbox task so that serving never waits on dialling.
     outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
     reach: ReachMap,
+    /// Peers owed an acknowledged message (mirror of the store's outbox).
+    unacked: UnackedMap,
     /// Connections to relays (the home relay's and ones dialled to reach a peer), by relay.
     links: Mutex<HashMap<NodeId, quinn::Connection>>,
     /// Held while dialling a relay, so two deliveries never open two connections to
@@ -303,9 +329,29 @@ enum CoreMsg {
         peer: NodeId,
         path: PathKind,
     },
+    /// The peer acknowledged the message with this sequence number.
+    Delivered {
+        peer: NodeId,
+        seq: u64,
+    },
+    /// Stop resending to the peer (it never acknowledged within the give-up time).
+    Abandon {
+        peer: NodeId,
+        seq: u64,
+    },
     /// Commit what came before, then stop.
     Shutdown,
 }
+
+/// A peer owed a message it has not acknowledged (the durable outbox, mirrored).
+#[derive(Debug, Clone, Copy)]
+struct Unacked {
+    /// Of the latest envelope produced for the peer; 0 for one loaded at start.
+    seq: u64,
+    since_ms: u64,
+}
+
+type UnackedMap = Arc<Mutex<HashMap<NodeId, Unacked>>>;
 
 /// Reachability learned with an input: from a ticket (a request command) or from an
 /// envelope's reply hint. Recorded only if the input was applied.
@@ -330,6 +376,9 @@ struct Handled {
 struct Outgoing {
     envelope: Envelope,
     targets: Targets,
+    /// Its outbox sequence number: an acknowledgement clears the peer's marker only
+    /// if no newer message was produced for it meanwhile.
+    seq: u64,
 }
 
 /// Where to dial a peer: where it last spoke from (its endpoint, on a direct
@@ -378,17 +427,31 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What the core thread shares with the async side.
+struct CoreLinks {
+    key: Arc<NodeKey>,
+    events: broadcast::Sender<Event>,
+    reach: ReachMap,
+    unacked: UnackedMap,
+    home: Option<RelayRef>,
+}
+
 fn run_core(
     mut machine: TrustMachine,
     store: Store,
-    key: Arc<NodeKey>,
     rx: std::sync::mpsc::Receiver<CoreMsg>,
-    events: broadcast::Sender<Event>,
-    reach: ReachMap,
-    home: Option<RelayRef>,
+    links: CoreLinks,
 ) {
+    let CoreLinks {
+        key,
+        events,
+        reach,
+        unacked,
+        home,
+    } = links;
     use std::sync::mpsc::RecvTimeoutError;
     let mut rng = rand_core::OsRng;
+    let mut next_seq: u64 = 1;
     loop {
         // Nothing changes the machine between here and the tick check below.
         let deadline = machine.next_deadline();
@@ -412,8 +475,16 @@ fn run_core(
 
         let now = now_ms();
         let mut writes = Vec::new();
-        let mut released: Vec<(ReplyTo, Output)> = Vec::new();
+        let mut released: Vec<(ReplyTo, Output, Vec<u64>)> = Vec::new();
         let mut reads = Vec::new();
+        // Outbox markers changed by this batch (with the sequence of a new one),
+        // committed with the batch and mirrored to `unacked` after the commit.
+        let mut outbox_changes: HashMap<NodeId, Option<Unacked>> = HashMap::new();
+        let current_seq =
+            |changes: &HashMap<NodeId, Option<Unacked>>, id: &NodeId| match changes.get(id) {
+                Some(u) => u.map(|u| u.seq),
+                None => unacked.lock().unwrap().get(id).map(|u| u.seq),
+            };
         // Reach records changed by this batch, applied to the shared map after the commit.
         let mut reach_changes: HashMap<NodeId, Option<PeerReach>> = HashMap::new();
         let current =
@@ -424,7 +495,7 @@ fn run_core(
         if deadline.is_some_and(|d| d <= now) {
             let out = machine.handle(now, Input::Tick, &key, &mut rng);
             writes.extend(out.writes.iter().cloned());
-            released.push((None, out));
+            released.push((None, out, Vec::new()));
         }
         for msg in batch {
             match msg {
@@ -433,12 +504,39 @@ fn run_core(
                     learn,
                     reply,
                 } => {
+                    let resend_of = match &*input {
+                        Input::Command(Command::Resend { peer }) => Some(*peer),
+                        _ => None,
+                    };
                     let out = machine.handle(now, *input, &key, &mut rng);
                     let applied = out.refusal().is_none() && !matches!(out.reply, Reply::Failed(_));
                     for w in &out.writes {
                         if let kith_protocol::machine::StoreWrite::RemovePeer(id) = w {
                             reach_changes.insert(*id, None);
+                            outbox_changes.insert(*id, None);
                         }
+                    }
+                    if let (Some(peer), Reply::Failed(_)) = (resend_of, &out.reply) {
+                        // Our state implies nothing to send any more: nothing is owed.
+                        outbox_changes.insert(peer, None);
+                    }
+                    let mut seqs = Vec::with_capacity(out.send.len());
+                    for envelope in &out.send {
+                        let to = envelope.body.to;
+                        let since_ms = match outbox_changes.get(&to) {
+                            Some(Some(u)) => u.since_ms,
+                            Some(None) => now,
+                            None => unacked.lock().unwrap().get(&to).map_or(now, |u| u.since_ms),
+                        };
+                        outbox_changes.insert(
+                            to,
+                            Some(Unacked {
+                                seq: next_seq,
+                                since_ms,
+                            }),
+                        );
+                        seqs.push(next_seq);
+                        next_seq += 1;
                     }
                     if let Some(learn) = learn.filter(|_| applied) {
                         // Only for peers we keep a record of: a denied or refused
@@ -462,7 +560,12 @@ fn run_core(
                         }
                     }
                     writes.extend(out.writes.iter().cloned());
-                    released.push((Some(reply), out));
+                    released.push((Some(reply), out, seqs));
+                }
+                CoreMsg::Delivered { peer, seq } | CoreMsg::Abandon { peer, seq } => {
+                    if current_seq(&outbox_changes, &peer) == Some(seq) {
+                        outbox_changes.insert(peer, None);
+                    }
                 }
                 CoreMsg::Path { peer, path } => {
                     if machine.peer(&peer).is_some() {
@@ -477,8 +580,14 @@ fn run_core(
                 CoreMsg::Shutdown => stop = true,
             }
         }
-        let reach_writes: Vec<(NodeId, Option<PeerReach>)> = reach_changes.into_iter().collect();
-        if let Err(e) = store.apply_all(&writes, &reach_writes) {
+        let node_writes = NodeWrites {
+            reach: reach_changes.into_iter().collect(),
+            outbox: outbox_changes
+                .iter()
+                .map(|(id, u)| (*id, u.map(|u| u.since_ms)))
+                .collect(),
+        };
+        if let Err(e) = store.apply_all(&writes, &node_writes) {
             // Nothing of this batch is durable, so none of it may be acted on: roll the
             // machine back to what the store holds and fail every input of the batch.
             warn!(error = %e, "store commit failed; rolling back the batch");
@@ -495,7 +604,7 @@ fn run_core(
                 Err(e) => warn!(error = %e, "reloading the store failed too"),
             }
             let message = e.to_string();
-            for (reply, _) in released {
+            for (reply, _, _) in released {
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(NodeError::Store(StoreError::Failed(message.clone()))));
                 }
@@ -503,27 +612,36 @@ fn run_core(
         } else {
             {
                 let mut map = reach.lock().unwrap();
-                for (id, r) in reach_writes {
+                for (id, r) in node_writes.reach {
                     match r {
                         Some(r) => map.insert(id, r),
                         None => map.remove(&id),
                     };
                 }
+                let mut map = unacked.lock().unwrap();
+                for (id, u) in outbox_changes {
+                    match u {
+                        Some(u) => map.insert(id, u),
+                        None => map.remove(&id),
+                    };
+                }
             }
-            for (reply, out) in released {
+            for (reply, out, seqs) in released {
                 for event in out.events {
                     let _ = events.send(event);
                 }
                 let outgoing = out
                     .send
                     .into_iter()
-                    .map(|envelope| {
+                    .zip(seqs)
+                    .map(|(envelope, seq)| {
                         let to = envelope.body.to;
                         let known = dial_addrs(machine.peer(&to));
                         let r = reach.lock().unwrap().get(&to).cloned();
                         Outgoing {
                             targets: targets(&known, r.as_ref(), home.as_ref()),
                             envelope,
+                            seq,
                         }
                     })
                     .collect();
@@ -787,7 +905,8 @@ impl Shared {
         })
     }
 
-    /// Delivers now if possible; otherwise keeps retrying in the background.
+    /// Delivers now if possible. Until the peer acknowledges, its outbox marker stays
+    /// and [`run_resender`] re-signs and re-sends what the state implies.
     async fn deliver(self: &Arc<Self>, out: Outgoing) -> Delivery {
         match self.deliver_once(&out).await {
             Ok(delivery) => {
@@ -796,33 +915,21 @@ impl Shared {
             }
             Err(e) => {
                 let reason = e.to_string();
-                debug!(peer = %out.envelope.body.to, %reason, "delivery failed; retrying in the background");
-                let shared = self.clone();
-                tokio::spawn(async move { shared.deliver_with_retry(out).await });
+                debug!(peer = %out.envelope.body.to, %reason, "delivery failed; it will be resent");
                 Delivery::Retrying { reason }
             }
         }
     }
 
-    async fn deliver_with_retry(self: Arc<Self>, out: Outgoing) {
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(500);
-        while started.elapsed() < RETRY_FOR {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            match self.deliver_once(&out).await {
-                Ok(delivery) => {
-                    self.after_delivery(&out, &delivery);
-                    return;
-                }
-                Err(NodeError::Stopped) => return,
-                Err(e) => debug!(peer = %out.envelope.body.to, error = %e, "retry failed"),
-            }
-        }
-        warn!(peer = %out.envelope.body.to, "gave up delivering a {} envelope", kind_name(&out.envelope));
-    }
-
     fn after_delivery(&self, out: &Outgoing, delivery: &Delivery) {
+        // Only the peer's own acknowledgement proves receipt: a relay's "queued" or an
+        // unanswered push may still be lost (relay restart, dead connection).
+        if delivery.ack().is_some() {
+            let _ = self.core.send(CoreMsg::Delivered {
+                peer: out.envelope.body.to,
+                seq: out.seq,
+            });
+        }
         if let Some(AckStatus::Refused(refusal)) = delivery.ack() {
             warn!(peer = %out.envelope.body.to, %refusal, "peer refused our {} envelope", kind_name(&out.envelope));
         }
@@ -889,6 +996,69 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// Re-sends to every peer still owed an acknowledged message: at start (what a
+/// crash left undelivered) and then with exponential backoff, each time re-signed
+/// by the trust machine (`Command::Resend`), so a message is never too old for the
+/// peer's skew window however long the peer was away.
+async fn run_resender(shared: Arc<Shared>) {
+    struct Due {
+        at: tokio::time::Instant,
+        backoff: Duration,
+    }
+    let mut schedule: HashMap<NodeId, Due> = HashMap::new();
+    let in_flight: Arc<Mutex<std::collections::HashSet<NodeId>>> = Arc::default();
+    loop {
+        let owed: Vec<(NodeId, Unacked)> = shared
+            .unacked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, u)| (*id, *u))
+            .collect();
+        schedule.retain(|id, _| owed.iter().any(|(o, _)| o == id));
+        let now = tokio::time::Instant::now();
+        for (peer, unacked) in owed {
+            let due = schedule.entry(peer).or_insert_with(|| Due {
+                // Loaded at start: due now. Just produced: its first delivery is under way.
+                at: if unacked.seq == 0 {
+                    now
+                } else {
+                    now + RESEND_FIRST
+                },
+                backoff: RESEND_FIRST,
+            });
+            if due.at > now || in_flight.lock().unwrap().contains(&peer) {
+                continue;
+            }
+            due.backoff = (due.backoff * 2).min(RESEND_MAX);
+            due.at = now + due.backoff;
+            if now_ms().saturating_sub(unacked.since_ms) > RESEND_GIVE_UP_MS {
+                warn!(%peer, "giving up: the peer acknowledged nothing for 7 days");
+                let _ = shared.core.send(CoreMsg::Abandon {
+                    peer,
+                    seq: unacked.seq,
+                });
+                continue;
+            }
+            in_flight.lock().unwrap().insert(peer);
+            let shared = shared.clone();
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                if let Ok(handled) = shared
+                    .handle(Input::Command(Command::Resend { peer }))
+                    .await
+                {
+                    for out in handled.outgoing {
+                        shared.deliver(out).await;
+                    }
+                }
+                in_flight.lock().unwrap().remove(&peer);
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn run_outbox(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>) {
@@ -1201,6 +1371,7 @@ impl Node {
             .close(close_code::SHUTDOWN.into(), b"node shutting down");
         self.accept.abort();
         self.outbox.abort();
+        self.resender.abort();
         let Node { shared, core, .. } = self;
         let endpoint = shared.endpoint.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -23,6 +23,8 @@ const DENY: TableDefinition<&[u8], ()> = TableDefinition::new("deny");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Per peer: a postcard [`PeerReach`]. Not trust state: removed with the peer's record.
 const REACH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reach");
+/// Peers owed a message they have not acknowledged yet, with when that began (ms).
+const OUTBOX: TableDefinition<&[u8], u64> = TableDefinition::new("outbox");
 
 /// Bumped when a table's encoding changes; a newer file is refused, not misread.
 const SCHEMA_VERSION: u32 = 1;
@@ -69,6 +71,17 @@ pub struct Snapshot {
     pub auto_approve: bool,
     /// How each peer is reached.
     pub reach: Vec<(NodeId, PeerReach)>,
+    /// Peers owed an unacknowledged message, and since when (ms).
+    pub outbox: Vec<(NodeId, u64)>,
+}
+
+/// Changes to the node's own tables that ride along with the trust machine's writes.
+#[derive(Debug, Default)]
+pub struct NodeWrites {
+    /// Reach records; `None` removes one.
+    pub reach: Vec<(NodeId, Option<PeerReach>)>,
+    /// Outbox markers; `None` removes one.
+    pub outbox: Vec<(NodeId, Option<u64>)>,
 }
 
 /// The node's database.
@@ -113,6 +126,7 @@ impl Store {
             txn.open_table(DENY).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(REACH).map_err(db_err)?;
+            txn.open_table(OUTBOX).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db })
@@ -170,28 +184,52 @@ impl Store {
                 .reach
                 .push((node_id("reach", k.value())?, decode("reach", v.value())?));
         }
+        for item in txn
+            .open_table(OUTBOX)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = item.map_err(db_err)?;
+            snapshot
+                .outbox
+                .push((node_id("outbox", k.value())?, v.value()));
+        }
         Ok(snapshot)
     }
 
     /// Commits every write in one durable transaction: all of them, or none.
     pub fn apply(&self, writes: &[StoreWrite]) -> Result<(), StoreError> {
-        self.apply_all(writes, &[])
+        self.apply_all(writes, &NodeWrites::default())
     }
 
-    /// [`Store::apply`], plus reach records (`None` removes one), in the same
-    /// transaction. Removing a peer removes its reach record too.
-    pub fn apply_all(
-        &self,
-        writes: &[StoreWrite],
-        reach_writes: &[(NodeId, Option<PeerReach>)],
-    ) -> Result<(), StoreError> {
-        if writes.is_empty() && reach_writes.is_empty() {
+    /// [`Store::apply`], plus the node's own records, in the same transaction.
+    /// Removing a peer removes its reach record and outbox marker too.
+    pub fn apply_all(&self, writes: &[StoreWrite], node: &NodeWrites) -> Result<(), StoreError> {
+        let reach_writes = &node.reach;
+        if writes.is_empty() && reach_writes.is_empty() && node.outbox.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(db_err)?;
         let removes = writes
             .iter()
             .any(|w| matches!(w, StoreWrite::RemovePeer(_)));
+        if !node.outbox.is_empty() || removes {
+            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            for (id, value) in &node.outbox {
+                match value {
+                    Some(since) => outbox
+                        .insert(id.as_bytes().as_slice(), since)
+                        .map_err(db_err)?,
+                    None => outbox.remove(id.as_bytes().as_slice()).map_err(db_err)?,
+                };
+            }
+            for write in writes {
+                if let StoreWrite::RemovePeer(id) = write {
+                    outbox.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+                }
+            }
+        }
         if !reach_writes.is_empty() || removes {
             let mut reach = txn.open_table(REACH).map_err(db_err)?;
             for (id, value) in reach_writes {
