@@ -883,7 +883,9 @@ impl TrustMachine {
                 // dropping our consent here would leave them trusting us (after
                 // the accept they may send next) while we wait on our operator.
                 let rec = self.peers.get_mut(&from).expect("record exists");
-                grant(rec, now, Decider::Mutual, None);
+                // A consent that was an approval keeps its expiry (an ask has none).
+                let expires_at_ms = rec.expires_at_ms;
+                grant(rec, now, Decider::Mutual, expires_at_ms);
                 self.send(cx, from, Kind::Accept);
                 cx.event(from, EventKind::MutualTrust);
                 cx.audit(
@@ -1038,7 +1040,10 @@ impl TrustMachine {
             {
                 // Their latest word is yes and ours still stands (a decline that
                 // crossed a renewed request is superseded by this newer accept).
-                grant(rec, now, Decider::Peer, None);
+                // A consent that was an approval keeps its expiry: the peer's word
+                // cannot extend what our operator granted (an ask has no expiry).
+                let expires_at_ms = rec.expires_at_ms;
+                grant(rec, now, Decider::Peer, expires_at_ms);
                 cx.event(from, EventKind::AcceptedByPeer);
                 cx.audit(Some(from), AuditAction::AcceptedByPeer, None);
                 Ok(Applied::Yes(AckStatus::Trusted))
@@ -1074,7 +1079,8 @@ impl TrustMachine {
                 rec.since_ms = now;
                 rec.reason = Some(reason.clone());
                 rec.decided_by = Some(Decider::Peer);
-                rec.expires_at_ms = None;
+                // The expiry stays: it belongs to our consent, which a peer's decline
+                // does not withdraw, and must bound any trust the peer revives.
                 let status = rec.state.ack_status();
                 if revoke {
                     cx.event(

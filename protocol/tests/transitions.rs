@@ -1348,3 +1348,32 @@ fn withdrawing_a_declined_request_stops_a_later_accept() {
         a.assert_store_matches();
     }
 }
+
+#[test]
+fn trust_the_peer_revives_after_its_own_decline_keeps_our_expiry() {
+    // b approved a for one day. a declines, then accepts: b's consent stands (b never
+    // withdrew it), but the revived trust must end when b's approval does.
+    let (mut a, mut b) = pair();
+    ask(&mut a, &mut b, T0);
+    let day = 86_400_000;
+    let accept = only_sent(&b.ok(
+        T0 + 1,
+        Command::Approve {
+            peer: a.id(),
+            name: None,
+            note: None,
+            expires_at_ms: Some(T0 + day),
+        },
+    ));
+    a.recv(T0 + 2, accept);
+    b.recv(T0 + 3, envelope(&a.key, b.id(), reject("bye"), T0 + 3, 40));
+    assert!(!b.m.is_trusted(&a.id(), T0 + 4));
+    b.recv(T0 + 4, envelope(&a.key, b.id(), Kind::Accept, T0 + 4, 41));
+    assert!(b.m.is_trusted(&a.id(), T0 + 5));
+    assert_eq!(b.m.peer(&a.id()).unwrap().expires_at_ms, Some(T0 + day));
+    assert!(
+        !b.m.is_trusted(&a.id(), T0 + day),
+        "the operator's expiry still holds"
+    );
+    b.assert_store_matches();
+}
