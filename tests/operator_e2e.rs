@@ -223,13 +223,15 @@ fn events_follow_streams_new_events() {
     std::thread::sleep(Duration::from_millis(300));
     a.run_ok(&["request", &b.ticket(), "-j", "live"]);
     let stdout = follower.stdout.take().unwrap();
-    let line = {
+    // Read on a thread so that a regression fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut reader = std::io::BufReader::new(stdout);
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        line
-    };
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
     follower.kill().unwrap();
     follower.wait().unwrap();
     let event: Value = serde_json::from_str(&line).unwrap();
@@ -264,7 +266,7 @@ fn on_request_runs_the_hook_with_the_details() {
     let mut b = TestNode::init();
     let out_file = b.data_dir().join("hook.out");
     let hook = format!(
-        "printf '%s|%s|%s' \"$KITH_PEER_ID\" \"$KITH_JUSTIFICATION\" \"$KITH_SOURCE_ADDR\" > {}",
+        "printf '%s|%s|%s' \"$KITH_PEER_ID\" \"$KITH_JUSTIFICATION\" \"$KITH_SOURCE_ADDR\" > {0}.tmp && mv {0}.tmp {0}",
         out_file.display()
     );
     b.start_with(&["--on-request", &hook]);
@@ -278,7 +280,7 @@ fn on_request_runs_the_hook_with_the_details() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // The hook renames its output into place, so it is never read half-written.
     let text = std::fs::read_to_string(&out_file).unwrap();
     let parts: Vec<&str> = text.split('|').collect();
     assert_eq!(parts[0], a.node_id);

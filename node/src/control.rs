@@ -353,6 +353,9 @@ pub struct SentView {
     /// True when the peer's relay holds it until the peer reconnects.
     #[serde(default)]
     pub queued: bool,
+    /// The peer refused the envelope (the reason is in `detail`); nothing changed there.
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// A node on the allow or deny list.

@@ -15,7 +15,7 @@ use kith_protocol::machine::{
     Command, Config, Event, EventKind, PeerRecord, TrustMachine, TrustState,
 };
 use kith_protocol::validate::escape_for_display;
-use kith_protocol::wire::RelayRef;
+use kith_protocol::wire::{AckStatus, RelayRef};
 use serde::Serialize;
 use tokio::io::BufReader;
 use tokio::net::UnixListener;
@@ -123,10 +123,9 @@ pub async fn run(
     watcher.abort();
     let _ = watcher.await;
     let _ = std::fs::remove_file(daemon.data_dir.control_socket());
-    match Arc::try_unwrap(daemon) {
-        Ok(daemon) => daemon.node.shutdown().await,
-        Err(_) => warn!("control clients still attached at shutdown"),
-    }
+    // Control clients (`kith events --follow`) may still hold the daemon: shut the
+    // node down through the shared handle rather than waiting for them.
+    daemon.node.shutdown().await;
     Ok(())
 }
 
@@ -260,10 +259,21 @@ impl Daemon {
             })
             .await
             .unwrap_or("unknown");
-        let (delivered, detail, path, queued) = match deliveries.into_iter().next() {
-            Some(Delivery::Acked(status)) => (true, status.to_string(), Some("direct"), false),
+        let first = deliveries.into_iter().next();
+        let refused = matches!(
+            first.as_ref().and_then(Delivery::ack),
+            Some(AckStatus::Refused(_))
+        );
+        let (delivered, detail, path, queued) = match first {
+            Some(Delivery::Acked(status)) => (
+                !matches!(status, AckStatus::Refused(_)),
+                status.to_string(),
+                Some("direct"),
+                false,
+            ),
             Some(Delivery::Relayed { relay, ack }) => (
-                true,
+                ack.as_ref()
+                    .is_some_and(|a| !matches!(a, AckStatus::Refused(_))),
                 match ack {
                     Some(status) => status.to_string(),
                     None => format!("handed to {} by relay {}", peer.short(), relay.short()),
@@ -292,6 +302,7 @@ impl Daemon {
             detail,
             path: path.map(str::to_string),
             queued,
+            refused,
         })
     }
 
@@ -322,14 +333,14 @@ impl Daemon {
                 }
                 match self.node.request(&ticket, &justification).await {
                     Ok(delivery) => self.sent(ticket.node_id, vec![delivery]).await,
-                    Err(e) => err(e),
+                    Err(e) => err(crate::node::error_chain(&e)),
                 }
             }
             Request::Pending => {
                 let views = self.node.read(|m, _| pending_views(m)).await;
                 match views {
                     Ok(views) => ok(views),
-                    Err(e) => err(e),
+                    Err(e) => err(crate::node::error_chain(&e)),
                 }
             }
             Request::Peers => match self
@@ -348,7 +359,7 @@ impl Daemon {
                     views.sort_by(|a, b| a.state.cmp(&b.state).then(a.node_id.cmp(&b.node_id)));
                     ok(views)
                 }
-                Err(e) => err(e),
+                Err(e) => err(crate::node::error_chain(&e)),
             },
             Request::Approve {
                 peer,
@@ -411,7 +422,7 @@ impl Daemon {
                 .await
             {
                 Ok(list) => ok(list),
-                Err(e) => err(e),
+                Err(e) => err(crate::node::error_chain(&e)),
             },
             Request::Allowed => {
                 let list = self
@@ -425,7 +436,7 @@ impl Daemon {
                     .await;
                 match list {
                     Ok(list) => ok(list),
-                    Err(e) => err(e),
+                    Err(e) => err(crate::node::error_chain(&e)),
                 }
             }
             Request::Ping { peer } => {
@@ -438,7 +449,7 @@ impl Daemon {
                         node_id: peer.to_string(),
                         rtt_ms: rtt.as_secs_f64() * 1000.0,
                     }),
-                    Err(e) => err(e),
+                    Err(e) => err(crate::node::error_chain(&e)),
                 }
             }
             Request::Events { .. } => err("events are streamed, not answered"),
@@ -453,7 +464,7 @@ impl Daemon {
         };
         match self.node.command(command(peer)).await {
             Ok(_) => ok(serde_json::json!({ "node_id": peer.to_string() })),
-            Err(e) => err(e),
+            Err(e) => err(crate::node::error_chain(&e)),
         }
     }
 
@@ -525,7 +536,7 @@ impl Daemon {
     async fn run_command(&self, peer: NodeId, command: Command) -> Response {
         match self.node.command(command).await {
             Ok(deliveries) => self.sent(peer, deliveries).await,
-            Err(e) => err(e),
+            Err(e) => err(crate::node::error_chain(&e)),
         }
     }
 

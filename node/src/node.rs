@@ -78,7 +78,7 @@ pub mod close_code {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot open the node's database")]
+    #[error("the node's database failed")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -601,7 +601,13 @@ fn run_core(
                         snapshot.deny,
                     );
                 }
-                Err(e) => warn!(error = %e, "reloading the store failed too"),
+                Err(e) => {
+                    // The machine now holds decisions the store refused; acting on
+                    // them later could make them durable. Stop instead: every later
+                    // call fails with `Stopped` and the operator sees the error.
+                    warn!(error = %e, "reloading the store failed too; stopping the node");
+                    stop = true;
+                }
             }
             let message = e.to_string();
             for (reply, _, _) in released {
@@ -916,6 +922,13 @@ impl Shared {
             Err(e) => {
                 let reason = e.to_string();
                 debug!(peer = %out.envelope.body.to, %reason, "delivery failed; it will be resent");
+                if matches!(
+                    out.envelope.body.kind,
+                    kith_protocol::wire::Kind::Revoke { .. }
+                ) {
+                    // Revoked is revoked at once, whether or not the peer heard it yet.
+                    self.close_peer(&out.envelope.body.to, "revoked");
+                }
                 Delivery::Retrying { reason }
             }
         }
@@ -924,7 +937,7 @@ impl Shared {
     fn after_delivery(&self, out: &Outgoing, delivery: &Delivery) {
         // Only the peer's own acknowledgement proves receipt: a relay's "queued" or an
         // unanswered push may still be lost (relay restart, dead connection).
-        if delivery.ack().is_some() {
+        if delivery.ack().is_some_and(settles_debt) {
             let _ = self.core.send(CoreMsg::Delivered {
                 peer: out.envelope.body.to,
                 seq: out.seq,
@@ -996,6 +1009,19 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// Whether an acknowledgement ends what we owe the peer: any answer but a refusal,
+/// or a refusal that resending cannot change (the peer already has something newer
+/// from us, or has no record of us at all).
+fn settles_debt(status: &AckStatus) -> bool {
+    match status {
+        AckStatus::Refused(refusal) => matches!(
+            refusal,
+            Refusal::Stale | Refusal::ReplayedNonce | Refusal::Unsolicited
+        ),
+        _ => true,
+    }
 }
 
 /// Re-sends to every peer still owed an acknowledged message: at start (what a
@@ -1362,7 +1388,7 @@ impl Node {
     }
 
     /// Closes all connections with a reason and stops the core after its last commit.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         if let Some(home) = &self.home_link {
             home.abort();
         }
@@ -1372,7 +1398,7 @@ impl Node {
         self.accept.abort();
         self.outbox.abort();
         self.resender.abort();
-        let Node { shared, core, .. } = self;
+        let (shared, core) = (&self.shared, &self.core);
         let endpoint = shared.endpoint.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         // The core stops after committing everything sent before this.

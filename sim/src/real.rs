@@ -424,9 +424,8 @@ async fn run_async(scenario: &Scenario, seed: u64, progress: bool) -> anyhow::Re
     drop(d);
     let mut stops = Vec::new();
     for node in nodes {
-        if let Ok(node) = Arc::try_unwrap(node) {
-            stops.push(tokio::spawn(node.shutdown()));
-        }
+        // `shutdown` takes `&self`: a task still holding a clone cannot keep a node up.
+        stops.push(tokio::spawn(async move { node.shutdown().await }));
     }
     for s in stops {
         let _ = s.await;

@@ -92,29 +92,28 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
              send requests and hear answers on connections it opened"
         );
     }
-    if !args.no_harden {
-        // Before unlocking, so the node key is born in a locked, non-dumpable page.
+    // Before unlocking: the passphrase and the phrase pass through this process's
+    // memory during unlock, and the node key is born in a locked, non-dumpable page.
+    let harden_report = (!args.no_harden).then(|| {
         kith_keys::memory::protect_secrets();
-    }
+        harden::harden_process()
+    });
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
     // Two nodes with one identity break every peer's replay defences: never run a copy.
     if let Err(e) = &unlocked.custody {
         anyhow::bail!("refusing to start: {e}");
     }
-    if unlocked.insecure {
+    // Only the node key lives on: the recovery phrase and the passphrase are wiped now,
+    // not when the daemon exits.
+    let unlock::Unlocked { key, insecure, .. } = unlocked;
+    if insecure {
         eprintln!(
             "warning: the keystore in {} is not encrypted (--insecure-no-passphrase); \
              anyone who can read it can become this node",
             ctx.data_dir.path().display()
         );
     }
-    let hardened = if args.no_harden {
-        eprintln!(
-            "warning: process hardening is off (--no-harden): core dumps and debuggers can read the node key"
-        );
-        false
-    } else {
-        let report = harden::harden_process();
+    let hardened = if let Some(report) = harden_report {
         for warning in report.warnings() {
             eprintln!("warning: {warning}");
         }
@@ -129,6 +128,11 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
             eprintln!("warning: could not exclude the node key's memory from core dumps");
         }
         report.warnings().is_empty() && memory.lock_failures == 0 && memory.dontdump_failures == 0
+    } else {
+        eprintln!(
+            "warning: process hardening is off (--no-harden): core dumps and debuggers can read the node key"
+        );
+        false
     };
     if args.auto_approve {
         eprintln!(
@@ -153,19 +157,13 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
             listen,
             advertise: args.advertise,
             config,
-            keystore_encrypted: !unlocked.insecure,
+            keystore_encrypted: !insecure,
             hardened,
             on_request: args.on_request,
             relay,
             private: args.private,
         };
-        daemon::run(
-            ctx.data_dir.clone(),
-            unlocked.key,
-            options,
-            shutdown_signal(),
-        )
-        .await
+        daemon::run(ctx.data_dir.clone(), key, options, shutdown_signal()).await
     })?;
     Ok(exit::OK)
 }
@@ -371,6 +369,14 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
             justification: args.justification,
         },
     )?;
+    if sent.refused {
+        // Nothing changed at the peer, so there is nothing to wait for.
+        if ctx.json {
+            print_json(&sent)?;
+            return Ok(exit::FAILURE);
+        }
+        bail!("{} refused the request: {}", sent.node_id, sent.detail);
+    }
     if args.wait {
         return wait_for_answer(ctx, &sent, args.timeout);
     }
@@ -412,7 +418,8 @@ fn wait_for_answer(
     sent: &SentView,
     timeout: Option<Duration>,
 ) -> anyhow::Result<u8> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // An absurd --timeout cannot overflow the clock: it just never expires.
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
     let mut state = sent.state.clone();
     if state == "outgoing_pending" && !ctx.json {
         eprintln!(

@@ -105,7 +105,7 @@ PEER is a node id, a unique prefix of one (8+ characters), or a peer's name.")]
 pub struct RenameArgs {
     /// Node id, unique id prefix (8+ characters), or name.
     peer: String,
-    /// The new name; omit to remove the name.
+    /// The new name; omit to leave it as it is, "" to remove it.
     name: Option<String>,
     /// A note for your own records.
     #[arg(long)]

@@ -105,28 +105,31 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         );
     }
     let allow = args.allow.as_deref().map(read_allow_file).transpose()?;
-    if !args.no_harden {
+    // As for `kith run`: harden before the passphrase and phrase pass through memory.
+    let harden_report = (!args.no_harden).then(|| {
         kith_keys::memory::protect_secrets();
-    }
+        harden::harden_process()
+    });
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
     if let Err(e) = &unlocked.custody {
         bail!("refusing to start: {e}");
     }
-    if unlocked.insecure {
+    let unlock::Unlocked { key, insecure, .. } = unlocked;
+    if insecure {
         eprintln!(
             "warning: the keystore in {} is not encrypted (--insecure-no-passphrase); \
              anyone who can read it can become this relay",
             ctx.data_dir.path().display()
         );
     }
-    let hardened = if args.no_harden {
-        false
-    } else {
-        let report = harden::harden_process();
-        for warning in report.warnings() {
-            eprintln!("warning: {warning}");
+    let hardened = match harden_report {
+        Some(report) => {
+            for warning in report.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            report.warnings().is_empty()
         }
-        report.warnings().is_empty()
+        None => false,
     };
     let config = RelayConfig {
         max_clients: args.max_clients,
@@ -144,7 +147,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         config,
     };
     let info = RelayDaemonInfo {
-        keystore_encrypted: !unlocked.insecure,
+        keystore_encrypted: !insecure,
         hardened,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -153,7 +156,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         .context("cannot start the async runtime")?;
     runtime.block_on(crate::relay::run_daemon(
         ctx.data_dir.clone(),
-        unlocked.key,
+        key,
         options,
         info,
         super::daemon::shutdown_signal(),
