@@ -65,6 +65,9 @@ struct Daemon {
     /// The most recent events, for `kith events` without `--follow`, and the live
     /// stream of new ones (both fed by `watch_events`, under the same lock).
     recent: Mutex<VecDeque<EventView>>,
+    /// Bounds `--on-request` hooks running at once, so a burst of requests cannot
+    /// fork without end.
+    hook_slots: Arc<tokio::sync::Semaphore>,
     live: tokio::sync::broadcast::Sender<EventView>,
 }
 
@@ -109,6 +112,7 @@ pub async fn run(
         options,
         started_at_ms: now_ms(),
         recent: Mutex::new(VecDeque::new()),
+        hook_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HOOKS)),
         live,
     });
     let watcher = tokio::spawn(watch_events(
@@ -769,20 +773,35 @@ async fn watch_events(
         }
         if view.kind == "request_received" {
             if let Some(cmd) = &daemon.options.on_request {
-                run_hook(cmd, &view);
+                match daemon.hook_slots.clone().try_acquire_owned() {
+                    Ok(slot) => run_hook(cmd, &view, slot),
+                    Err(_) => warn!(
+                        peer = %view.node_id,
+                        "--on-request skipped: {MAX_HOOKS} hooks are still running"
+                    ),
+                }
             }
         }
     }
 }
 
-/// Runs the operator's hook without waiting for it; its failure is logged, never fatal.
-fn run_hook(cmd: &str, view: &EventView) {
+/// Most `--on-request` hooks running at once.
+const MAX_HOOKS: usize = 4;
+
+/// Runs the operator's hook without waiting for it; its failure is logged, never
+/// fatal. `slot` is held until the hook exits.
+fn run_hook(cmd: &str, view: &EventView, slot: tokio::sync::OwnedSemaphorePermit) {
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
         .env("KITH_EVENT", &view.kind)
         .env("KITH_PEER_ID", &view.node_id)
         .env("KITH_JUSTIFICATION", view.detail.as_deref().unwrap_or(""))
+        // Safe to print to a terminal or a log: control characters escaped.
+        .env(
+            "KITH_JUSTIFICATION_ESCAPED",
+            escape_for_display(view.detail.as_deref().unwrap_or("")),
+        )
         .env("KITH_SOURCE_ADDR", view.address.as_deref().unwrap_or(""))
         .env("KITH_RECEIVED_AT_MS", view.at_ms.to_string())
         .stdin(std::process::Stdio::null())
@@ -791,6 +810,7 @@ fn run_hook(cmd: &str, view: &EventView) {
     match child {
         Ok(mut child) => {
             tokio::spawn(async move {
+                let _slot = slot;
                 match child.wait().await {
                     Ok(status) if !status.success() => {
                         warn!(%status, "--on-request command failed")

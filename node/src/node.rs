@@ -1094,8 +1094,20 @@ async fn run_outbox(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedRec
     }
 }
 
+/// Most inbound connections served at once; more are refused before any handshake
+/// work, so a flood of strangers cannot exhaust memory or the core's queue.
+const MAX_INBOUND_CONNECTIONS: usize = 4096;
+/// How long a peer may take to read our answer before the stream is dropped.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn accept_loop(shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNECTIONS));
     while let Some(incoming) = shared.endpoint.accept().await {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(remote = %incoming.remote_address(), "refusing an inbound connection: too many open");
+            incoming.refuse();
+            continue;
+        };
         if shared.private {
             // A private node is reachable only through its relay: refuse at once
             // (CONNECTION_REFUSED), before any handshake work.
@@ -1111,6 +1123,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                 Ok(Err(e)) => debug!(%remote, error = %e, "inbound handshake failed"),
                 Err(_) => debug!(%remote, "inbound handshake timed out"),
             }
+            drop(slot);
         });
     }
 }
@@ -1224,7 +1237,7 @@ async fn serve_stream(
     if let Ok(frame) = encode_frame(&answer) {
         let _ = send.write_all(&frame).await;
         let _ = send.finish();
-        let _ = send.stopped().await;
+        let _ = tokio::time::timeout(crate::node::ANSWER_TIMEOUT, send.stopped()).await;
     }
     if close_after {
         shared.close_peer(&peer, "revoked");

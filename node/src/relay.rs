@@ -396,6 +396,13 @@ impl Inner {
     async fn register(&self, id: ConnId, node: NodeId, dial_back: bool) -> Message {
         let notice = self.state.lock().unwrap().notices.get(&id).cloned();
         match notice {
+            // One dial-back per connection: a client looping `Register` must not make
+            // the relay dial out again and again.
+            Some(
+                notice @ RelayNotice::Registered {
+                    direct: Some(_), ..
+                },
+            ) => Message::RelayNotice(notice),
             Some(RelayNotice::Registered { observed, .. }) => {
                 let direct = if dial_back {
                     Some(self.dial_back(observed, node).await)
@@ -538,7 +545,7 @@ async fn serve_stream(
         let _ = send.write_all(&frame).await;
     }
     let _ = send.finish();
-    let _ = send.stopped().await;
+    let _ = tokio::time::timeout(crate::node::ANSWER_TIMEOUT, send.stopped()).await;
 }
 
 // ----- the `kith relay` daemon -----------------------------------------------

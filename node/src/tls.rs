@@ -356,6 +356,9 @@ fn client_config_reporting(
 /// Connection limits shared by both directions. Deliberately small: a peer is
 /// untrusted until the protocol layer says otherwise, so it gets bounded resources
 /// and a dead peer is noticed within the idle timeout.
+/// Per-stream receive window: one largest frame and its length prefix.
+const STREAM_WINDOW: u32 = (kith_protocol::frame::MAX_FRAME_LEN + 4) as u32;
+
 fn transport_config() -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
     // IdleTimeout from a VarInt is in milliseconds and cannot fail.
@@ -365,6 +368,9 @@ fn transport_config() -> Arc<TransportConfig> {
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
     transport.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
+    // One message per stream, at most a frame: a peer cannot make us buffer more per
+    // stream than we would accept anyway.
+    transport.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     Arc::new(transport)
 }
 

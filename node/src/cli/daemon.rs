@@ -58,7 +58,8 @@ pub struct RunArgs {
     pending_ttl: Duration,
 
     /// Run this shell command for every incoming request, with KITH_PEER_ID,
-    /// KITH_JUSTIFICATION, KITH_SOURCE_ADDR and KITH_RECEIVED_AT_MS in its environment.
+    /// KITH_JUSTIFICATION (raw; KITH_JUSTIFICATION_ESCAPED is safe to print),
+    /// KITH_SOURCE_ADDR and KITH_RECEIVED_AT_MS in its environment. At most 4 run at once.
     #[arg(long, value_name = "CMD")]
     on_request: Option<String>,
 

@@ -457,7 +457,7 @@ async fn serve_link_stream(
         }
     }
     let _ = send.finish();
-    let _ = send.stopped().await;
+    let _ = tokio::time::timeout(crate::node::ANSWER_TIMEOUT, send.stopped()).await;
 }
 
 fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
