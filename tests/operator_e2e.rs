@@ -411,3 +411,35 @@ fn the_demo_walks_through_every_step_and_exits_0() {
         "the demo writes nothing"
     );
 }
+
+#[test]
+fn pending_ttl_forget_and_disallow_through_the_binary() {
+    let a = started();
+    let mut b = TestNode::init();
+    b.start_with(&["--pending-ttl", "2s"]);
+    a.run_ok(&["request", &b.ticket(), "-j", "soon stale"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    // Unanswered past the TTL: dropped, with an event.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while b.peer_state(&a.node_id).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never expired"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(event_kinds(&b, &a.node_id).contains(&"pending_expired".to_string()));
+
+    // forget: every record of a peer goes, and nothing is sent to it.
+    assert!(a.peer(&b.node_id).is_some());
+    a.run_ok(&["forget", &b.node_id]);
+    assert_eq!(a.peer(&b.node_id), None);
+    assert!(a.run(&["ping", &b.node_id]).status.code() == Some(1));
+
+    // disallow: the allowlist entry goes; the next request waits for an operator.
+    b.run_ok(&["allow", &a.node_id, "--name", "temp"]);
+    b.run_ok(&["disallow", &a.node_id]);
+    assert!(b.json(&["allowed"]).as_array().unwrap().is_empty());
+    a.run_ok(&["request", &b.ticket(), "-j", "ask again"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+}
