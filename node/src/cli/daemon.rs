@@ -385,25 +385,7 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
         print_json(&sent)?;
         return Ok(exit::OK);
     }
-    if sent.delivered {
-        println!(
-            "request delivered to {}{}: {}",
-            sent.node_id,
-            if sent.path.as_deref() == Some("relayed") {
-                " through its relay"
-            } else {
-                ""
-            },
-            sent.detail
-        );
-    } else if sent.queued {
-        println!("request queued for {}: {}", sent.node_id, sent.detail);
-    } else {
-        println!(
-            "request recorded for {}, but it could not be delivered yet ({}); retrying in the background",
-            sent.node_id, sent.detail
-        );
-    }
+    println!("request for {}: {}", sent.node_id, how_it_went(&sent));
     if sent.state == "outgoing_pending" {
         println!(
             "the other operator approves it with:\n  kith approve {}",
@@ -604,27 +586,32 @@ pub struct RevokeArgs {
     reason: String,
 }
 
+/// What became of the envelope a command sent, in one clause.
+fn how_it_went(sent: &SentView) -> String {
+    let via = if sent.path.as_deref() == Some("relayed") {
+        " through its relay"
+    } else {
+        ""
+    };
+    if sent.refused {
+        format!("the peer refused it{via} ({})", sent.detail)
+    } else if sent.delivered {
+        format!("the peer was told{via} ({})", sent.detail)
+    } else if sent.queued {
+        format!("queued: {}", sent.detail)
+    } else {
+        format!(
+            "the peer could not be told yet ({}); it will be resent until it answers",
+            sent.detail
+        )
+    }
+}
+
 fn print_sent(ctx: &Context, verb: &str, sent: &SentView) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(sent)?;
-    } else if sent.delivered {
-        println!(
-            "{verb} {}; the peer was told{} ({})",
-            sent.node_id,
-            if sent.path.as_deref() == Some("relayed") {
-                " through its relay"
-            } else {
-                ""
-            },
-            sent.detail
-        );
-    } else if sent.queued {
-        println!("{verb} {}; {}", sent.node_id, sent.detail);
     } else {
-        println!(
-            "{verb} {}; the peer could not be told yet ({}), retrying in the background",
-            sent.node_id, sent.detail
-        );
+        println!("{verb} {}; {}", sent.node_id, how_it_went(sent));
     }
     Ok(exit::OK)
 }
