@@ -178,6 +178,41 @@ fn effective_uid() -> u32 {
         .unwrap_or(0)
 }
 
+/// Accepts control clients until the future is dropped: checks each one's
+/// credentials, reads its one request (bounded), answers a malformed one, and hands
+/// the rest to `handle`, which writes the answer (or a stream of them).
+pub async fn serve<H, F>(listener: UnixListener, handle: H)
+where
+    H: Fn(Request, BufReader<UnixStream>) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Err(e) = check_peer(&stream) {
+                tracing::warn!(error = %e, "refused a control connection");
+                return;
+            }
+            let mut stream = BufReader::new(stream);
+            match read_request(&mut stream).await {
+                Ok(Some(request)) => handle(request, stream).await,
+                Ok(None) => {}
+                Err(e) => {
+                    let message = format!("bad control request: {e}");
+                    let _ = write_response(&mut stream, &Response::Error { message }).await;
+                }
+            }
+        });
+    }
+}
+
 /// Reads one request line from a client, bounded in length.
 pub async fn read_request(
     stream: &mut BufReader<UnixStream>,

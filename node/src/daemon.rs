@@ -134,37 +134,22 @@ pub async fn run(
 }
 
 async fn serve_control(listener: UnixListener, daemon: Arc<Daemon>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(error = %e, "control socket accept failed");
-                continue;
-            }
-        };
+    control::serve(listener, move |request, mut stream| {
         let daemon = daemon.clone();
-        tokio::spawn(async move {
-            if let Err(e) = control::check_peer(&stream) {
-                warn!(error = %e, "refused a control connection");
-                return;
-            }
-            let mut stream = BufReader::new(stream);
-            let response = match control::read_request(&mut stream).await {
-                Ok(Some(Request::Events { follow })) => {
+        async move {
+            let response = match request {
+                Request::Events { follow } => {
                     daemon.stream_events(&mut stream, follow).await;
                     return;
                 }
-                Ok(Some(request)) => daemon.dispatch(request).await,
-                Ok(None) => return,
-                Err(e) => Response::Error {
-                    message: format!("bad control request: {e}"),
-                },
+                request => daemon.dispatch(request).await,
             };
             if let Err(e) = control::write_response(&mut stream, &response).await {
                 debug!(error = %e, "control client went away");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 fn ok<T: Serialize>(data: T) -> Response {

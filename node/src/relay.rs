@@ -33,7 +33,6 @@ use kith_protocol::relay::{
 };
 use kith_protocol::validate::Refusal;
 use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayNotice};
-use tokio::io::BufReader;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -589,37 +588,13 @@ pub async fn run_daemon(
     let serve = {
         let server = server.clone();
         let data_dir = data_dir.clone();
-        async move {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        warn!(error = %e, "control socket accept failed");
-                        continue;
-                    }
-                };
-                let server = server.clone();
-                let data_dir = data_dir.clone();
-                let info = info.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = control::check_peer(&stream) {
-                        warn!(error = %e, "refused a control connection");
-                        return;
-                    }
-                    let mut stream = BufReader::new(stream);
-                    let response = match control::read_request(&mut stream).await {
-                        Ok(Some(request)) => {
-                            relay_dispatch(&server, &data_dir, &info, started_at_ms, request)
-                        }
-                        Ok(None) => return,
-                        Err(e) => Response::Error {
-                            message: format!("bad control request: {e}"),
-                        },
-                    };
-                    let _ = control::write_response(&mut stream, &response).await;
-                });
+        control::serve(listener, move |request, mut stream| {
+            let (server, data_dir, info) = (server.clone(), data_dir.clone(), info.clone());
+            async move {
+                let response = relay_dispatch(&server, &data_dir, &info, started_at_ms, request);
+                let _ = control::write_response(&mut stream, &response).await;
             }
-        }
+        })
     };
     tokio::select! {
         () = shutdown => info!("shutting down"),
