@@ -555,7 +555,7 @@ pub enum CommandError {
 
 /// Source network of a request, for the per-source bound: an IPv4 address, or
 /// an IPv6 /64 (one host usually owns a whole /64).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum SourceNet {
     V4([u8; 4]),
     V6([u8; 8]),
@@ -573,6 +573,64 @@ impl SourceNet {
                 }
             },
         }
+    }
+}
+
+/// The incoming-pending records, indexed so that admitting a request costs the same
+/// with ten thousand peers as with ten: by age (for eviction) and by source network
+/// (for the per-source bound). Derived from `peers`; every record change goes through
+/// `put_peer`/`remove_peer`, which keep it current (checked after every input in
+/// debug builds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PendingIndex {
+    by_age: BTreeSet<(u64, NodeId)>,
+    by_source: BTreeMap<SourceNet, usize>,
+    /// What each record is indexed under, so the entry can be undone.
+    entries: BTreeMap<NodeId, (u64, Option<SourceNet>)>,
+}
+
+impl PendingIndex {
+    fn build(peers: &BTreeMap<NodeId, PeerRecord>) -> Self {
+        let mut index = PendingIndex::default();
+        for (id, rec) in peers {
+            index.update(*id, Some(rec));
+        }
+        index
+    }
+
+    /// Re-indexes `id` as `rec` now is (`None`: removed).
+    fn update(&mut self, id: NodeId, rec: Option<&PeerRecord>) {
+        if let Some((since, net)) = self.entries.remove(&id) {
+            self.by_age.remove(&(since, id));
+            if let Some(net) = net {
+                if let Some(n) = self.by_source.get_mut(&net) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.by_source.remove(&net);
+                    }
+                }
+            }
+        }
+        if let Some(rec) = rec.filter(|r| r.state == TrustState::IncomingPending) {
+            let net = rec.source.as_ref().map(SourceNet::of);
+            self.entries.insert(id, (rec.since_ms, net));
+            self.by_age.insert((rec.since_ms, id));
+            if let Some(net) = net {
+                *self.by_source.entry(net).or_default() += 1;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn count_from(&self, net: SourceNet) -> usize {
+        self.by_source.get(&net).copied().unwrap_or(0)
+    }
+
+    fn oldest(&self) -> Option<NodeId> {
+        self.by_age.first().map(|(_, id)| *id)
     }
 }
 
@@ -619,6 +677,7 @@ impl<R: ?Sized> Cx<'_, R> {
 /// Serializable as a snapshot (the simulator compares and stores them); the
 /// node instead rebuilds it with [`TrustMachine::restore`] from its store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MachineSnapshot")]
 pub struct TrustMachine {
     local: NodeId,
     config: Config,
@@ -626,6 +685,34 @@ pub struct TrustMachine {
     allow: BTreeMap<NodeId, AllowEntry>,
     deny: BTreeSet<NodeId>,
     nonces: NonceCache,
+    /// Derived from `peers`; not part of a snapshot.
+    #[serde(skip_serializing)]
+    pending: PendingIndex,
+}
+
+/// A snapshot as serialized: everything but the derived index, rebuilt on load.
+#[derive(Deserialize)]
+struct MachineSnapshot {
+    local: NodeId,
+    config: Config,
+    peers: BTreeMap<NodeId, PeerRecord>,
+    allow: BTreeMap<NodeId, AllowEntry>,
+    deny: BTreeSet<NodeId>,
+    nonces: NonceCache,
+}
+
+impl From<MachineSnapshot> for TrustMachine {
+    fn from(s: MachineSnapshot) -> Self {
+        TrustMachine {
+            pending: PendingIndex::build(&s.peers),
+            local: s.local,
+            config: s.config,
+            peers: s.peers,
+            allow: s.allow,
+            deny: s.deny,
+            nonces: s.nonces,
+        }
+    }
 }
 
 impl TrustMachine {
@@ -637,6 +724,7 @@ impl TrustMachine {
             allow: BTreeMap::new(),
             deny: BTreeSet::new(),
             nonces: NonceCache::default(),
+            pending: PendingIndex::default(),
         }
     }
 
@@ -656,6 +744,7 @@ impl TrustMachine {
             .filter(|r| r.id != local)
             .map(|r| (r.id, r))
             .collect();
+        m.pending = PendingIndex::build(&m.peers);
         m.allow = allow.into_iter().collect();
         m.deny = deny.into_iter().collect();
         m
@@ -693,10 +782,7 @@ impl TrustMachine {
 
     /// Number of incoming requests waiting for a decision.
     pub fn pending_incoming(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|r| r.state == TrustState::IncomingPending)
-            .count()
+        self.pending.len()
     }
 
     /// Number of remembered (sender, nonce) pairs.
@@ -755,6 +841,11 @@ impl TrustMachine {
             }
             Input::Tick => self.on_tick(&mut cx),
         }
+        debug_assert_eq!(
+            self.pending,
+            PendingIndex::build(&self.peers),
+            "a record changed without put_peer/remove_peer"
+        );
         cx.out
     }
 
@@ -936,15 +1027,7 @@ impl TrustMachine {
                 }
                 // A new pending request: check both bounds before touching anything.
                 if let Some(net) = source.as_ref().map(SourceNet::of) {
-                    let from_net = self
-                        .peers
-                        .values()
-                        .filter(|r| {
-                            r.state == TrustState::IncomingPending
-                                && r.source.as_ref().map(SourceNet::of) == Some(net)
-                        })
-                        .count();
-                    if from_net >= self.config.max_pending_per_source {
+                    if self.pending.count_from(net) >= self.config.max_pending_per_source {
                         return Err(Refusal::PendingFull);
                     }
                 }
@@ -1010,11 +1093,7 @@ impl TrustMachine {
     }
 
     fn oldest_pending(&self) -> Option<NodeId> {
-        self.peers
-            .values()
-            .filter(|r| r.state == TrustState::IncomingPending)
-            .min_by_key(|r| (r.since_ms, r.id))
-            .map(|r| r.id)
+        self.pending.oldest()
     }
 
     fn on_accept<R: RngCore + CryptoRng + ?Sized>(
@@ -1514,8 +1593,9 @@ impl TrustMachine {
     }
 
     /// Writes the record's current state (replacing an earlier write of it).
-    fn put_peer<R: ?Sized>(&self, cx: &mut Cx<'_, R>, id: NodeId) {
+    fn put_peer<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
         cx.unwrite_peer(&id);
+        self.pending.update(id, self.peers.get(&id));
         if let Some(rec) = self.peers.get(&id) {
             cx.out.writes.push(StoreWrite::Peer(rec.clone()));
         }
@@ -1523,6 +1603,7 @@ impl TrustMachine {
 
     fn remove_peer<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
         self.peers.remove(&id);
+        self.pending.update(id, None);
         cx.unwrite_peer(&id);
         cx.out.writes.push(StoreWrite::RemovePeer(id));
     }
