@@ -973,6 +973,38 @@ pub(crate) enum ExchangeError {
     Garbled,
 }
 
+/// Reads the one message the other side sends on a stream it opened: at most one
+/// frame, within [`STREAM_TIMEOUT`]. A failed or stalled read resets the stream and
+/// gives `None`.
+pub(crate) async fn read_one_message(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Option<Vec<u8>> {
+    match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_FRAME_LEN + 4)).await {
+        Ok(Ok(bytes)) => Some(bytes),
+        Ok(Err(e)) => {
+            debug!(error = %e, "stream read failed");
+            let _ = send.reset(0u32.into());
+            None
+        }
+        Err(_) => {
+            debug!("stream stalled; dropping it");
+            let _ = send.reset(0u32.into());
+            None
+        }
+    }
+}
+
+/// Writes our one answer (if any), finishes the stream, and waits a bounded time for
+/// the other side to take it.
+pub(crate) async fn write_answer(mut send: quinn::SendStream, answer: Option<&Message>) {
+    if let Some(frame) = answer.and_then(|a| encode_frame(a).ok()) {
+        let _ = send.write_all(&frame).await;
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, send.stopped()).await;
+}
+
 /// Sends `message` on a new stream of `conn` and waits (at most `timeout`) for the one answer.
 pub(crate) async fn exchange_on(
     conn: &quinn::Connection,
@@ -1160,20 +1192,9 @@ async fn serve_stream(
             status: AckStatus::Refused(refusal),
         })
     };
-    let bytes =
-        match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_FRAME_LEN + 4)).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "stream read failed");
-                let _ = send.reset(0u32.into());
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "stream stalled; dropping it");
-                let _ = send.reset(0u32.into());
-                return;
-            }
-        };
+    let Some(bytes) = read_one_message(&mut send, &mut recv).await else {
+        return;
+    };
     let mut close_after = false;
     let decoded = match decode_frame::<Message>(&bytes) {
         Ok(Some((Message::Envelope(envelope), _))) => Ok(Some((
@@ -1234,11 +1255,7 @@ async fn serve_stream(
         }
         Ok(Some(_)) | Ok(None) | Err(_) => refused(Refusal::Malformed),
     };
-    if let Ok(frame) = encode_frame(&answer) {
-        let _ = send.write_all(&frame).await;
-        let _ = send.finish();
-        let _ = tokio::time::timeout(crate::node::ANSWER_TIMEOUT, send.stopped()).await;
-    }
+    write_answer(send, Some(&answer)).await;
     if close_after {
         shared.close_peer(&peer, "revoked");
         conn.close(close_code::REVOKED.into(), b"revoked");

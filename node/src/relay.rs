@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kith_keys::{NodeId, NodeKey};
-use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use kith_protocol::frame::decode_frame;
 use kith_protocol::relay::{
     ConnId, ForwardResult, Relay, RelayConfig, RelayInput, RelayOutput, RelayRefusal, RelayStats,
 };
@@ -522,14 +522,9 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let bytes =
-        match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_FRAME_LEN + 4)).await {
-            Ok(Ok(bytes)) => bytes,
-            _ => {
-                let _ = send.reset(0u32.into());
-                return;
-            }
-        };
+    let Some(bytes) = crate::node::read_one_message(&mut send, &mut recv).await else {
+        return;
+    };
     let answer = match decode_frame::<Message>(&bytes) {
         Ok(Some((Message::Forward { envelope, reach }, _))) => {
             inner.forward(id, envelope, reach).await
@@ -540,11 +535,7 @@ async fn serve_stream(
             status: AckStatus::Refused(Refusal::Malformed),
         }),
     };
-    if let Ok(frame) = encode_frame(&answer) {
-        let _ = send.write_all(&frame).await;
-    }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(crate::node::ANSWER_TIMEOUT, send.stopped()).await;
+    crate::node::write_answer(send, Some(&answer)).await;
 }
 
 // ----- the `kith relay` daemon -----------------------------------------------

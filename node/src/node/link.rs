@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kith_keys::NodeId;
-use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use kith_protocol::frame::decode_frame;
 use kith_protocol::machine::{Input, Reply};
 use kith_protocol::relay::{ForwardResult, RelayRefusal};
 use kith_protocol::validate::Refusal;
@@ -399,14 +399,9 @@ async fn serve_link_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let bytes =
-        match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_FRAME_LEN + 4)).await {
-            Ok(Ok(bytes)) => bytes,
-            _ => {
-                let _ = send.reset(0u32.into());
-                return;
-            }
-        };
+    let Some(bytes) = crate::node::read_one_message(&mut send, &mut recv).await else {
+        return;
+    };
     let refused = |refusal| {
         Some(Message::Ack(Ack {
             status: AckStatus::Refused(refusal),
@@ -451,13 +446,7 @@ async fn serve_link_stream(
         Ok(Some((Message::Ping { id }, _))) => Some(Message::Pong { id }),
         _ => refused(Refusal::Malformed),
     };
-    if let Some(answer) = answer {
-        if let Ok(frame) = encode_frame(&answer) {
-            let _ = send.write_all(&frame).await;
-        }
-    }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(crate::node::ANSWER_TIMEOUT, send.stopped()).await;
+    crate::node::write_answer(send, answer.as_ref()).await;
 }
 
 fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
