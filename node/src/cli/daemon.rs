@@ -1,7 +1,6 @@
 //! `kith run` and the commands that talk to a running daemon over its control socket.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -41,9 +40,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     advertise: Vec<SocketAddr>,
 
-    /// Read the keystore passphrase from this file instead of asking.
-    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: super::PassphraseArgs,
 
     /// Skip process hardening (no core dumps, not ptrace-able) to debug the daemon.
     #[arg(long)]
@@ -99,7 +97,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
         kith_keys::memory::protect_secrets();
         harden::harden_process()
     });
-    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
+    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
     // Two nodes with one identity break every peer's replay defences: never run a copy.
     if let Err(e) = &unlocked.custody {
         anyhow::bail!("refusing to start: {e}");

@@ -39,9 +39,8 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     index: u32,
 
-    /// Read the keystore passphrase from this file instead of asking.
-    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: super::PassphraseArgs,
 
     /// Write the keystore unencrypted (tests and simulations only; the daemon warns on every start).
     #[arg(long, conflicts_with = "passphrase_file")]
@@ -62,9 +61,8 @@ Examples:
 
 Give the id to the operator of another node, or share `kith ticket` once the daemon runs.")]
 pub struct IdArgs {
-    /// Read the keystore passphrase from this file instead of asking.
-    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: super::PassphraseArgs,
 }
 
 /// Show the recovery phrase again, for a backup (unlocks the keystore).
@@ -77,9 +75,8 @@ Examples:
 Anyone who sees the phrase can become this node. Run it where nobody is looking,
 and never paste it into chat, tickets or shell history.")]
 pub struct MnemonicArgs {
-    /// Read the keystore passphrase from this file instead of asking.
-    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: super::PassphraseArgs,
 }
 
 #[derive(Serialize)]
@@ -120,7 +117,7 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
     let passphrase = if args.insecure_no_passphrase {
         None
     } else {
-        Some(unlock::new_passphrase(args.passphrase_file.as_deref())?)
+        Some(unlock::new_passphrase(args.passphrase.file())?)
     };
     let secrets = Secrets::new(mnemonic, bip39_passphrase, args.index);
     let key = secrets
@@ -226,7 +223,7 @@ fn unlock_and_warn(
 }
 
 pub fn id(ctx: &Context, args: IdArgs) -> anyhow::Result<u8> {
-    let unlocked = unlock_and_warn(ctx, args.passphrase_file.as_deref())?;
+    let unlocked = unlock_and_warn(ctx, args.passphrase.file())?;
     let node_id = unlocked.key.node_id();
     let index = unlocked.secrets.index();
     let parent = unlocked.record.parent.clone();
@@ -259,9 +256,8 @@ independently never collide), keeps this node's allow and deny lists, and starts
 with no peers: ask them again with `kith request`. `kith id` then shows the parent.
 Stop the daemon first.")]
 pub struct ForkArgs {
-    /// Read the keystore passphrase from this file instead of asking.
-    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: super::PassphraseArgs,
 }
 
 /// Confirm that this data dir is the same node, moved to this machine or path.
@@ -273,9 +269,8 @@ Examples:
 Only adopt when no other copy of this data dir will ever run again; otherwise use
 `kith fork`. Stop the daemon first.")]
 pub struct AdoptArgs {
-    /// Read the keystore passphrase from this file instead of asking.
-    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: super::PassphraseArgs,
 }
 
 /// Refuses when a daemon answers on the data dir's control socket.
@@ -300,7 +295,7 @@ fn audit(action: AuditAction, detail: String) -> StoreWrite {
 
 pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
     require_no_daemon(ctx)?;
-    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
+    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
     let old_id = unlocked.key.node_id();
     let old_index = unlocked.secrets.index();
     let new_index = random_index(old_index);
@@ -359,7 +354,7 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
 
 pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
     require_no_daemon(ctx)?;
-    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
+    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
     if let Err(e @ InstanceError::IdentityMismatch { .. }) = &unlocked.custody {
         bail!("cannot adopt: {e}");
     }
@@ -392,7 +387,7 @@ pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
 }
 
 pub fn mnemonic(ctx: &Context, args: MnemonicArgs) -> anyhow::Result<u8> {
-    let unlocked = unlock_and_warn(ctx, args.passphrase_file.as_deref())?;
+    let unlocked = unlock_and_warn(ctx, args.passphrase.file())?;
     let phrase = unlocked.secrets.mnemonic().phrase();
     if ctx.json {
         #[derive(Serialize)]

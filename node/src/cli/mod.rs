@@ -102,6 +102,20 @@ Examples:
 Nothing is written to disk; every node gets a throwaway identity and an in-memory store.")]
 pub struct DemoArgs {}
 
+/// Where the keystore passphrase comes from, for every command that needs it.
+#[derive(Debug, clap::Args)]
+pub struct PassphraseArgs {
+    /// Read the keystore passphrase from this file instead of asking.
+    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl PassphraseArgs {
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.passphrase_file.as_deref()
+    }
+}
+
 /// Context every command gets.
 pub struct Context {
     pub data_dir: DataDir,

@@ -41,9 +41,8 @@ pub struct RelayArgs {
     #[arg(long, value_name = "ADDR")]
     advertise: Vec<SocketAddr>,
 
-    /// Read the keystore passphrase from this file instead of asking.
-    #[arg(long, env = "KITH_PASSPHRASE_FILE", value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: super::PassphraseArgs,
 
     /// Skip process hardening (no core dumps, not ptrace-able) to debug the relay.
     #[arg(long)]
@@ -110,7 +109,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         kith_keys::memory::protect_secrets();
         harden::harden_process()
     });
-    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase_file.as_deref())?;
+    let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
     if let Err(e) = &unlocked.custody {
         bail!("refusing to start: {e}");
     }
