@@ -2032,15 +2032,7 @@ impl<'s> Sim<'s> {
             if matches!(d, Decision::Revoke | Decision::Reject) {
                 self.counts.add(DECLINE_REACHES, 1);
                 let (other, so) = if actor == a { (b, sb) } else { (a, sa) };
-                let reached = matches!(
-                    so,
-                    Some(
-                        TrustState::RevokedByPeer
-                            | TrustState::RejectedByPeer
-                            | TrustState::Revoked
-                            | TrustState::Rejected
-                    )
-                );
+                let reached = invariants::shows_decline(so);
                 if !reached {
                     let verb = if d == Decision::Revoke {
                         "revocation"

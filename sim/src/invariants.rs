@@ -302,6 +302,21 @@ pub struct Ledger {
     last: HashMap<(u32, u32), (u32, Decision)>,
 }
 
+/// Whether the other side of a pair shows a decline (theirs reached it, or it
+/// declined as well): what the "decline reaches" invariant asks of the receiver.
+pub fn shows_decline(state: Option<kith_protocol::TrustState>) -> bool {
+    use kith_protocol::TrustState;
+    matches!(
+        state,
+        Some(
+            TrustState::RevokedByPeer
+                | TrustState::RejectedByPeer
+                | TrustState::Revoked
+                | TrustState::Rejected
+        )
+    )
+}
+
 pub fn pair(a: u32, b: u32) -> (u32, u32) {
     (a.min(b), a.max(b))
 }

@@ -783,15 +783,7 @@ impl Driver {
             if matches!(d, Decision::Revoke | Decision::Reject) {
                 self.counts.add(DECLINE_REACHES, 1);
                 let (other, so) = if actor == a { (b, rb) } else { (a, ra) };
-                let reached = matches!(
-                    so.map(|r| r.0),
-                    Some(
-                        TrustState::RevokedByPeer
-                            | TrustState::RejectedByPeer
-                            | TrustState::Revoked
-                            | TrustState::Rejected
-                    )
-                );
+                let reached = invariants::shows_decline(so.map(|r| r.0));
                 if !reached {
                     self.violate(
                         DECLINE_REACHES,
