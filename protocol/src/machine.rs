@@ -576,22 +576,27 @@ impl SourceNet {
     }
 }
 
-/// The incoming-pending records, indexed so that admitting a request costs the same
-/// with ten thousand peers as with ten: by age (for eviction) and by source network
-/// (for the per-source bound). Derived from `peers`; every record change goes through
-/// `put_peer`/`remove_peer`, which keep it current (checked after every input in
-/// debug builds).
+/// The records that bound the machine's work, indexed so that admitting a request or
+/// finding the next deadline costs the same with ten thousand peers as with ten: the
+/// incoming-pending records by age (for eviction and expiry) and by source network
+/// (for the per-source bound), and the trusted records that expire, by expiry.
+/// Derived from `peers`; every record change goes through `put_peer`/`remove_peer`,
+/// which keep it current (checked after every input in debug builds).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct PendingIndex {
+struct RecordIndex {
     by_age: BTreeSet<(u64, NodeId)>,
     by_source: BTreeMap<SourceNet, usize>,
-    /// What each record is indexed under, so the entry can be undone.
+    /// What each pending record is indexed under, so the entry can be undone.
     entries: BTreeMap<NodeId, (u64, Option<SourceNet>)>,
+    /// Trusted records with an expiry, by expiry.
+    expiries: BTreeSet<(u64, NodeId)>,
+    /// The expiry each of those is indexed under.
+    expires: BTreeMap<NodeId, u64>,
 }
 
-impl PendingIndex {
+impl RecordIndex {
     fn build(peers: &BTreeMap<NodeId, PeerRecord>) -> Self {
-        let mut index = PendingIndex::default();
+        let mut index = RecordIndex::default();
         for (id, rec) in peers {
             index.update(*id, Some(rec));
         }
@@ -600,6 +605,16 @@ impl PendingIndex {
 
     /// Re-indexes `id` as `rec` now is (`None`: removed).
     fn update(&mut self, id: NodeId, rec: Option<&PeerRecord>) {
+        if let Some(at) = self.expires.remove(&id) {
+            self.expiries.remove(&(at, id));
+        }
+        if let Some(at) = rec
+            .filter(|r| r.state == TrustState::Trusted)
+            .and_then(|r| r.expires_at_ms)
+        {
+            self.expires.insert(id, at);
+            self.expiries.insert((at, id));
+        }
         if let Some((since, net)) = self.entries.remove(&id) {
             self.by_age.remove(&(since, id));
             if let Some(net) = net {
@@ -631,6 +646,16 @@ impl PendingIndex {
 
     fn oldest(&self) -> Option<NodeId> {
         self.by_age.first().map(|(_, id)| *id)
+    }
+
+    /// When the oldest pending record expires or the first trusted one lapses.
+    fn next_deadline(&self, pending_ttl_ms: u64) -> Option<u64> {
+        let pending = self
+            .by_age
+            .first()
+            .map(|(since, _)| since.saturating_add(pending_ttl_ms));
+        let trust = self.expiries.first().map(|(at, _)| *at);
+        pending.into_iter().chain(trust).min()
     }
 }
 
@@ -687,7 +712,7 @@ pub struct TrustMachine {
     nonces: NonceCache,
     /// Derived from `peers`; not part of a snapshot.
     #[serde(skip_serializing)]
-    pending: PendingIndex,
+    index: RecordIndex,
 }
 
 /// A snapshot as serialized: everything but the derived index, rebuilt on load.
@@ -704,7 +729,7 @@ struct MachineSnapshot {
 impl From<MachineSnapshot> for TrustMachine {
     fn from(s: MachineSnapshot) -> Self {
         TrustMachine {
-            pending: PendingIndex::build(&s.peers),
+            index: RecordIndex::build(&s.peers),
             local: s.local,
             config: s.config,
             peers: s.peers,
@@ -724,7 +749,7 @@ impl TrustMachine {
             allow: BTreeMap::new(),
             deny: BTreeSet::new(),
             nonces: NonceCache::default(),
-            pending: PendingIndex::default(),
+            index: RecordIndex::default(),
         }
     }
 
@@ -744,7 +769,7 @@ impl TrustMachine {
             .filter(|r| r.id != local)
             .map(|r| (r.id, r))
             .collect();
-        m.pending = PendingIndex::build(&m.peers);
+        m.index = RecordIndex::build(&m.peers);
         m.allow = allow.into_iter().collect();
         m.deny = deny.into_iter().collect();
         m
@@ -782,7 +807,7 @@ impl TrustMachine {
 
     /// Number of incoming requests waiting for a decision.
     pub fn pending_incoming(&self) -> usize {
-        self.pending.len()
+        self.index.len()
     }
 
     /// Number of remembered (sender, nonce) pairs.
@@ -793,14 +818,9 @@ impl TrustMachine {
     /// When the next [`Input::Tick`] is due: the earliest pending expiry, trust
     /// expiry or nonce reaping. `None` when nothing is scheduled.
     pub fn next_deadline(&self) -> Option<u64> {
-        let records = self.peers.values().filter_map(|r| match r.state {
-            TrustState::IncomingPending => {
-                Some(r.since_ms.saturating_add(self.config.pending_ttl_ms))
-            }
-            TrustState::Trusted => r.expires_at_ms,
-            _ => None,
-        });
-        records
+        self.index
+            .next_deadline(self.config.pending_ttl_ms)
+            .into_iter()
             .chain(self.nonces.next_expiry(self.config.nonce_ttl_ms()))
             .min()
     }
@@ -842,8 +862,8 @@ impl TrustMachine {
             Input::Tick => self.on_tick(&mut cx),
         }
         debug_assert_eq!(
-            self.pending,
-            PendingIndex::build(&self.peers),
+            self.index,
+            RecordIndex::build(&self.peers),
             "a record changed without put_peer/remove_peer"
         );
         cx.out
@@ -1027,7 +1047,7 @@ impl TrustMachine {
                 }
                 // A new pending request: check both bounds before touching anything.
                 if let Some(net) = source.as_ref().map(SourceNet::of) {
-                    if self.pending.count_from(net) >= self.config.max_pending_per_source {
+                    if self.index.count_from(net) >= self.config.max_pending_per_source {
                         return Err(Refusal::PendingFull);
                     }
                 }
@@ -1093,7 +1113,7 @@ impl TrustMachine {
     }
 
     fn oldest_pending(&self) -> Option<NodeId> {
-        self.pending.oldest()
+        self.index.oldest()
     }
 
     fn on_accept<R: RngCore + CryptoRng + ?Sized>(
@@ -1595,7 +1615,7 @@ impl TrustMachine {
     /// Writes the record's current state (replacing an earlier write of it).
     fn put_peer<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
         cx.unwrite_peer(&id);
-        self.pending.update(id, self.peers.get(&id));
+        self.index.update(id, self.peers.get(&id));
         if let Some(rec) = self.peers.get(&id) {
             cx.out.writes.push(StoreWrite::Peer(rec.clone()));
         }
@@ -1603,7 +1623,7 @@ impl TrustMachine {
 
     fn remove_peer<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
         self.peers.remove(&id);
-        self.pending.update(id, None);
+        self.index.update(id, None);
         cx.unwrite_peer(&id);
         cx.out.writes.push(StoreWrite::RemovePeer(id));
     }

@@ -943,6 +943,10 @@ fn expired_trust_fails_closed_before_the_tick_and_a_new_handshake_restores_it() 
     let rec = b.m.peer(&a.id()).unwrap();
     assert_eq!(rec.state, TrustState::Expired);
     assert!(!rec.consent);
+    assert!(
+        b.m.next_deadline().is_none_or(|d| d > expiry),
+        "a lapsed trust is no longer a deadline"
+    );
     // Accept from a no longer restores anything.
     let stray = envelope(&a.key, b.id(), Kind::Accept, expiry + 1, 42);
     assert_eq!(b.recv(expiry + 1, stray).ack(), Some(&AckStatus::Expired));
