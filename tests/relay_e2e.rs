@@ -305,3 +305,33 @@ fn one_identity_connected_twice_is_reported_to_both_as_a_conflict() {
     }
     assert!(relay.status()["conflicts"].as_u64().unwrap() >= 1);
 }
+
+/// A private node advertises no direct address, so an `--advertise` beside
+/// `--private` would be silently dropped: it is a usage error instead, and no daemon
+/// starts.
+#[test]
+fn private_with_advertise_is_a_usage_error() {
+    let node = TestNode::init();
+    let mut child = node
+        .command(&["run", "--private", "--advertise", "192.0.2.1:7444"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("`kith run --private --advertise` started a daemon");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = common::stderr_of(&out);
+    assert!(
+        stderr.contains("--private") && stderr.contains("--advertise"),
+        "{stderr}"
+    );
+    assert!(!node.data_dir().join("control.sock").exists());
+}

@@ -36,7 +36,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
 
-    /// Address to put in tickets instead of the local interfaces' (repeatable).
+    /// Address to put in tickets instead of the local interfaces' (repeatable; not
+    /// with --private, whose ticket names only its relay).
     #[arg(long, value_name = "ADDR")]
     advertise: Vec<SocketAddr>,
 
@@ -68,7 +69,7 @@ pub struct RunArgs {
 
     /// Accept no inbound connection and advertise no direct address: peers reach
     /// this node only through its relay (use with --relay).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "advertise")]
     private: bool,
 }
 
