@@ -529,14 +529,23 @@ fn drive(
 
 /// A bare QUIC endpoint with a node certificate that accepts every connection and
 /// does nothing with it.
-fn bare_server(node_rt: &Runtime, key: &NodeKey) -> quinn::Endpoint {
+/// With `established`, it sends the instant each connection came up on its side.
+fn bare_server(
+    node_rt: &Runtime,
+    key: &NodeKey,
+    established: Option<tokio::sync::mpsc::UnboundedSender<Instant>>,
+) -> quinn::Endpoint {
     node_rt.block_on(async {
         let server = tls::make_endpoint(key, loopback()).expect("binding the bare server");
         let accepting = server.clone();
         tokio::spawn(async move {
             while let Some(incoming) = accepting.accept().await {
+                let established = established.clone();
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
+                        if let Some(tx) = established {
+                            let _ = tx.send(Instant::now());
+                        }
                         conn.closed().await;
                     }
                 });
@@ -814,23 +823,8 @@ fn forwarding_run(
 /// its request before it.
 fn raw_until_served(node_rt: &Runtime, clients: &Runtime, iterations: usize) -> Run {
     let server_key = NodeKey::generate();
-    let (server, mut established) = node_rt.block_on(async {
-        let server = tls::make_endpoint(&server_key, loopback()).expect("binding the bare server");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let accepting = server.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = accepting.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        let _ = tx.send(Instant::now());
-                        conn.closed().await;
-                    }
-                });
-            }
-        });
-        (server, rx)
-    });
+    let (tx, mut established) = tokio::sync::mpsc::unbounded_channel();
+    let server = bare_server(node_rt, &server_key, Some(tx));
     let addr = server.local_addr().expect("bare server address");
     let run = clients.block_on(async {
         let client = tls::make_endpoint(&NodeKey::generate(), loopback())
@@ -1035,7 +1029,7 @@ fn main() {
 
     // 1. Raw QUIC + mutual-TLS connect, one at a time, then sustained.
     let bare_key = NodeKey::generate();
-    let bare = bare_server(&node_rt, &bare_key);
+    let bare = bare_server(&node_rt, &bare_key, None);
     let bare_addr = bare.local_addr().expect("bare server address");
     let raw = Run {
         name: "raw QUIC connect (mutual TLS)".into(),
