@@ -128,6 +128,22 @@ async fn raw_connect(
     Ok(())
 }
 
+/// A request from `key` to `to`, signed, with a fresh nonce.
+fn signed_request(key: &NodeKey, to: NodeId, justification: &str) -> Envelope {
+    let mut nonce = [0u8; 16];
+    OsRng.fill_bytes(&mut nonce);
+    let body = Body {
+        kind: Kind::Request {
+            justification: justification.into(),
+        },
+        from: key.node_id(),
+        to,
+        nonce,
+        timestamp_ms: now_ms(),
+    };
+    Envelope::sign(body, key)
+}
+
 /// A full kith handshake from `key`: dial, signed request, `Pending` ack, close.
 /// Returns how long the dial took.
 async fn kith_handshake(
@@ -141,42 +157,14 @@ async fn kith_handshake(
         .await
         .map_err(|e| format!("dial: {}", error_chain(&e)))?;
     let dialled = started.elapsed();
-    let mut nonce = [0u8; 16];
-    OsRng.fill_bytes(&mut nonce);
-    let body = Body {
-        kind: Kind::Request {
-            justification: "handshake bench".into(),
-        },
-        from: key.node_id(),
-        to: server_id,
-        nonce,
-        timestamp_ms: now_ms(),
-    };
-    let frame = encode_frame(&Message::Envelope(Envelope::sign(body, key)))
-        .map_err(|e| format!("encode: {e}"))?;
-    let exchange = async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| format!("open: {}", error_chain(&e)))?;
-        send.write_all(&frame)
-            .await
-            .map_err(|e| format!("write: {}", error_chain(&e)))?;
-        send.finish().map_err(|e| format!("finish: {e}"))?;
-        let bytes = recv
-            .read_to_end(MAX_FRAME_LEN + PREFIX_LEN)
-            .await
-            .map_err(|e| format!("read: {}", error_chain(&e)))?;
-        match decode_frame::<Message>(&bytes) {
-            Ok(Some((Message::Ack(Ack { status }), _))) => Ok(status),
-            other => Err(format!("not an ack: {other:?}")),
-        }
-    };
-    let status = exchange.await;
+    let message = Message::Envelope(signed_request(key, server_id, "handshake bench"));
+    let answer = exchange(&conn, &encode_frame(&message).map_err(|e| e.to_string())?).await;
     conn.close(0u32.into(), b"bench");
-    match status? {
-        AckStatus::Pending => Ok(dialled),
-        other => Err(format!("ack {other}, expected pending")),
+    match answer? {
+        Message::Ack(Ack {
+            status: AckStatus::Pending,
+        }) => Ok(dialled),
+        other => Err(format!("answered {other:?}, expected a pending ack")),
     }
 }
 
@@ -195,19 +183,8 @@ async fn relayed_handshake(
         .await
         .map_err(|e| format!("dial: {}", error_chain(&e)))?;
     let dialled = started.elapsed();
-    let mut nonce = [0u8; 16];
-    OsRng.fill_bytes(&mut nonce);
-    let body = Body {
-        kind: Kind::Request {
-            justification: "relayed handshake bench".into(),
-        },
-        from: key.node_id(),
-        to: dest,
-        nonce,
-        timestamp_ms: now_ms(),
-    };
     let message = Message::Forward {
-        envelope: Envelope::sign(body, key),
+        envelope: signed_request(key, dest, "relayed handshake bench"),
         reach: Reach::default(),
     };
     let answer = exchange(&conn, &encode_frame(&message).map_err(|e| e.to_string())?).await;
@@ -736,20 +713,8 @@ fn forwarding_run(
                 .await
                 .expect("a sender connects to the relay");
             let to = sink_conns[i % sinks].2;
-            let envelope = Envelope::sign(
-                Body {
-                    kind: Kind::Request {
-                        justification: "forwarding bench".into(),
-                    },
-                    from: key.node_id(),
-                    to,
-                    nonce: [i as u8; 16],
-                    timestamp_ms: now_ms(),
-                },
-                &key,
-            );
             let frame = encode_frame(&Message::Forward {
-                envelope,
+                envelope: signed_request(&key, to, "forwarding bench"),
                 reach: Reach::default(),
             })
             .unwrap();
