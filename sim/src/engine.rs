@@ -516,6 +516,25 @@ impl<'s> Sim<'s> {
         loss > 0.0 && self.rng.r#gen::<f64>() < loss
     }
 
+    /// Draws whether this message is lost; if it is, the sender learns only when
+    /// its attempt times out.
+    fn dropped(&mut self, id: u64, attempt: u32, why: &'static str) -> bool {
+        if !self.lost() {
+            return false;
+        }
+        self.msg.lost += 1;
+        let at = self.now + self.sc.delivery.attempt_timeout.ms();
+        self.at(
+            at,
+            Ev::Fail {
+                del: id,
+                attempt,
+                why,
+            },
+        );
+        true
+    }
+
     fn t(&self) -> u64 {
         self.now - self.start
     }
@@ -1096,30 +1115,12 @@ impl<'s> Sim<'s> {
         if dial {
             self.msg.dials += 1;
             delay += self.latency() + self.latency();
-            if self.lost() {
-                self.msg.lost += 1;
-                self.at(
-                    self.now + timeout,
-                    Ev::Fail {
-                        del: id,
-                        attempt,
-                        why: "dial lost",
-                    },
-                );
+            if self.dropped(id, attempt, "dial lost") {
                 return;
             }
         }
         delay += self.latency();
-        if self.lost() {
-            self.msg.lost += 1;
-            self.at(
-                self.now + timeout,
-                Ev::Fail {
-                    del: id,
-                    attempt,
-                    why: "lost",
-                },
-            );
+        if self.dropped(id, attempt, "lost") {
             return;
         }
         self.at(self.now + delay, Ev::Arrive { del: id, attempt });
@@ -1467,7 +1468,6 @@ impl<'s> Sim<'s> {
     }
 
     fn send_via_relay(&mut self, id: u64, from: u32, r: u32, attempt: u32) {
-        let timeout = self.sc.delivery.attempt_timeout.ms();
         if let Some(d) = self.deliveries.get_mut(&id) {
             d.relay = Some(r);
         }
@@ -1478,16 +1478,7 @@ impl<'s> Sim<'s> {
             delay += self.latency() + self.latency();
         }
         delay += self.latency();
-        if self.lost() {
-            self.msg.lost += 1;
-            self.at(
-                self.now + timeout,
-                Ev::Fail {
-                    del: id,
-                    attempt,
-                    why: "lost",
-                },
-            );
+        if self.dropped(id, attempt, "lost") {
             return;
         }
         self.at(self.now + delay, Ev::RelayArrive { del: id, attempt });
