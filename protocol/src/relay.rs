@@ -769,6 +769,10 @@ mod tests {
         )
     }
 
+    fn forward(r: &mut Relay, now: u64, conn: ConnId, envelope: Envelope) -> Vec<RelayOutput> {
+        r.handle(now, RelayInput::Forward { conn, envelope })
+    }
+
     fn answer(out: &[RelayOutput]) -> ForwardResult {
         let answers: Vec<_> = out
             .iter()
@@ -794,13 +798,7 @@ mod tests {
         );
         connect(&mut r, 0, 2, &b, 2000);
         let e = env(&a, &b, 1);
-        let out = r.handle(
-            5,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: e.clone(),
-            },
-        );
+        let out = forward(&mut r, 5, 1, e.clone());
         assert_eq!(
             out,
             vec![
@@ -824,46 +822,22 @@ mod tests {
         let (a, b, c) = (key(1), key(2), key(3));
         let mut r = Relay::new(RelayConfig::default());
         connect(&mut r, 0, 1, &a, 1000);
-        let out = r.handle(
-            0,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: env(&a, &b, 1),
-            },
-        );
+        let out = forward(&mut r, 0, 1, env(&a, &b, 1));
         assert_eq!(answer(&out), ForwardResult::UnknownDestination);
         // Signed by c, sent on a's connection: the relay will not carry it.
-        let out = r.handle(
-            0,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: env(&c, &b, 1),
-            },
-        );
+        let out = forward(&mut r, 0, 1, env(&c, &b, 1));
         assert_eq!(
             answer(&out),
             ForwardResult::Refused(RelayRefusal::SenderMismatch)
         );
-        let out = r.handle(
-            0,
-            RelayInput::Forward {
-                conn: 9,
-                envelope: env(&a, &b, 2),
-            },
-        );
+        let out = forward(&mut r, 0, 9, env(&a, &b, 2));
         assert_eq!(
             answer(&out),
             ForwardResult::Refused(RelayRefusal::UnknownConnection)
         );
         let mut bad = env(&a, &b, 3);
         bad.version = 99;
-        let out = r.handle(
-            0,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: bad,
-            },
-        );
+        let out = forward(&mut r, 0, 1, bad);
         assert_eq!(
             answer(&out),
             ForwardResult::Refused(RelayRefusal::Malformed)
@@ -879,13 +853,7 @@ mod tests {
         r.handle(10, RelayInput::Disconnected { conn: 2 });
         let (e1, e2) = (env(&a, &b, 1), env(&a, &b, 2));
         for (i, e) in [&e1, &e2, &e1].into_iter().enumerate() {
-            let out = r.handle(
-                20 + i as u64,
-                RelayInput::Forward {
-                    conn: 1,
-                    envelope: e.clone(),
-                },
-            );
+            let out = forward(&mut r, 20 + i as u64, 1, e.clone());
             assert_eq!(answer(&out), ForwardResult::Queued);
         }
         assert_eq!(r.queued(), 2, "a retried envelope is queued once");
@@ -924,20 +892,8 @@ mod tests {
         connect(&mut r, 0, 1, &a, 1000);
         connect(&mut r, 0, 2, &b, 2000);
         r.handle(0, RelayInput::Disconnected { conn: 2 });
-        r.handle(
-            0,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: env(&a, &b, 1),
-            },
-        );
-        r.handle(
-            500,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: env(&a, &b, 2),
-            },
-        );
+        forward(&mut r, 0, 1, env(&a, &b, 1));
+        forward(&mut r, 500, 1, env(&a, &b, 2));
         assert_eq!(r.next_deadline(), Some(1000));
         assert_eq!(r.handle(999, RelayInput::Tick), vec![]);
         assert_eq!(
@@ -972,15 +928,7 @@ mod tests {
         connect(&mut r, 0, 3, &c, 3000);
         r.handle(0, RelayInput::Disconnected { conn: 2 });
         r.handle(0, RelayInput::Disconnected { conn: 3 });
-        let fwd = |r: &mut Relay, to: &NodeKey, n: u8| {
-            answer(&r.handle(
-                1,
-                RelayInput::Forward {
-                    conn: 1,
-                    envelope: env(&a, to, n),
-                },
-            ))
-        };
+        let fwd = |r: &mut Relay, to: &NodeKey, n: u8| answer(&forward(r, 1, 1, env(&a, to, n)));
         assert_eq!(fwd(&mut r, &b, 1), ForwardResult::Queued);
         assert_eq!(fwd(&mut r, &b, 2), ForwardResult::Queued);
         assert_eq!(
@@ -1007,13 +955,7 @@ mod tests {
         connect(&mut r, 0, 1, &a, 1000);
         connect(&mut r, 0, 2, &b, 2000);
         r.handle(0, RelayInput::Disconnected { conn: 2 });
-        let out = r.handle(
-            100,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: env(&a, &b, 1),
-            },
-        );
+        let out = forward(&mut r, 100, 1, env(&a, &b, 1));
         assert_eq!(answer(&out), ForwardResult::UnknownDestination);
     }
 
@@ -1032,13 +974,7 @@ mod tests {
         let mut n = 0u8;
         let mut fwd = |r: &mut Relay, now: u64, conn: ConnId, from: &NodeKey| {
             n += 1;
-            answer(&r.handle(
-                now,
-                RelayInput::Forward {
-                    conn,
-                    envelope: env(from, &b, n),
-                },
-            ))
+            answer(&forward(r, now, conn, env(from, &b, n)))
         };
         for _ in 0..3 {
             assert_eq!(fwd(&mut r, 0, 1, &a), ForwardResult::Delivered);
@@ -1087,21 +1023,9 @@ mod tests {
             }]
         );
         // b may still forward to a member, but nothing is routed to b.
-        let out = r.handle(
-            0,
-            RelayInput::Forward {
-                conn: 2,
-                envelope: env(&b, &a, 1),
-            },
-        );
+        let out = forward(&mut r, 0, 2, env(&b, &a, 1));
         assert_eq!(answer(&out), ForwardResult::Delivered);
-        let out = r.handle(
-            0,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: env(&a, &b, 1),
-            },
-        );
+        let out = forward(&mut r, 0, 1, env(&a, &b, 1));
         assert_eq!(answer(&out), ForwardResult::UnknownDestination);
         assert_eq!(
             connect(&mut r, 0, 3, &c, 3000),
@@ -1166,13 +1090,7 @@ mod tests {
         assert_eq!(r.stats().conflicts, 1);
         // Both stay connected; envelopes go to the newest.
         connect(&mut r, 20, 3, &b, 3000);
-        let out = r.handle(
-            30,
-            RelayInput::Forward {
-                conn: 3,
-                envelope: env(&b, &a, 1),
-            },
-        );
+        let out = forward(&mut r, 30, 3, env(&b, &a, 1));
         assert!(matches!(out[0], RelayOutput::Push { conn: 2, .. }));
         // The newest leaves: the older one is the route again.
         r.handle(40, RelayInput::Disconnected { conn: 2 });
@@ -1244,13 +1162,7 @@ mod tests {
         connect(&mut r, 0, 1, &a, 1000);
         connect(&mut r, 0, 2, &b, 2000);
         r.handle(0, RelayInput::Disconnected { conn: 2 });
-        r.handle(
-            1,
-            RelayInput::Forward {
-                conn: 1,
-                envelope: env(&a, &b, 1),
-            },
-        );
+        forward(&mut r, 1, 1, env(&a, &b, 1));
         let bytes = postcard::to_allocvec(&r).unwrap();
         assert_eq!(postcard::from_bytes::<Relay>(&bytes).unwrap(), r);
     }
