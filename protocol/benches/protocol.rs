@@ -39,6 +39,15 @@ fn request(from: &NodeKey, to: NodeId, nonce: u8) -> Envelope {
     )
 }
 
+/// `env` as it arrives on a direct connection from its sender.
+fn direct(env: &Envelope) -> Input {
+    Input::Envelope {
+        envelope: env.clone(),
+        transport_peer: Some(env.body.from),
+        source: None,
+    }
+}
+
 fn wire(c: &mut Criterion) {
     let (a, b) = (key(1), key(2));
     let env = request(&a, b.node_id(), 1);
@@ -83,16 +92,7 @@ fn machine(c: &mut Criterion) {
     // A machine with every peer's request waiting, for the approve benchmark.
     let mut pending = TrustMachine::new(id, config.clone());
     for env in &requests {
-        pending.handle(
-            T0,
-            Input::Envelope {
-                envelope: env.clone(),
-                transport_peer: Some(env.body.from),
-                source: None,
-            },
-            &local,
-            &mut rng,
-        );
+        pending.handle(T0, direct(env), &local, &mut rng);
     }
     assert_eq!(pending.pending_incoming(), PEERS);
 
@@ -103,16 +103,7 @@ fn machine(c: &mut Criterion) {
             || TrustMachine::new(id, config.clone()),
             |mut m| {
                 for env in &requests {
-                    let out = m.handle(
-                        T0,
-                        Input::Envelope {
-                            envelope: env.clone(),
-                            transport_peer: Some(env.body.from),
-                            source: None,
-                        },
-                        &local,
-                        &mut rng,
-                    );
+                    let out = m.handle(T0, direct(env), &local, &mut rng);
                     black_box(out);
                 }
                 m

@@ -58,13 +58,18 @@ impl TestNode {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(kith_bin());
+        self.add_kith_args(&mut cmd, args);
+        cmd
+    }
+
+    /// This node's data dir, `args`, and an environment that cannot point elsewhere.
+    fn add_kith_args(&self, cmd: &mut Command, args: &[&str]) {
         cmd.arg("--data-dir")
             .arg(self.dir.path())
             .args(args)
             .env_remove("KITH_PASSPHRASE_FILE")
             .env_remove("KITH_DATA_DIR")
             .stdin(Stdio::null());
-        cmd
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -173,12 +178,8 @@ impl TestNode {
         let mut command = match &self.netns {
             Some(ns) => {
                 let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, kith_bin(), "--data-dir"])
-                    .arg(self.dir.path())
-                    .args(args)
-                    .env_remove("KITH_PASSPHRASE_FILE")
-                    .env_remove("KITH_DATA_DIR")
-                    .stdin(Stdio::null());
+                cmd.args(["netns", "exec", ns, kith_bin()]);
+                self.add_kith_args(&mut cmd, args);
                 cmd
             }
             None => self.command(args),
