@@ -833,14 +833,12 @@ fn raw_until_served(node_rt: &Runtime, clients: &Runtime, iterations: usize) -> 
         run.elapsed = started.elapsed();
         run.counters = Counters::now().since(&before);
         client.close(0u32.into(), b"done");
+        run.samples.sort();
+        run.dials.sort();
         run
     });
     server.close(0u32.into(), b"done");
-    Run {
-        samples: sorted(run.samples),
-        dials: sorted(run.dials),
-        ..run
-    }
+    run
 }
 
 /// One small write and `fdatasync` to a preallocated file, 1 ms after the last (as
@@ -896,11 +894,6 @@ fn verify_cost() -> Duration {
             .expect("a fresh signature verifies");
     }
     started.elapsed() / ROUNDS
-}
-
-fn sorted(mut samples: Vec<Duration>) -> Vec<Duration> {
-    samples.sort();
-    samples
 }
 
 fn store_commits(path: &Path, iterations: usize) -> Run {
