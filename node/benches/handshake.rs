@@ -780,8 +780,6 @@ fn forwarding_run(
     })
 }
 
-/// Durable commits of one new pending record each, one at a time, on a store file
-/// of its own: what the node's core pays per batch.
 /// Raw connects one at a time, each timed until the *server* has the connection too:
 /// the server's half of mutual TLS (checking the client's certificate and handshake
 /// signature) ends after the client's, and a kith handshake cannot start serving
@@ -841,6 +839,38 @@ fn raw_until_served(node_rt: &Runtime, clients: &Runtime, iterations: usize) -> 
     run
 }
 
+/// `iterations` timed calls of `once`, one at a time, after `WARMUP` untimed ones;
+/// `once` gets the call's index and returns how long its timed part took.
+fn one_at_a_time(
+    name: &str,
+    iterations: usize,
+    mut once: impl FnMut(usize) -> Result<Duration, String>,
+) -> Run {
+    for i in 0..WARMUP {
+        let _ = once(i);
+    }
+    let mut run = Run {
+        name: name.into(),
+        concurrency: 1,
+        ..Run::default()
+    };
+    let before = Counters::now();
+    let started = Instant::now();
+    for i in WARMUP..WARMUP + iterations {
+        match once(i) {
+            Ok(t) => run.samples.push(t),
+            Err(e) => {
+                run.failures += 1;
+                run.first_failure.get_or_insert(e);
+            }
+        }
+    }
+    run.elapsed = started.elapsed();
+    run.counters = Counters::now().since(&before);
+    run.samples.sort();
+    run
+}
+
 /// One small write and `fdatasync` to a preallocated file, 1 ms after the last (as
 /// one-at-a-time handshakes leave the disk idle between commits): the least any
 /// durable commit costs on this disk, whatever the store.
@@ -852,33 +882,15 @@ fn fsync_floor(path: &Path, iterations: usize) -> Run {
     file.write_all_at(&vec![0; FILE_LEN as usize], 0)
         .and_then(|()| file.sync_all())
         .expect("preallocating the fsync file");
-    let mut run = Run {
-        name: "  fdatasync, one 512 B write".into(),
-        concurrency: 1,
-        ..Run::default()
-    };
-    let before = Counters::now();
-    let started = Instant::now();
-    for i in 0..WARMUP + iterations {
+    one_at_a_time("  fdatasync, one 512 B write", iterations, |i| {
         std::thread::sleep(Duration::from_millis(1));
         let offset = (i * RECORD) as u64 % FILE_LEN;
         let t = Instant::now();
-        match file
-            .write_all_at(&[i as u8; RECORD], offset)
+        file.write_all_at(&[i as u8; RECORD], offset)
             .and_then(|()| file.sync_data())
-        {
-            Ok(()) if i >= WARMUP => run.samples.push(t.elapsed()),
-            Ok(()) => {}
-            Err(e) => {
-                run.failures += 1;
-                run.first_failure.get_or_insert(e.to_string());
-            }
-        }
-    }
-    run.elapsed = started.elapsed();
-    run.counters = Counters::now().since(&before);
-    run.samples.sort();
-    run
+            .map(|()| t.elapsed())
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Mean time to check one Ed25519 signature (as the node checks a request's).
@@ -896,9 +908,11 @@ fn verify_cost() -> Duration {
     started.elapsed() / ROUNDS
 }
 
+/// Durable commits of one new pending record each, one at a time, on a store file
+/// of its own: what the node's core pays per batch.
 fn store_commits(path: &Path, iterations: usize) -> Run {
     let store = Store::open(path).expect("opening the store");
-    let commit = |store: &Store| {
+    one_at_a_time("  redb commit, 1 record", iterations, |_| {
         let record = PeerRecord::new(
             NodeKey::generate().node_id(),
             TrustState::IncomingPending,
@@ -909,29 +923,7 @@ fn store_commits(path: &Path, iterations: usize) -> Run {
             .apply(&[StoreWrite::Peer(record)])
             .map(|()| started.elapsed())
             .map_err(|e| error_chain(&e))
-    };
-    for _ in 0..WARMUP {
-        let _ = commit(&store);
-    }
-    let mut run = Run {
-        concurrency: 1,
-        ..Run::default()
-    };
-    let before = Counters::now();
-    let started = Instant::now();
-    for _ in 0..iterations {
-        match commit(&store) {
-            Ok(t) => run.samples.push(t),
-            Err(e) => {
-                run.failures += 1;
-                run.first_failure.get_or_insert(e);
-            }
-        }
-    }
-    run.elapsed = started.elapsed();
-    run.counters = Counters::now().since(&before);
-    run.samples.sort();
-    run
+    })
 }
 
 fn ms(d: Duration) -> String {
@@ -1028,10 +1020,7 @@ fn main() {
             LATENCY_ITERATIONS,
         )
     };
-    let commits = Run {
-        name: "  redb commit, 1 record".into(),
-        ..store_commits(&dir.path().join("commits.redb"), LATENCY_ITERATIONS)
-    };
+    let commits = store_commits(&dir.path().join("commits.redb"), LATENCY_ITERATIONS);
     let fsync = fsync_floor(&dir.path().join("fsync.bin"), LATENCY_ITERATIONS);
     let verify = verify_cost();
 
