@@ -1233,19 +1233,24 @@ impl<'s> Sim<'s> {
         status
     }
 
+    /// The ends of delivery `id` when its answer (for this attempt) can still reach
+    /// the sender: it is up and has not restarted since sending. A delivery whose
+    /// sender is gone is dropped.
+    fn answer_ends(&mut self, id: u64, attempt: u32) -> Option<(u32, u32)> {
+        let d = self.deliveries.get(&id).filter(|d| d.attempt == attempt)?;
+        let (from, to) = (d.from, d.to);
+        let sender = &self.nodes[from as usize];
+        if sender.incarnation != d.incarnation || !sender.up() {
+            self.deliveries.remove(&id);
+            return None;
+        }
+        Some((from, to))
+    }
+
     fn on_ack_back(&mut self, id: u64, attempt: u32) {
-        let Some(d) = self.deliveries.get(&id) else {
+        let Some((from, to)) = self.answer_ends(id, attempt) else {
             return;
         };
-        if d.attempt != attempt {
-            return;
-        }
-        let (from, to) = (d.from, d.to);
-        if self.nodes[from as usize].incarnation != d.incarnation || !self.nodes[from as usize].up()
-        {
-            self.deliveries.remove(&id);
-            return;
-        }
         if self.partitioned(from as usize, to as usize) {
             self.fail_by_timeout(id, attempt, "partitioned");
             return;
@@ -1539,18 +1544,10 @@ impl<'s> Sim<'s> {
     }
 
     fn on_relay_answer(&mut self, id: u64, attempt: u32) {
-        let Some(d) = self.deliveries.get(&id) else {
+        let Some((from, to)) = self.answer_ends(id, attempt) else {
             return;
         };
-        if d.attempt != attempt {
-            return;
-        }
-        let (from, to) = (d.from, d.to);
-        if self.nodes[from as usize].incarnation != d.incarnation || !self.nodes[from as usize].up()
-        {
-            self.deliveries.remove(&id);
-            return;
-        }
+        let d = &self.deliveries[&id];
         let result = d
             .answer
             .clone()
