@@ -1070,8 +1070,8 @@ fn main() {
 
     let raw_served = raw_until_served(&node_rt, &clients, LATENCY_ITERATIONS);
 
-    // 2. kith handshakes one at a time, with a store file and in memory, and the
-    // store commit on its own.
+    // 2. kith handshakes one at a time, with a store file and in memory; the store
+    // commit and one fdatasync on their own; the measured floor, synced and not.
     let direct = Run {
         name: "kith direct handshake".into(),
         ..kith_run(
