@@ -555,13 +555,7 @@ fn bare_server(
 /// and answers `Pending`. No trust machine, no database, no hand-off between threads.
 fn least_server(node_rt: &Runtime, key: &NodeKey, path: &Path, sync: bool) -> quinn::Endpoint {
     use std::os::unix::fs::FileExt;
-    const FILE_LEN: usize = 1 << 20;
-    const SLOT: usize = 512;
-    let file = std::fs::File::create(path).expect("creating the floor server's file");
-    file.write_all_at(&vec![0; FILE_LEN], 0)
-        .and_then(|()| file.sync_all())
-        .expect("preallocating the floor server's file");
-    let file = Arc::new(file);
+    let file = Arc::new(preallocated(path));
     let written = Arc::new(AtomicUsize::new(0));
     let ack = encode_frame(&Message::Ack(Ack {
         status: AckStatus::Pending,
@@ -578,12 +572,12 @@ fn least_server(node_rt: &Runtime, key: &NodeKey, path: &Path, sync: bool) -> qu
                 else {
                     return;
                 };
-                if envelope.verify().is_err() || frame.len() > SLOT {
+                if envelope.verify().is_err() || frame.len() > SYNC_SLOT {
                     return;
                 }
-                let offset = written.fetch_add(1, Ordering::Relaxed) * SLOT % FILE_LEN;
+                let offset = slot_offset(written.fetch_add(1, Ordering::Relaxed));
                 let stored = file
-                    .write_all_at(&frame, offset as u64)
+                    .write_all_at(&frame, offset)
                     .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
                 if stored.is_err() {
                     return;
@@ -960,22 +954,36 @@ fn one_at_a_time(
     run
 }
 
+/// The files the fsync rows write into: this long, zero-filled and synced before
+/// timing, so a write never grows the file and `fdatasync` flushes data alone.
+const SYNC_FILE_LEN: usize = 1 << 20;
+/// One write's slot in such a file.
+const SYNC_SLOT: usize = 512;
+
+fn preallocated(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path).expect("creating a file to sync");
+    file.write_all_at(&vec![0; SYNC_FILE_LEN], 0)
+        .and_then(|()| file.sync_all())
+        .expect("preallocating a file to sync");
+    file
+}
+
+/// Where the `n`th write goes, round the file.
+fn slot_offset(n: usize) -> u64 {
+    (n * SYNC_SLOT % SYNC_FILE_LEN) as u64
+}
+
 /// One small write and `fdatasync` to a preallocated file, 1 ms after the last (as
 /// one-at-a-time handshakes leave the disk idle between commits): the least any
 /// durable commit costs on this disk, whatever the store.
 fn fsync_floor(path: &Path, iterations: usize) -> Run {
     use std::os::unix::fs::FileExt;
-    const FILE_LEN: u64 = 1 << 20;
-    const RECORD: usize = 512;
-    let file = std::fs::File::create(path).expect("creating the fsync file");
-    file.write_all_at(&vec![0; FILE_LEN as usize], 0)
-        .and_then(|()| file.sync_all())
-        .expect("preallocating the fsync file");
+    let file = preallocated(path);
     one_at_a_time("  fdatasync, one 512 B write", iterations, |i| {
         std::thread::sleep(Duration::from_millis(1));
-        let offset = (i * RECORD) as u64 % FILE_LEN;
         let t = Instant::now();
-        file.write_all_at(&[i as u8; RECORD], offset)
+        file.write_all_at(&[i as u8; SYNC_SLOT], slot_offset(i))
             .and_then(|()| file.sync_data())
             .map(|()| t.elapsed())
             .map_err(|e| e.to_string())
