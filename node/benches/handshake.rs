@@ -26,7 +26,7 @@
 //! The node runs on its own Tokio runtime (built as `kith run` builds it) and the
 //! clients on another, so the CPU time of each side can be told apart: on Linux the
 //! bench reads every thread's run time from /proc and prints CPU per handshake for
-//! the clients, the node's async side and the node's core thread (machine + store),
+//! the clients and the node (its workers also run the trust machine and commit the store),
 //! how busy the whole machine was (other processes included), and how many UDP
 //! datagrams the kernel dropped for lack of socket buffer. Both sides share the
 //! machine's cores; a node serving remote clients would have them all.
@@ -98,7 +98,6 @@ const FORWARD_ENVELOPES: usize = 200_000;
 
 /// Thread names, for telling the CPU time of each side apart.
 const NODE_THREADS: &str = "kith-node-rt";
-const CORE_THREAD: &str = "kith-core";
 const CLIENT_THREADS: &str = "bench-client";
 const RELAY_THREADS: &str = "bench-relay";
 
@@ -329,9 +328,7 @@ fn thread_times() -> BTreeMap<&'static str, Duration> {
         };
         let comm = comm.trim();
         let kind = if comm.starts_with(NODE_THREADS) {
-            "node async"
-        } else if comm.starts_with(CORE_THREAD) {
-            "node core"
+            "node"
         } else if comm.starts_with(CLIENT_THREADS) {
             "clients"
         } else if comm.starts_with(RELAY_THREADS) {
@@ -1033,8 +1030,8 @@ fn table(header: Vec<&str>) -> Table {
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The node's runtime is built as `kith run` builds it (one worker per core); the
-    // clients get their own runtime with as many workers, and the node's core thread
-    // comes on top. All of them share the same cores.
+    // clients get their own runtime with as many workers. All of them share the same
+    // cores.
     let node_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(NODE_THREADS)
@@ -1267,8 +1264,7 @@ fn main() {
     let mut cpu = table(vec![
         "CPU per handshake",
         "clients",
-        "node async",
-        "node core",
+        "node",
         "relay",
         "total (bench)",
         "bench busy",
@@ -1286,8 +1282,7 @@ fn main() {
         cpu.add_row(vec![
             Cell::new(&run.name),
             right(us(run.cpu_per(c.get("clients")))),
-            right(us(run.cpu_per(c.get("node async")))),
-            right(us(run.cpu_per(c.get("node core")))),
+            right(us(run.cpu_per(c.get("node")))),
             right(us(run.cpu_per(c.get("relay")))),
             right(us(run.cpu_per(c.own()))),
             right(share(c.own(), run)),
@@ -1301,7 +1296,8 @@ fn main() {
     println!("{cpu}");
     println!(
         "notes: loopback, release build, {cores} cores shared by the clients and the node \
-         (node: Tokio runtime as `kith run` builds it, plus its core thread; clients: a \
+         (node: Tokio runtime as `kith run` builds it, its workers also committing the \
+         store; clients: a \
          second runtime with {cores} workers). Store: a redb file under {} (one durable \
          commit per batch of inputs, before any ack). Node Config: defaults except \
          max_pending_total = {} and max_pending_per_source = {} (the defaults, 1024 and 16 \
@@ -1332,7 +1328,7 @@ fn main() {
         "      floor: {} = {:.2}× raw connect p50 — measured: a server that only checks \
          the request's signature, writes it with one fdatasync and acks ({} without the \
          fdatasync); kith spends {} beyond it on the trust machine, the redb commit (its \
-         CPU and the pages it syncs beyond one) and hand-offs between threads",
+         CPU and the pages it syncs beyond one) and waking the tasks of a batch",
         ms(floor.p(50.0)),
         floor.p(50.0).as_secs_f64() / raw.p(50.0).as_secs_f64(),
         ms(floor_unsynced.p(50.0)),
@@ -1351,7 +1347,7 @@ fn main() {
             (true, false) => "best",
             _ => "default",
         };
-        let node_cpu = run.cpu_per(run.counters.get("node async") + run.counters.get("node core"));
+        let node_cpu = run.cpu_per(run.counters.get("node"));
         println!(
             "{}: {:.0} durable handshakes/s at C = {} ({label}) (target ≥ {TARGET_RATE:.0}/s; {}; \
              raw connects alone: {:.0}/s; the node's own CPU, {} per handshake, would allow \

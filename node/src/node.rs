@@ -1,11 +1,11 @@
 //! The node: a QUIC endpoint, the trust state machine and its store, wired together.
 //!
-//! One core thread owns the [`TrustMachine`] and the [`Store`]. Everything that can
+//! The [`core`] owns the [`TrustMachine`] and the [`Store`]. Everything that can
 //! change trust — an envelope off the network, an operator command, a timer — is
-//! sent to it as an [`Input`]; it handles a batch of inputs, commits all their store
-//! writes in one durable transaction, and only then releases their replies, events
-//! and outgoing envelopes. So nothing is acknowledged before it is on disk, and a
-//! burst of handshakes costs one fsync. The async side only moves bytes: it must
+//! submitted to it as an [`Input`]; it handles a batch of inputs, commits all their
+//! store writes in one durable transaction, and only then releases their replies,
+//! events and outgoing envelopes. So nothing is acknowledged before it is on disk,
+//! and a burst of handshakes costs one fsync. The rest only moves bytes: it must
 //! never decide trust itself, and never send a reply the core has not released.
 //!
 //! Reaching peers: an envelope goes over an open connection to its peer, else to a
@@ -17,6 +17,7 @@
 //! Reply hints ([`Reach`]) learned from envelopes are stored by the core in the same
 //! transaction as the envelope's effects, and only if it was applied.
 
+mod core;
 mod link;
 
 use std::collections::HashMap;
@@ -31,17 +32,16 @@ pub use link::{
 
 use kith_keys::{NodeId, NodeKey};
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
-use kith_protocol::machine::{
-    Command, Config, Event, Input, Output, PeerRecord, Reply, TrustMachine,
-};
+use kith_protocol::machine::{Command, Config, Event, Input, PeerRecord, Reply, TrustMachine};
 use kith_protocol::relay::ForwardResult;
 use kith_protocol::validate::Refusal;
 use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayRef};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::reach::{PathKind, PeerReach, Targets, targets};
-use crate::store::{NodeWrites, Store, StoreError};
+use self::core::Core;
+use crate::reach::{PathKind, PeerReach, Targets};
+use crate::store::{Store, StoreError};
 use crate::ticket::Ticket;
 use crate::tls::{self, TlsError};
 
@@ -49,8 +49,6 @@ use crate::tls::{self, TlsError};
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial may take before it counts as failed.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Inputs handled per store commit; bounds the latency one batch adds.
-const MAX_BATCH: usize = 512;
 /// Events buffered for slow subscribers before they start missing some.
 const EVENT_BUFFER: usize = 1024;
 /// First resend of an unacknowledged message; doubled after each failure.
@@ -206,10 +204,20 @@ impl NodeBuilder {
                 .collect(),
         ));
 
-        let (core_tx, core_rx) = std::sync::mpsc::channel();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (relay_events, first_relay_subscriber) = broadcast::channel(EVENT_BUFFER);
         let key = Arc::new(self.key);
+        let core = Core::new(
+            machine,
+            store,
+            CoreLinks {
+                key: key.clone(),
+                events: events.clone(),
+                reach: reach.clone(),
+                unacked: unacked.clone(),
+                home: self.relay.clone(),
+            },
+        );
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node_id,
@@ -219,7 +227,7 @@ impl NodeBuilder {
             advertise,
             private: self.private,
             home: self.relay.clone(),
-            core: core_tx,
+            core,
             events: events.clone(),
             conns: Mutex::new(HashMap::new()),
             outbox,
@@ -231,20 +239,10 @@ impl NodeBuilder {
             relay_events,
             first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
         });
-        let home = self.relay.clone();
-        let core = std::thread::Builder::new()
-            .name("kith-core".into())
-            .spawn(move || {
-                let links = CoreLinks {
-                    key,
-                    events,
-                    reach,
-                    unacked,
-                    home,
-                };
-                run_core(machine, store, core_rx, links)
-            })
-            .expect("spawning the core thread");
+        let ticker = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.core.run_ticker().await }
+        });
         let accept = tokio::spawn(accept_loop(shared.clone()));
         let outbox = tokio::spawn(run_outbox(shared.clone(), outbox_rx));
         let resender = tokio::spawn(run_resender(shared.clone()));
@@ -254,7 +252,7 @@ impl NodeBuilder {
         info!(%node_id, %local_addr, private = self.private, "node started");
         Ok(Node {
             shared,
-            core: Mutex::new(Some(core)),
+            ticker,
             accept,
             outbox,
             resender,
@@ -266,14 +264,14 @@ impl NodeBuilder {
 /// A running kith node.
 pub struct Node {
     shared: Arc<Shared>,
-    core: Mutex<Option<std::thread::JoinHandle<()>>>,
+    ticker: tokio::task::JoinHandle<()>,
     accept: tokio::task::JoinHandle<()>,
     outbox: tokio::task::JoinHandle<()>,
     resender: tokio::task::JoinHandle<()>,
     home_link: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// How each peer is reached; written by the core thread (after its commit), read by
+/// How each peer is reached; written by the core (after its commit), read by
 /// delivery and views.
 type ReachMap = Arc<Mutex<HashMap<NodeId, PeerReach>>>;
 
@@ -287,7 +285,7 @@ struct Shared {
     private: bool,
     /// The home relay, if any.
     home: Option<RelayRef>,
-    core: std::sync::mpsc::Sender<CoreMsg>,
+    core: Core,
     events: broadcast::Sender<Event>,
     /// Direct connections to peers, by peer.
     conns: Mutex<HashMap<NodeId, quinn::Connection>>,
@@ -310,7 +308,7 @@ struct Shared {
     first_relay_subscriber: Mutex<Option<broadcast::Receiver<RelayEvent>>>,
 }
 
-/// A read of the state machine, run on the core thread.
+/// A read of the state machine, run by the core after the commit of its batch.
 type ReadFn = Box<dyn FnOnce(&TrustMachine, u64) + Send>;
 /// Where a handled input's result goes; `None` for the core's own ticks.
 type ReplyTo = Option<oneshot::Sender<Result<Handled, NodeError>>>;
@@ -339,8 +337,8 @@ enum CoreMsg {
         peer: NodeId,
         seq: u64,
     },
-    /// Commit what came before, then stop.
-    Shutdown,
+    /// Nothing but a batch, which handles first what the machine has due.
+    Tick,
 }
 
 /// A peer owed a message it has not acknowledged (the durable outbox, mirrored).
@@ -427,250 +425,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// What the core thread shares with the async side.
+/// What the core shares with the rest of the node.
 struct CoreLinks {
     key: Arc<NodeKey>,
     events: broadcast::Sender<Event>,
     reach: ReachMap,
     unacked: UnackedMap,
     home: Option<RelayRef>,
-}
-
-fn run_core(
-    mut machine: TrustMachine,
-    store: Store,
-    rx: std::sync::mpsc::Receiver<CoreMsg>,
-    links: CoreLinks,
-) {
-    let CoreLinks {
-        key,
-        events,
-        reach,
-        unacked,
-        home,
-    } = links;
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut rng = rand_core::OsRng;
-    let mut next_seq: u64 = 1;
-    loop {
-        // Nothing changes the machine between here and the tick check below.
-        let deadline = machine.next_deadline();
-        let wait = match deadline {
-            Some(deadline) => deadline.saturating_sub(now_ms()).clamp(1, 60_000),
-            None => 60_000,
-        };
-        let mut batch = Vec::new();
-        let mut stop = false;
-        match rx.recv_timeout(Duration::from_millis(wait)) {
-            Ok(msg) => batch.push(msg),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(msg) => batch.push(msg),
-                Err(_) => break,
-            }
-        }
-
-        let now = now_ms();
-        let mut writes = Vec::new();
-        let mut released: Vec<(ReplyTo, Output, Vec<u64>)> = Vec::new();
-        let mut reads = Vec::new();
-        // Outbox markers changed by this batch (with the sequence of a new one),
-        // committed with the batch and mirrored to `unacked` after the commit.
-        let mut outbox_changes: HashMap<NodeId, Option<Unacked>> = HashMap::new();
-        let current_seq =
-            |changes: &HashMap<NodeId, Option<Unacked>>, id: &NodeId| match changes.get(id) {
-                Some(u) => u.map(|u| u.seq),
-                None => unacked.lock().unwrap().get(id).map(|u| u.seq),
-            };
-        // Reach records changed by this batch, applied to the shared map after the commit.
-        let mut reach_changes: HashMap<NodeId, Option<PeerReach>> = HashMap::new();
-        let current =
-            |changes: &HashMap<NodeId, Option<PeerReach>>, id: &NodeId| match changes.get(id) {
-                Some(r) => r.clone(),
-                None => reach.lock().unwrap().get(id).cloned(),
-            };
-        if deadline.is_some_and(|d| d <= now) {
-            let out = machine.handle(now, Input::Tick, &key, &mut rng);
-            writes.extend(out.writes.iter().cloned());
-            released.push((None, out, Vec::new()));
-        }
-        for msg in batch {
-            match msg {
-                CoreMsg::Handle {
-                    input,
-                    learn,
-                    reply,
-                } => {
-                    let resend_of = match &*input {
-                        Input::Command(Command::Resend { peer }) => Some(*peer),
-                        _ => None,
-                    };
-                    let out = machine.handle(now, *input, &key, &mut rng);
-                    let applied = out.refusal().is_none() && !matches!(out.reply, Reply::Failed(_));
-                    for w in &out.writes {
-                        if let kith_protocol::machine::StoreWrite::RemovePeer(id) = w {
-                            reach_changes.insert(*id, None);
-                            outbox_changes.insert(*id, None);
-                        }
-                    }
-                    if let (Some(peer), Reply::Failed(_)) = (resend_of, &out.reply) {
-                        // Our state implies nothing to send any more: nothing is owed.
-                        outbox_changes.insert(peer, None);
-                    }
-                    let mut seqs = Vec::with_capacity(out.send.len());
-                    for envelope in &out.send {
-                        let to = envelope.body.to;
-                        let since_ms = match outbox_changes.get(&to) {
-                            Some(Some(u)) => u.since_ms,
-                            Some(None) => now,
-                            None => unacked.lock().unwrap().get(&to).map_or(now, |u| u.since_ms),
-                        };
-                        outbox_changes.insert(
-                            to,
-                            Some(Unacked {
-                                seq: next_seq,
-                                since_ms,
-                            }),
-                        );
-                        seqs.push(next_seq);
-                        next_seq += 1;
-                    }
-                    if let Some(learn) = learn.filter(|_| applied) {
-                        // Only for peers we keep a record of: a denied or refused
-                        // sender leaves nothing behind.
-                        if let Some(peer) = learn.peer.filter(|p| machine.peer(p).is_some()) {
-                            let before = current(&reach_changes, &peer);
-                            let mut r = before.clone().unwrap_or_default();
-                            if let Some(hint) = &learn.hint {
-                                r.learn(hint);
-                            }
-                            if learn.via.is_some() {
-                                r.via = learn.via.clone();
-                            }
-                            // An inbound path only fills in until we reached the peer ourselves.
-                            if let Some(path) = learn.path.filter(|_| r.last_path.is_none()) {
-                                r.record_path(path, now);
-                            }
-                            if before.as_ref() != Some(&r) {
-                                reach_changes.insert(peer, Some(r));
-                            }
-                        }
-                    }
-                    writes.extend(out.writes.iter().cloned());
-                    released.push((Some(reply), out, seqs));
-                }
-                CoreMsg::Delivered { peer, seq } | CoreMsg::Abandon { peer, seq } => {
-                    if current_seq(&outbox_changes, &peer) == Some(seq) {
-                        outbox_changes.insert(peer, None);
-                    }
-                }
-                CoreMsg::Path { peer, path } => {
-                    if machine.peer(&peer).is_some() {
-                        let mut r = current(&reach_changes, &peer).unwrap_or_default();
-                        if r.last_path != Some(path) {
-                            r.record_path(path, now);
-                            reach_changes.insert(peer, Some(r));
-                        }
-                    }
-                }
-                CoreMsg::Read(f) => reads.push(f),
-                CoreMsg::Shutdown => stop = true,
-            }
-        }
-        let node_writes = NodeWrites {
-            reach: reach_changes.into_iter().collect(),
-            outbox: outbox_changes
-                .iter()
-                .map(|(id, u)| (*id, u.map(|u| u.since_ms)))
-                .collect(),
-        };
-        if let Err(e) = store.apply_all(&writes, &node_writes) {
-            // Nothing of this batch is durable, so none of it may be acted on: roll the
-            // machine back to what the store holds and fail every input of the batch.
-            warn!(error = %e, "store commit failed; rolling back the batch");
-            match store.load() {
-                Ok(snapshot) => {
-                    machine = TrustMachine::restore(
-                        machine.local(),
-                        machine.config().clone(),
-                        snapshot.peers,
-                        snapshot.allow,
-                        snapshot.deny,
-                    );
-                }
-                Err(e) => {
-                    // The machine now holds decisions the store refused; acting on
-                    // them later could make them durable. Stop instead: every later
-                    // call fails with `Stopped` and the operator sees the error.
-                    warn!(error = %e, "reloading the store failed too; stopping the node");
-                    stop = true;
-                }
-            }
-            let message = e.to_string();
-            for (reply, _, _) in released {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(NodeError::Store(StoreError::Failed(message.clone()))));
-                }
-            }
-        } else {
-            {
-                let mut map = reach.lock().unwrap();
-                for (id, r) in node_writes.reach {
-                    match r {
-                        Some(r) => map.insert(id, r),
-                        None => map.remove(&id),
-                    };
-                }
-                let mut map = unacked.lock().unwrap();
-                for (id, u) in outbox_changes {
-                    match u {
-                        Some(u) => map.insert(id, u),
-                        None => map.remove(&id),
-                    };
-                }
-            }
-            for (reply, out, seqs) in released {
-                for event in out.events {
-                    let _ = events.send(event);
-                }
-                let outgoing = out
-                    .send
-                    .into_iter()
-                    .zip(seqs)
-                    .map(|(envelope, seq)| {
-                        let to = envelope.body.to;
-                        let known = dial_addrs(machine.peer(&to));
-                        let r = reach.lock().unwrap().get(&to).cloned();
-                        Outgoing {
-                            targets: targets(&known, r.as_ref(), home.as_ref()),
-                            envelope,
-                            seq,
-                        }
-                    })
-                    .collect();
-                let handled = Handled {
-                    reply: out.reply,
-                    outgoing,
-                };
-                match reply {
-                    Some(reply) => {
-                        let _ = reply.send(Ok(handled));
-                    }
-                    None => debug_assert!(handled.outgoing.is_empty(), "a tick sends nothing"),
-                }
-            }
-        }
-        for read in reads {
-            read(&machine, now);
-        }
-        if stop {
-            break;
-        }
-    }
-    debug!("core thread stopped");
 }
 
 impl Shared {
@@ -684,13 +445,11 @@ impl Shared {
         learn: Option<Learn>,
     ) -> Result<Handled, NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.core
-            .send(CoreMsg::Handle {
-                input: Box::new(input),
-                learn: learn.map(Box::new),
-                reply: tx,
-            })
-            .map_err(|_| NodeError::Stopped)?;
+        self.core.submit(CoreMsg::Handle {
+            input: Box::new(input),
+            learn: learn.map(Box::new),
+            reply: tx,
+        })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
@@ -703,7 +462,7 @@ impl Shared {
             .get(&peer)
             .is_some_and(|r| r.last_path == Some(path));
         if !already {
-            let _ = self.core.send(CoreMsg::Path { peer, path });
+            let _ = self.core.submit(CoreMsg::Path { peer, path });
         }
     }
 
@@ -742,11 +501,9 @@ impl Shared {
         f: impl FnOnce(&TrustMachine, u64) -> T + Send + 'static,
     ) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.core
-            .send(CoreMsg::Read(Box::new(move |m, now| {
-                let _ = tx.send(f(m, now));
-            })))
-            .map_err(|_| NodeError::Stopped)?;
+        self.core.submit(CoreMsg::Read(Box::new(move |m, now| {
+            let _ = tx.send(f(m, now));
+        })))?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -938,7 +695,7 @@ impl Shared {
         // Only the peer's own acknowledgement proves receipt: a relay's "queued" or an
         // unanswered push may still be lost (relay restart, dead connection).
         if delivery.ack().is_some_and(settles_debt) {
-            let _ = self.core.send(CoreMsg::Delivered {
+            let _ = self.core.submit(CoreMsg::Delivered {
                 peer: out.envelope.body.to,
                 seq: out.seq,
             });
@@ -1094,7 +851,7 @@ async fn run_resender(shared: Arc<Shared>) {
             due.at = now + due.backoff;
             if now_ms().saturating_sub(unacked.since_ms) > RESEND_GIVE_UP_MS {
                 warn!(%peer, "giving up: the peer acknowledged nothing for 7 days");
-                let _ = shared.core.send(CoreMsg::Abandon {
+                let _ = shared.core.submit(CoreMsg::Abandon {
                     peer,
                     seq: unacked.seq,
                 });
@@ -1379,7 +1136,7 @@ impl Node {
         self.shared.read(|m, _| m.peers().cloned().collect()).await
     }
 
-    /// Reads the state machine on the core thread.
+    /// Reads the state machine (as of the core's latest commit).
     pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&TrustMachine, u64) -> T + Send + 'static,
@@ -1428,14 +1185,11 @@ impl Node {
         self.accept.abort();
         self.outbox.abort();
         self.resender.abort();
-        let (shared, core) = (&self.shared, &self.core);
-        let endpoint = shared.endpoint.clone();
+        self.ticker.abort();
+        let endpoint = self.shared.endpoint.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        // The core stops after committing everything sent before this.
-        let _ = shared.core.send(CoreMsg::Shutdown);
-        let core = core.lock().unwrap().take();
-        if let Some(core) = core {
-            let _ = tokio::task::spawn_blocking(move || core.join()).await;
-        }
+        // Commits everything submitted before this, then closes the store. Blocks at
+        // most for a batch another worker is committing.
+        self.shared.core.stop();
     }
 }

@@ -8,7 +8,7 @@
 //! into the ordered list of ways to deliver one envelope.
 //!
 //! This module only describes paths. It must never decide trust, and a hint may
-//! only be recorded once the envelope it came with was applied (the core thread
+//! only be recorded once the envelope it came with was applied (the node's core
 //! enforces that): a hint can misdirect replies, never change what they say.
 
 use std::net::SocketAddr;

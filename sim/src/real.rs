@@ -1,5 +1,5 @@
 //! Real mode: the scenario's fleet as real [`kith_node::Node`]s — QUIC
-//! endpoints on 127.0.0.1, in-memory stores, each with its own core thread —
+//! endpoints on 127.0.0.1, each with its own in-memory store —
 //! in one process and one Tokio runtime, on the wall clock.
 //!
 //! The workload is the scenario's (same pattern, rate, policies, operator
