@@ -207,7 +207,7 @@ impl NodeBuilder {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (relay_events, first_relay_subscriber) = broadcast::channel(EVENT_BUFFER);
         let key = Arc::new(self.key);
-        let core = Core::new(
+        let core = Arc::new(Core::new(
             machine,
             store,
             CoreLinks {
@@ -217,7 +217,7 @@ impl NodeBuilder {
                 unacked: unacked.clone(),
                 home: self.relay.clone(),
             },
-        );
+        ));
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node_id,
@@ -239,10 +239,7 @@ impl NodeBuilder {
             relay_events,
             first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
         });
-        let ticker = tokio::spawn({
-            let shared = shared.clone();
-            async move { shared.core.run_ticker().await }
-        });
+        let ticker = tokio::spawn(shared.core.clone().run_ticker());
         let accept = tokio::spawn(accept_loop(shared.clone()));
         let outbox = tokio::spawn(run_outbox(shared.clone(), outbox_rx));
         let resender = tokio::spawn(run_resender(shared.clone()));
@@ -285,7 +282,7 @@ struct Shared {
     private: bool,
     /// The home relay, if any.
     home: Option<RelayRef>,
-    core: Core,
+    core: Arc<Core>,
     events: broadcast::Sender<Event>,
     /// Direct connections to peers, by peer.
     conns: Mutex<HashMap<NodeId, quinn::Connection>>,
@@ -1136,7 +1133,9 @@ impl Node {
         self.shared.read(|m, _| m.peers().cloned().collect()).await
     }
 
-    /// Reads the state machine (as of the core's latest commit).
+    /// Reads the state machine (as of the core's latest commit). `f` runs inside
+    /// the core, on whichever task is committing: it must be quick and must not
+    /// block, and a panic in it stops the node's core.
     pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&TrustMachine, u64) -> T + Send + 'static,
@@ -1188,8 +1187,8 @@ impl Node {
         self.ticker.abort();
         let endpoint = self.shared.endpoint.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        // Commits everything submitted before this, then closes the store. Blocks at
-        // most for a batch another worker is committing.
+        // Commits everything submitted before this, then closes the store. Blocks
+        // until the inputs already queued are committed.
         self.shared.core.stop();
     }
 }
