@@ -169,7 +169,9 @@ impl Core {
                 let n = queue.msgs.len().min(MAX_BATCH);
                 queue.msgs.drain(..n).collect()
             };
-            let Some(core) = state.as_mut() else { break };
+            let core = state
+                .as_mut()
+                .expect("a core without state has an empty queue");
             handled = true;
             if core.handle_batch(batch, &self.links).is_err() {
                 // The machine holds decisions the store refused and could not be
