@@ -464,8 +464,9 @@ impl CoreState {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
 
     use kith_keys::NodeKey;
@@ -474,9 +475,9 @@ mod tests {
 
     use super::*;
 
-    fn core_on(path: &Path) -> Arc<Core> {
+    /// A core over `store`, its machine restored from what the store holds.
+    fn core_over(store: Store) -> Arc<Core> {
         let key = NodeKey::generate();
-        let store = Store::open(path).unwrap();
         let snapshot = store.load().unwrap();
         let machine = TrustMachine::restore(
             key.node_id(),
@@ -509,28 +510,6 @@ mod tests {
         (msg, rx)
     }
 
-    /// Submits, on a thread of its own, a read that holds the leader inside its
-    /// batch until `release` is sent (then panics if `panic`); returns once it holds.
-    fn hold_leader(
-        core: &Arc<Core>,
-        panic: bool,
-    ) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
-        let (held_tx, held) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel::<()>();
-        let core = core.clone();
-        let leader = std::thread::spawn(move || {
-            let read = CoreMsg::Read(Box::new(move |_, _| {
-                held_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-                assert!(!panic, "a read that panics");
-            }));
-            core.submit(read).unwrap();
-        });
-        held.recv_timeout(Duration::from_secs(10))
-            .expect("the read never ran");
-        (release, leader)
-    }
-
     /// `submit` on another thread; Err if it did not return within 10 s.
     fn submit_elsewhere(core: &Arc<Core>, msg: CoreMsg) -> Result<Result<(), NodeError>, String> {
         let (done_tx, done) = mpsc::channel();
@@ -544,42 +523,76 @@ mod tests {
         Store::open(path).unwrap().load().unwrap().deny
     }
 
-    #[test]
-    fn a_submit_while_another_task_leads_only_queues_and_that_leader_commits_it() {
+    /// A core on a store file whose leader is held inside its batch (by a read, on
+    /// a thread of its own, that waits for `release` and then panics if asked to),
+    /// with `peer`'s denial queued behind it.
+    struct Held {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        core: Arc<Core>,
+        release: mpsc::Sender<()>,
+        leader: std::thread::JoinHandle<()>,
+        peer: NodeId,
+        reply: ReplyRx,
+    }
+
+    fn held_with_a_denial_queued(panic: bool) -> Held {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kith.redb");
-        let core = core_on(&path);
-        let (release, leader) = hold_leader(&core, false);
-
+        let core = core_over(Store::open(&path).unwrap());
+        let (held_tx, held) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let leader = std::thread::spawn({
+            let core = core.clone();
+            move || {
+                let read = CoreMsg::Read(Box::new(move |_, _| {
+                    held_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    assert!(!panic, "a read that panics");
+                }));
+                core.submit(read).unwrap();
+            }
+        });
+        held.recv_timeout(Duration::from_secs(10))
+            .expect("the read never ran");
         let peer = NodeKey::generate().node_id();
-        let (msg, mut reply) = deny(peer);
-        // Returns at once, handled by nobody yet: the leader is busy with its batch.
+        let (msg, reply) = deny(peer);
+        // Returns at once: the leader is busy with its batch and will take it.
         submit_elsewhere(&core, msg).unwrap().unwrap();
+        Held {
+            _dir: dir,
+            path,
+            core,
+            release,
+            leader,
+            peer,
+            reply,
+        }
+    }
+
+    #[test]
+    fn a_submit_while_another_task_leads_only_queues_and_that_leader_commits_it() {
+        let mut held = held_with_a_denial_queued(false);
         assert!(matches!(
-            reply.try_recv(),
+            held.reply.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
         ));
 
-        release.send(()).unwrap();
-        leader.join().unwrap();
-        let handled = reply
+        held.release.send(()).unwrap();
+        held.leader.join().unwrap();
+        let handled = held
+            .reply
             .try_recv()
             .expect("the leader handled what was queued");
         assert!(matches!(handled.unwrap().reply, Reply::Done));
-        core.stop();
-        assert_eq!(denied_in(&path), vec![peer]);
+        held.core.stop();
+        assert_eq!(denied_in(&held.path), vec![held.peer]);
     }
 
     #[test]
     fn stop_waits_for_the_leader_commits_what_was_queued_then_refuses_and_closes_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kith.redb");
-        let core = core_on(&path);
-        let (release, leader) = hold_leader(&core, false);
-        let peer = NodeKey::generate().node_id();
-        let (msg, _reply) = deny(peer);
-        submit_elsewhere(&core, msg).unwrap().unwrap();
-
+        let held = held_with_a_denial_queued(false);
+        let core = held.core.clone();
         let stopper = {
             let core = core.clone();
             std::thread::spawn(move || core.stop())
@@ -599,59 +612,32 @@ mod tests {
             "stop returned while a batch was running"
         );
 
-        release.send(()).unwrap();
-        leader.join().unwrap();
+        held.release.send(()).unwrap();
+        held.leader.join().unwrap();
         stopper.join().unwrap();
         // The store is closed (redb would refuse a second open) and holds the queued write.
-        assert_eq!(denied_in(&path), vec![peer]);
+        assert_eq!(denied_in(&held.path), vec![held.peer]);
     }
 
     #[test]
     fn a_leader_that_panics_stops_the_core_and_fails_what_was_queued() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kith.redb");
-        let core = core_on(&path);
-        let (release, leader) = hold_leader(&core, true);
-        let (msg, mut reply) = deny(NodeKey::generate().node_id());
-        submit_elsewhere(&core, msg).unwrap().unwrap();
-
-        release.send(()).unwrap();
-        assert!(leader.join().is_err(), "the leader's read panicked");
+        let mut held = held_with_a_denial_queued(true);
+        held.release.send(()).unwrap();
+        assert!(held.leader.join().is_err(), "the leader's read panicked");
         // The queued input's reply is dropped, not left waiting for a leader forever.
         assert!(matches!(
-            reply.try_recv(),
+            held.reply.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
         let (after, _) = deny(NodeKey::generate().node_id());
-        assert!(matches!(core.submit(after), Err(NodeError::Stopped)));
-    }
-
-    fn core_in_memory() -> Arc<Core> {
-        let key = NodeKey::generate();
-        let machine = TrustMachine::restore(
-            key.node_id(),
-            Config::default(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        let (events, _) = broadcast::channel(16);
-        let links = CoreLinks {
-            key: Arc::new(key),
-            events,
-            reach: Default::default(),
-            unacked: Default::default(),
-            home: None,
-        };
-        Arc::new(Core::new(machine, Store::in_memory().unwrap(), links))
+        assert!(matches!(held.core.submit(after), Err(NodeError::Stopped)));
     }
 
     #[test]
     fn nothing_accepted_before_stop_is_lost_however_submits_and_stop_interleave() {
-        use std::sync::atomic::AtomicUsize;
         // Each round costs ~0.1 s in a debug build (closing the store dominates).
         for round in 0..50 {
-            let core = core_in_memory();
+            let core = core_over(Store::in_memory().unwrap());
             let (accepted, ran) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
             let submitters: Vec<_> = (0..3)
                 .map(|_| {
@@ -689,7 +675,7 @@ mod tests {
             .worker_threads(2)
             .build()
             .unwrap();
-        let core = core_in_memory();
+        let core = core_over(Store::in_memory().unwrap());
         let (held_tx, held) = mpsc::channel();
         let (release, release_rx) = mpsc::channel::<()>();
         let (returned_tx, returned_rx) = mpsc::channel::<()>();
