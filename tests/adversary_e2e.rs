@@ -52,7 +52,8 @@ fn exchange(as_key: &NodeKey, to: &TestNode, message: &Message) -> Message {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let endpoint = tls::make_endpoint(as_key, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let identity = tls::Identity::new(as_key).unwrap();
+        let endpoint = tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr: SocketAddr = to.json(&["status"])["listen"]
             .as_str()
             .unwrap()
@@ -60,7 +61,7 @@ fn exchange(as_key: &NodeKey, to: &TestNode, message: &Message) -> Message {
             .unwrap();
         let conn = tokio::time::timeout(
             Duration::from_secs(5),
-            tls::dial(&endpoint, as_key, addr, to.node_id.parse().unwrap()),
+            tls::dial(&endpoint, &identity, addr, to.node_id.parse().unwrap()),
         )
         .await
         .unwrap()
@@ -215,13 +216,14 @@ fn garbage_on_a_stream_is_refused_as_malformed() {
         .build()
         .unwrap();
     let answer = runtime.block_on(async {
-        let endpoint = tls::make_endpoint(&key, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let identity = tls::Identity::new(&key).unwrap();
+        let endpoint = tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr: SocketAddr = b.json(&["status"])["listen"]
             .as_str()
             .unwrap()
             .parse()
             .unwrap();
-        let conn = tls::dial(&endpoint, &key, addr, b.node_id.parse().unwrap())
+        let conn = tls::dial(&endpoint, &identity, addr, b.node_id.parse().unwrap())
             .await
             .unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();

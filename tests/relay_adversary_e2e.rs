@@ -99,7 +99,12 @@ fn a_relay_that_alters_or_replays_an_envelope_gets_it_refused_and_changes_nothin
         .unwrap();
     let relay_key = NodeKey::generate();
     let endpoint = runtime
-        .block_on(async { tls::make_endpoint(&relay_key, "127.0.0.1:0".parse().unwrap()) })
+        .block_on(async {
+            tls::make_endpoint(
+                &tls::Identity::new(&relay_key).unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+            )
+        })
         .unwrap();
     let addr: SocketAddr = endpoint.local_addr().unwrap();
     let ticket = Ticket::direct(relay_key.node_id(), vec![addr]).to_string();

@@ -34,11 +34,11 @@ fn dial(addr: SocketAddr, node: &str) -> Result<(), String> {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let key = NodeKey::generate();
-        let endpoint = tls::make_endpoint(&key, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
+        let endpoint = tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
         let result = tokio::time::timeout(
             Duration::from_secs(3),
-            tls::dial(&endpoint, &key, addr, node.parse().unwrap()),
+            tls::dial(&endpoint, &identity, addr, node.parse().unwrap()),
         )
         .await;
         let result = match result {

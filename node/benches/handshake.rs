@@ -116,14 +116,34 @@ fn bench_config() -> Config {
     }
 }
 
+/// A client identity: its key and its certificate, built before timing (a node
+/// builds its certificate once, when it starts).
+struct Client {
+    key: NodeKey,
+    tls: tls::Identity,
+}
+
+impl Client {
+    fn fresh() -> Client {
+        let key = NodeKey::generate();
+        let tls = tls::Identity::new(&key).expect("building a client certificate");
+        Client { key, tls }
+    }
+
+    /// A QUIC endpoint on loopback that dials (and would accept) as this client.
+    fn endpoint(&self) -> quinn::Endpoint {
+        tls::make_endpoint(&self.tls, loopback()).expect("binding a client endpoint")
+    }
+}
+
 /// One connection from a fresh identity, established on the client, then closed.
 async fn raw_connect(
     client: &quinn::Endpoint,
-    key: &NodeKey,
+    me: &Client,
     server: SocketAddr,
     server_id: NodeId,
 ) -> Result<(), String> {
-    let conn = tls::dial(client, key, server, server_id)
+    let conn = tls::dial(client, &me.tls, server, server_id)
         .await
         .map_err(|e| format!("dial: {}", error_chain(&e)))?;
     conn.close(0u32.into(), b"bench");
@@ -150,16 +170,16 @@ fn signed_request(key: &NodeKey, to: NodeId, justification: &str) -> Envelope {
 /// Returns how long the dial took.
 async fn kith_handshake(
     client: &quinn::Endpoint,
-    key: &NodeKey,
+    me: &Client,
     server: SocketAddr,
     server_id: NodeId,
 ) -> Result<Duration, String> {
     let started = Instant::now();
-    let conn = tls::dial(client, key, server, server_id)
+    let conn = tls::dial(client, &me.tls, server, server_id)
         .await
         .map_err(|e| format!("dial: {}", error_chain(&e)))?;
     let dialled = started.elapsed();
-    let message = Message::Envelope(signed_request(key, server_id, "handshake bench"));
+    let message = Message::Envelope(signed_request(&me.key, server_id, "handshake bench"));
     let answer = exchange(&conn, &encode_frame(&message).map_err(|e| e.to_string())?).await;
     conn.close(0u32.into(), b"bench");
     match answer? {
@@ -175,18 +195,18 @@ async fn kith_handshake(
 /// Returns how long the dial took.
 async fn relayed_handshake(
     client: &quinn::Endpoint,
-    key: &NodeKey,
+    me: &Client,
     relay: SocketAddr,
     relay_id: NodeId,
     dest: NodeId,
 ) -> Result<Duration, String> {
     let started = Instant::now();
-    let conn = tls::dial(client, key, relay, relay_id)
+    let conn = tls::dial(client, &me.tls, relay, relay_id)
         .await
         .map_err(|e| format!("dial: {}", error_chain(&e)))?;
     let dialled = started.elapsed();
     let message = Message::Forward {
-        envelope: signed_request(key, dest, "relayed handshake bench"),
+        envelope: signed_request(&me.key, dest, "relayed handshake bench"),
         reach: Reach::default(),
     };
     let answer = exchange(&conn, &encode_frame(&message).map_err(|e| e.to_string())?).await;
@@ -239,7 +259,7 @@ enum Op {
 async fn run_op(
     op: Op,
     client: &quinn::Endpoint,
-    key: &NodeKey,
+    me: &Client,
     server: SocketAddr,
     server_id: NodeId,
 ) -> Result<Duration, String> {
@@ -247,11 +267,11 @@ async fn run_op(
         match op {
             Op::Raw => {
                 let started = Instant::now();
-                raw_connect(client, key, server, server_id).await?;
+                raw_connect(client, me, server, server_id).await?;
                 Ok(started.elapsed())
             }
-            Op::Kith => kith_handshake(client, key, server, server_id).await,
-            Op::Relayed { dest } => relayed_handshake(client, key, server, server_id, dest).await,
+            Op::Kith => kith_handshake(client, me, server, server_id).await,
+            Op::Relayed { dest } => relayed_handshake(client, me, server, server_id, dest).await,
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, one)
@@ -453,10 +473,9 @@ fn drive(
     total: usize,
 ) -> Run {
     clients.block_on(async {
-        let client = tls::make_endpoint(&NodeKey::generate(), loopback())
-            .expect("binding the client endpoint");
+        let client = Client::fresh().endpoint();
         for _ in 0..warmup {
-            let _ = run_op(op, &client, &NodeKey::generate(), server, server_id).await;
+            let _ = run_op(op, &client, &Client::fresh(), server, server_id).await;
         }
         let next = Arc::new(AtomicUsize::new(0));
         let before = Counters::now();
@@ -468,10 +487,10 @@ fn drive(
                     let mut samples = Vec::new();
                     let mut failures = Vec::new();
                     while next.fetch_add(1, Ordering::Relaxed) < total {
-                        // Key generation is not part of a handshake; it stays untimed.
-                        let key = NodeKey::generate();
+                        // A new identity is not part of a handshake; it stays untimed.
+                        let me = Client::fresh();
                         let t = Instant::now();
-                        match run_op(op, &client, &key, server, server_id).await {
+                        match run_op(op, &client, &me, server, server_id).await {
                             Ok(dial) => samples.push((t.elapsed(), dial)),
                             Err(e) => failures.push(e),
                         }
@@ -513,7 +532,8 @@ where
 {
     let serve = Arc::new(serve);
     node_rt.block_on(async {
-        let server = tls::make_endpoint(key, loopback()).expect("binding a bench server");
+        let identity = tls::Identity::new(key).expect("building a server certificate");
+        let server = tls::make_endpoint(&identity, loopback()).expect("binding a bench server");
         let accepting = server.clone();
         tokio::spawn(async move {
             while let Some(incoming) = accepting.accept().await {
@@ -743,9 +763,9 @@ fn relayed_run(
 /// A stand-in destination: connected to the relay (so registered), it answers every
 /// pushed envelope with a `Pending` ack at once, without looking at it.
 async fn sink(relay: SocketAddr, relay_id: NodeId) -> (quinn::Endpoint, quinn::Connection, NodeId) {
-    let key = NodeKey::generate();
-    let endpoint = tls::make_endpoint(&key, loopback()).expect("binding a sink endpoint");
-    let conn = tls::dial(&endpoint, &key, relay, relay_id)
+    let me = Client::fresh();
+    let endpoint = me.endpoint();
+    let conn = tls::dial(&endpoint, &me.tls, relay, relay_id)
         .await
         .expect("a sink connects to the relay");
     let ack = encode_frame(&Message::Ack(Ack {
@@ -764,7 +784,7 @@ async fn sink(relay: SocketAddr, relay_id: NodeId) -> (quinn::Endpoint, quinn::C
             });
         }
     });
-    (endpoint, conn, key.node_id())
+    (endpoint, conn, me.key.node_id())
 }
 
 /// `total` forwards through `relay` from `senders` connections with `in_flight`
@@ -787,14 +807,14 @@ fn forwarding_run(
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut sender_conns = Vec::new();
         for i in 0..senders {
-            let key = NodeKey::generate();
-            let endpoint = tls::make_endpoint(&key, loopback()).expect("binding a sender");
-            let conn = tls::dial(&endpoint, &key, addr, relay_id)
+            let me = Client::fresh();
+            let endpoint = me.endpoint();
+            let conn = tls::dial(&endpoint, &me.tls, addr, relay_id)
                 .await
                 .expect("a sender connects to the relay");
             let to = sink_conns[i % sinks].2;
             let frame = encode_frame(&Message::Forward {
-                envelope: signed_request(&key, to, "forwarding bench"),
+                envelope: signed_request(&me.key, to, "forwarding bench"),
                 reach: Reach::default(),
             })
             .unwrap();
@@ -870,8 +890,7 @@ fn raw_until_served(node_rt: &Runtime, clients: &Runtime, iterations: usize) -> 
     let server = bare_server(node_rt, &server_key, Some(tx));
     let addr = server.local_addr().expect("bare server address");
     let run = clients.block_on(async {
-        let client = tls::make_endpoint(&NodeKey::generate(), loopback())
-            .expect("binding the client endpoint");
+        let client = Client::fresh().endpoint();
         let mut run = Run {
             name: "raw connect, until the server has it".into(),
             concurrency: 1,
@@ -880,11 +899,11 @@ fn raw_until_served(node_rt: &Runtime, clients: &Runtime, iterations: usize) -> 
         let before = Counters::now();
         let started = Instant::now();
         for i in 0..WARMUP + iterations {
-            let key = NodeKey::generate();
+            let me = Client::fresh();
             let t = Instant::now();
             let dialled = tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
-                tls::dial(&client, &key, addr, server_key.node_id()),
+                tls::dial(&client, &me.tls, addr, server_key.node_id()),
             )
             .await;
             let client_done = Instant::now();
@@ -1304,8 +1323,8 @@ fn main() {
          per source network, would evict or refuse: every client is 127.0.0.1). p50/p99: \
          per handshake, from dial to established connection (raw) or to the Pending ack \
          (kith); {WARMUP} untimed warm-up handshakes before each one-at-a-time run; a fresh \
-         client identity per handshake, its key generation untimed, its certificate (built \
-         by every dial) timed. CPU: per-thread schedstat; \"machine busy\" above \"bench \
+         client identity per handshake, its key and certificate built untimed (a node builds \
+         its certificate once, at start). CPU: per-thread schedstat; \"machine busy\" above \"bench \
          busy\" is other processes competing for the cores; UDP drops: kernel \
          RcvbufErrors (a lost handshake packet costs a ~1 s retransmit).",
         env!("CARGO_TARGET_TMPDIR"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kith_keys::NodeKey;
-use kith_node::tls::{dial, make_endpoint};
+use kith_node::tls::{Identity, dial, make_endpoint};
 use tokio::runtime::Runtime;
 
 /// Largest message the echo server accepts (and the bulk benchmark sends).
@@ -40,13 +40,14 @@ async fn round_trip(conn: &quinn::Connection, message: &[u8]) -> Vec<u8> {
 fn quic_baseline(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (server_key, client_key) = (NodeKey::generate(), NodeKey::generate());
-    let server_id = server_key.node_id();
+    let server = Identity::new(&NodeKey::generate()).unwrap();
+    let me = Identity::new(&NodeKey::generate()).unwrap();
+    let server_id = server.node_id();
     let (client, server_addr) = rt.block_on(async {
-        let server = make_endpoint(&server_key, loopback).unwrap();
+        let server = make_endpoint(&server, loopback).unwrap();
         let server_addr = server.local_addr().unwrap();
         tokio::spawn(echo_server(server));
-        (make_endpoint(&client_key, loopback).unwrap(), server_addr)
+        (make_endpoint(&me, loopback).unwrap(), server_addr)
     });
 
     let mut group = c.benchmark_group("quic");
@@ -55,16 +56,14 @@ fn quic_baseline(c: &mut Criterion) {
     group.bench_function("handshake", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let conn = dial(&client, &client_key, server_addr, server_id)
-                    .await
-                    .unwrap();
+                let conn = dial(&client, &me, server_addr, server_id).await.unwrap();
                 conn.close(0u32.into(), b"");
             })
         })
     });
 
     let conn = rt
-        .block_on(dial(&client, &client_key, server_addr, server_id))
+        .block_on(dial(&client, &me, server_addr, server_id))
         .unwrap();
     let small = vec![0x5a; 64];
     group.throughput(Throughput::Bytes(small.len() as u64));

@@ -183,7 +183,8 @@ impl NodeBuilder {
             snapshot.allow,
             snapshot.deny,
         );
-        let endpoint = tls::make_endpoint(&self.key, self.listen)?;
+        let identity = tls::Identity::new(&self.key)?;
+        let endpoint = tls::make_endpoint(&identity, self.listen)?;
         let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
             addr: self.listen,
             source,
@@ -221,7 +222,7 @@ impl NodeBuilder {
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node_id,
-            key: key.clone(),
+            identity,
             endpoint: endpoint.clone(),
             local_addr,
             advertise,
@@ -274,7 +275,8 @@ type ReachMap = Arc<Mutex<HashMap<NodeId, PeerReach>>>;
 
 struct Shared {
     node_id: NodeId,
-    key: Arc<NodeKey>,
+    /// The certificate and key every connection of this node authenticates with.
+    identity: tls::Identity,
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     advertise: Vec<SocketAddr>,
@@ -555,7 +557,7 @@ impl Shared {
         for &addr in addrs {
             let dialled = tokio::time::timeout(
                 dial_timeout,
-                tls::dial(&self.endpoint, &self.key, addr, peer),
+                tls::dial(&self.endpoint, &self.identity, addr, peer),
             )
             .await;
             match dialled {

@@ -66,7 +66,7 @@ pub struct RelayServer {
 
 struct Inner {
     node_id: NodeId,
-    key: Arc<NodeKey>,
+    identity: tls::Identity,
     endpoint: quinn::Endpoint,
     /// A second endpoint, on another port, for dial-backs: a NAT lets in whatever
     /// comes from the very address and port the node itself talks to (the relay's
@@ -114,7 +114,8 @@ pub struct RelaySnapshot {
 impl RelayServer {
     /// Binds the endpoint and starts serving. Must be called within a Tokio runtime.
     pub async fn spawn(key: NodeKey, options: RelayOptions) -> Result<RelayServer, TlsError> {
-        let endpoint = tls::make_endpoint(&key, options.listen)?;
+        let identity = tls::Identity::new(&key)?;
+        let endpoint = tls::make_endpoint(&identity, options.listen)?;
         let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
             addr: options.listen,
             source,
@@ -125,12 +126,12 @@ impl RelayServer {
             options.advertise
         };
         let probe_timeout = Duration::from_millis(options.config.probe_ms.max(1));
-        let dial_back = tls::make_endpoint(&key, SocketAddr::new(local_addr.ip(), 0))?;
+        let dial_back = tls::make_endpoint(&identity, SocketAddr::new(local_addr.ip(), 0))?;
         // It only dials.
         dial_back.set_server_config(None);
         let inner = Arc::new(Inner {
             node_id: key.node_id(),
-            key: Arc::new(key),
+            identity,
             endpoint,
             dial_back,
             local_addr,
@@ -426,7 +427,7 @@ impl Inner {
     async fn dial_back(&self, addr: SocketAddr, node: NodeId) -> bool {
         match tokio::time::timeout(
             DIAL_BACK_TIMEOUT,
-            tls::dial(&self.dial_back, &self.key, addr, node),
+            tls::dial(&self.dial_back, &self.identity, addr, node),
         )
         .await
         {

@@ -151,9 +151,37 @@ pub fn node_id_from_certificate(cert: &CertificateDer<'_>) -> Result<NodeId, Tls
     NodeId::from_bytes(raw_key).map_err(TlsError::BadKey)
 }
 
+/// A node's TLS identity: its certificate, built once, and its key to sign handshakes
+/// with. Cheap to clone; every endpoint and dial of one node shares one.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    node_id: NodeId,
+    certified: Arc<SingleCertAndKey>,
+}
+
+impl Identity {
+    /// Builds `key`'s self-signed certificate (one rcgen encoding and one signature,
+    /// which every endpoint and dial would otherwise repeat).
+    pub fn new(key: &NodeKey) -> Result<Self, TlsError> {
+        let signer = signing_key(key);
+        let cert = self_signed_certificate(key.node_id(), signer.clone())?;
+        let certified = CertifiedKey::new(vec![cert], signer);
+        // Guards against a certificate that does not match the key that will sign handshakes.
+        certified.keys_match()?;
+        Ok(Identity {
+            node_id: key.node_id(),
+            certified: Arc::new(SingleCertAndKey::from(certified)),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+}
+
 /// The QUIC server configuration of a node: TLS 1.3 only, ALPN `kith/1`, this
 /// node's certificate, and a mandatory client certificate from every peer.
-pub fn server_config(key: &NodeKey) -> Result<quinn::ServerConfig, TlsError> {
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
     let provider = ring_provider();
     let verifier = Arc::new(AnyNodeClientVerifier {
         algorithms: provider.signature_verification_algorithms,
@@ -161,7 +189,7 @@ pub fn server_config(key: &NodeKey) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(node_identity(key)?);
+        .with_cert_resolver(identity.certified.clone());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No session tickets or session cache: a resumed TLS 1.3 session skips the
     // certificate exchange, so the peer would not prove its key on that connection.
@@ -177,8 +205,11 @@ pub fn server_config(key: &NodeKey) -> Result<quinn::ServerConfig, TlsError> {
 /// The QUIC client configuration for dialling the node `expected`: TLS 1.3 only,
 /// ALPN `kith/1`, this node's certificate for client authentication, and a server
 /// verifier that accepts exactly `expected`'s key.
-pub fn client_config(key: &NodeKey, expected: NodeId) -> Result<quinn::ClientConfig, TlsError> {
-    Ok(client_config_reporting(key, expected)?.0)
+pub fn client_config(
+    identity: &Identity,
+    expected: NodeId,
+) -> Result<quinn::ClientConfig, TlsError> {
+    Ok(client_config_reporting(identity, expected)?.0)
 }
 
 /// The NodeId bound to an established connection: the key of the certificate the
@@ -195,10 +226,10 @@ pub fn peer_node_id(conn: &quinn::Connection) -> Result<NodeId, TlsError> {
 }
 
 /// A QUIC endpoint bound to `listen` (port 0 picks a free port) that accepts
-/// connections as `key` and can dial with [`dial`]. It has no default client
+/// connections as `identity` and can dial with [`dial`]. It has no default client
 /// configuration on purpose: every outgoing connection must name the NodeId it
 /// expects. Must be called within a Tokio runtime.
-pub fn make_endpoint(key: &NodeKey, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+pub fn make_endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
     let bind_err = |source| TlsError::Bind {
         addr: listen,
         source,
@@ -208,7 +239,7 @@ pub fn make_endpoint(key: &NodeKey, listen: SocketAddr) -> Result<quinn::Endpoin
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime is running")))?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server_config(key)?),
+        Some(server_config(identity)?),
         socket,
         runtime,
     )
@@ -239,15 +270,15 @@ fn bind_udp(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 /// Connects from `endpoint` to the node `expected` at `addr`, authenticating as
-/// `key`. The returned connection's [`peer_node_id`] is `expected`; a server with
+/// `identity`. The returned connection's [`peer_node_id`] is `expected`; a server with
 /// any other key fails the handshake with [`TlsError::WrongPeer`].
 pub async fn dial(
     endpoint: &quinn::Endpoint,
-    key: &NodeKey,
+    identity: &Identity,
     addr: SocketAddr,
     expected: NodeId,
 ) -> Result<quinn::Connection, TlsError> {
-    let (config, refused) = client_config_reporting(key, expected)?;
+    let (config, refused) = client_config_reporting(identity, expected)?;
     let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
     let conn = match connecting.await {
         Ok(conn) => conn,
@@ -288,7 +319,7 @@ pub async fn dial(
 /// [`client_config`], plus the slot where its verifier records the NodeId of a
 /// server it refused (so [`dial`] can report a typed [`TlsError::WrongPeer`]).
 fn client_config_reporting(
-    key: &NodeKey,
+    identity: &Identity,
     expected: NodeId,
 ) -> Result<(quinn::ClientConfig, Arc<OnceLock<NodeId>>), TlsError> {
     let provider = ring_provider();
@@ -302,7 +333,7 @@ fn client_config_reporting(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(node_identity(key)?);
+        .with_client_cert_resolver(identity.certified.clone());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No resumption: every connection proves the server's key afresh (see server_config).
     tls.resumption = rustls::client::Resumption::disabled();
@@ -397,16 +428,6 @@ impl rustls::sign::Signer for NodeSigner {
 
 fn signing_key(key: &NodeKey) -> Arc<dyn SigningKey> {
     Arc::new(NodeSigningKey(key.clone()))
-}
-
-/// The node's certificate and signing key, as a resolver both rustls sides accept.
-fn node_identity(key: &NodeKey) -> Result<Arc<SingleCertAndKey>, TlsError> {
-    let signer = signing_key(key);
-    let cert = self_signed_certificate(key.node_id(), signer.clone())?;
-    let certified = CertifiedKey::new(vec![cert], signer);
-    // Guards against a certificate that does not match the key that will sign handshakes.
-    certified.keys_match()?;
-    Ok(Arc::new(SingleCertAndKey::from(certified)))
 }
 
 /// Builds the self-signed certificate for `id`, signing through `signer`.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use kith_keys::{IdError, NodeId, NodeKey};
 use kith_node::tls::{
-    ALPN, SERVER_NAME, TlsError, dial, make_endpoint, node_certificate, node_id_from_certificate,
-    peer_node_id,
+    ALPN, Identity, SERVER_NAME, TlsError, dial, make_endpoint, node_certificate,
+    node_id_from_certificate, peer_node_id,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -33,7 +33,7 @@ fn localhost() -> SocketAddr {
 
 /// A listening node endpoint and its address.
 fn node(key: &NodeKey) -> (quinn::Endpoint, SocketAddr) {
-    let endpoint = make_endpoint(key, localhost()).unwrap();
+    let endpoint = make_endpoint(&Identity::new(key).unwrap(), localhost()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     (endpoint, addr)
 }
@@ -149,9 +149,14 @@ async fn two_nodes_connect_see_each_others_ids_and_echo() {
         peer
     });
 
-    let conn = within(dial(&alice, &alice_key, bob_addr, bob_key.node_id()))
-        .await
-        .unwrap();
+    let conn = within(dial(
+        &alice,
+        &Identity::new(&alice_key).unwrap(),
+        bob_addr,
+        bob_key.node_id(),
+    ))
+    .await
+    .unwrap();
     assert_eq!(peer_node_id(&conn).unwrap(), bob_key.node_id());
     assert_eq!(
         conn.handshake_data()
@@ -186,10 +191,11 @@ async fn dialler_refuses_a_server_with_another_key() {
     let (client, _) = node(&client_key);
     let (server, server_addr) = node(&actual_key);
 
+    let client_identity = Identity::new(&client_key).unwrap();
     let (dialled, accepted) = tokio::join!(
         within(dial(
             &client,
-            &client_key,
+            &client_identity,
             server_addr,
             expected_key.node_id()
         )),
@@ -242,10 +248,11 @@ async fn server_replaying_the_expected_nodes_certificate_is_refused() {
     let impostor_addr = impostor.local_addr().unwrap();
     let (client, _) = node(&client_key);
 
+    let client_identity = Identity::new(&client_key).unwrap();
     let (dialled, accepted) = tokio::join!(
         within(dial(
             &client,
-            &client_key,
+            &client_identity,
             impostor_addr,
             victim_key.node_id()
         )),
@@ -572,9 +579,14 @@ async fn connections_send_no_path_mtu_probes() {
         within(conn.closed()).await;
         conn.stats().path
     });
-    let conn = within(dial(&alice, &alice_key, bob_addr, bob_key.node_id()))
-        .await
-        .unwrap();
+    let conn = within(dial(
+        &alice,
+        &Identity::new(&alice_key).unwrap(),
+        bob_addr,
+        bob_key.node_id(),
+    ))
+    .await
+    .unwrap();
     let (mut send, mut recv) = within(conn.open_bi()).await.unwrap();
     send.write_all(b"ping").await.unwrap();
     send.finish().unwrap();

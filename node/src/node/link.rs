@@ -201,7 +201,7 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
     for &addr in &relay.addrs {
         match tokio::time::timeout(
             DIAL_TIMEOUT,
-            tls::dial(&shared.endpoint, &shared.key, addr, relay.node_id),
+            tls::dial(&shared.endpoint, &shared.identity, addr, relay.node_id),
         )
         .await
         {
