@@ -179,9 +179,33 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let out = a.run(&["run", "--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
-    assert!(err.contains("already") || err.contains("running"), "{err}");
+    assert!(err.contains("kith daemon already running"), "{err}");
     // The first daemon is unharmed.
     assert!(a.run(&["status"]).status.success());
+}
+
+#[test]
+fn a_damaged_store_is_refused_in_one_sentence_and_left_as_it_is() {
+    let mut a = TestNode::init();
+    a.start();
+    a.stop();
+    let store = a.data_dir().join("kith.redb");
+    let len = std::fs::metadata(&store).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+    let before = std::fs::read(&store).unwrap();
+
+    let out = a.run(&["run", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(err.contains(&store.display().to_string()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read(&store).unwrap(), before);
 }
 
 #[test]

@@ -6,7 +6,10 @@
 //! acknowledges anything that depended on them. It must never apply a partial batch
 //! or rewrite the audit log: audit entries are only appended.
 
-use std::path::Path;
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 use kith_keys::NodeId;
 use kith_protocol::machine::{AllowEntry, AuditEntry, PeerRecord, StoreWrite};
@@ -33,6 +36,24 @@ const SCHEMA_VERSION: u32 = 1;
 pub enum StoreError {
     #[error("database error")]
     Db(#[source] Box<redb::Error>),
+    #[error("cannot open the database {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error(
+        "the database {} is already open in another process: is a kith daemon already \
+         running for this data dir?",
+        path.display()
+    )]
+    InUse { path: PathBuf },
+    #[error(
+        "the database {} is damaged ({detail}); restore it from a backup, or move it away \
+         to start again with no peers",
+        path.display()
+    )]
+    Damaged { path: PathBuf, detail: String },
     #[error(
         "the database was written by a newer kith (schema {found}, this build reads {SCHEMA_VERSION})"
     )]
@@ -90,9 +111,38 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if missing) the database file.
+    /// Opens (creating if missing) the database file. A damaged file is refused
+    /// with an error naming it, and left as it is.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
+        // redb asserts, rather than reports, some damage it finds on opening (a file
+        // cut short, a foreign page size): its panic becomes our error.
+        let opened = quietly(|| Database::create(path)).map_err(|detail| StoreError::Damaged {
+            path: path.to_owned(),
+            detail,
+        })?;
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_owned(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                StoreError::Damaged {
+                    path: path.to_owned(),
+                    detail,
+                }
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::Damaged {
+                    path: path.to_owned(),
+                    detail: "not a kith database, or its header is unreadable".into(),
+                }
+            }
+            other => StoreError::Open {
+                path: path.to_owned(),
+                source: Box::new(other.into()),
+            },
+        })?;
         Self::init(db)
     }
 
@@ -321,9 +371,102 @@ impl Store {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs [`quietly`]: its panics are caught and reported as
+    /// errors, so the panic hook must not print them as crashes.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err` with its message, without the panic hook
+/// printing it. The hook is wrapped once per process and stays as it was for every
+/// other panic, on every thread.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static WRAP_HOOK: Once = Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the database library gave up on it".into())
+    })
+}
+
 fn node_id(table: &'static str, bytes: &[u8]) -> Result<NodeId, StoreError> {
     <[u8; 32]>::try_from(bytes)
         .ok()
         .and_then(|b| NodeId::from_bytes(b).ok())
         .ok_or(StoreError::BadKey { table })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_keys::NodeKey;
+    use kith_protocol::machine::TrustState;
+
+    fn store_with_a_peer(path: &Path) {
+        let store = Store::open(path).unwrap();
+        let peer = PeerRecord::new(NodeKey::generate().node_id(), TrustState::Trusted, 1);
+        store.apply(&[StoreWrite::Peer(peer)]).unwrap();
+    }
+
+    /// Opening fails with `Damaged` naming the file, and the file is left as it was.
+    fn refused_as_damaged(path: &Path) -> String {
+        let before = std::fs::read(path).unwrap();
+        let err = match Store::open(path) {
+            Err(e @ StoreError::Damaged { .. }) => e.to_string(),
+            Err(other) => panic!("expected Damaged, got {other:?}"),
+            Ok(_) => panic!("a damaged database was opened"),
+        };
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(path).unwrap(), before, "the file was changed");
+        err
+    }
+
+    #[test]
+    fn a_database_cut_short_is_refused_as_damaged_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kith.redb");
+        store_with_a_peer(&path);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / 2).unwrap();
+        drop(file);
+        refused_as_damaged(&path);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kith.redb");
+        std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+        let err = refused_as_damaged(&path);
+        assert!(err.contains("restore it from a backup"), "{err}");
+    }
+
+    #[test]
+    fn a_database_open_elsewhere_is_reported_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kith.redb");
+        let _first = Store::open(&path).unwrap();
+        match Store::open(&path) {
+            Err(e @ StoreError::InUse { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("already running"), "{text}");
+                assert!(text.contains(&path.display().to_string()), "{text}");
+            }
+            other => panic!("expected InUse, got {:?}", other.err()),
+        }
+    }
 }
