@@ -261,11 +261,20 @@ impl Store {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(db_err)?;
-        let removes = writes
+        let removed: Vec<&NodeId> = writes
             .iter()
-            .any(|w| matches!(w, StoreWrite::RemovePeer(_)));
-        if !node.outbox.is_empty() || removes {
+            .filter_map(|w| match w {
+                StoreWrite::RemovePeer(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        // A removed peer's marker and reach go first: `node` holds the state after the
+        // whole batch, and a later input of the batch may have written them anew.
+        if !node.outbox.is_empty() || !removed.is_empty() {
             let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            for id in &removed {
+                outbox.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+            }
             for (id, value) in &node.outbox {
                 match value {
                     Some(since) => outbox
@@ -274,14 +283,12 @@ impl Store {
                     None => outbox.remove(id.as_bytes().as_slice()).map_err(db_err)?,
                 };
             }
-            for write in writes {
-                if let StoreWrite::RemovePeer(id) = write {
-                    outbox.remove(id.as_bytes().as_slice()).map_err(db_err)?;
-                }
-            }
         }
-        if !reach_writes.is_empty() || removes {
+        if !reach_writes.is_empty() || !removed.is_empty() {
             let mut reach = txn.open_table(REACH).map_err(db_err)?;
+            for id in &removed {
+                reach.remove(id.as_bytes().as_slice()).map_err(db_err)?;
+            }
             for (id, value) in reach_writes {
                 match value {
                     Some(r) => {
@@ -292,11 +299,6 @@ impl Store {
                     None => {
                         reach.remove(id.as_bytes().as_slice()).map_err(db_err)?;
                     }
-                }
-            }
-            for write in writes {
-                if let StoreWrite::RemovePeer(id) = write {
-                    reach.remove(id.as_bytes().as_slice()).map_err(db_err)?;
                 }
             }
         }
@@ -453,6 +455,34 @@ mod tests {
         std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
         let err = refused_as_damaged(&path);
         assert!(err.contains("restore it from a backup"), "{err}");
+    }
+
+    #[test]
+    fn a_peer_removed_then_written_anew_in_one_batch_keeps_its_new_marker_and_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kith.redb");
+        let store = Store::open(&path).unwrap();
+        let peer = NodeKey::generate().node_id();
+        let record = PeerRecord::new(peer, TrustState::OutgoingPending, 1);
+        let reach = PeerReach {
+            direct: Some(vec!["127.0.0.1:7444".parse().unwrap()]),
+            ..PeerReach::default()
+        };
+        // E.g. `forget` then `request` in one batch: the node's writes hold the final state.
+        store
+            .apply_all(
+                &[StoreWrite::RemovePeer(peer), StoreWrite::Peer(record)],
+                &NodeWrites {
+                    reach: vec![(peer, Some(reach.clone()))],
+                    outbox: vec![(peer, Some(5))],
+                },
+            )
+            .unwrap();
+        drop(store);
+        let snapshot = Store::open(&path).unwrap().load().unwrap();
+        assert_eq!(snapshot.peers.len(), 1);
+        assert_eq!(snapshot.outbox, vec![(peer, 5)]);
+        assert_eq!(snapshot.reach, vec![(peer, reach)]);
     }
 
     #[test]
