@@ -55,6 +55,8 @@ pub enum DaemonError {
     Node(#[from] NodeError),
     #[error("cannot open the control socket")]
     Control(#[from] ControlError),
+    #[error("the node stopped: {0}")]
+    Failed(String),
 }
 
 struct Daemon {
@@ -120,17 +122,21 @@ pub async fn run(
         daemon.node.subscribe(),
         daemon.node.subscribe_relay(),
     ));
-    tokio::select! {
-        () = shutdown => info!("shutting down"),
-        () = serve_control(listener, daemon.clone()) => {}
-    }
+    let failure = tokio::select! {
+        () = shutdown => {
+            info!("shutting down");
+            None
+        }
+        () = serve_control(listener, daemon.clone()) => None,
+        cause = daemon.node.failed() => Some(cause),
+    };
     watcher.abort();
     let _ = watcher.await;
     let _ = std::fs::remove_file(daemon.data_dir.control_socket());
     // Control clients (`kith events --follow`) may still hold the daemon: shut the
     // node down through the shared handle rather than waiting for them.
     daemon.node.shutdown().await;
-    Ok(())
+    failure.map_or(Ok(()), |cause| Err(DaemonError::Failed(cause)))
 }
 
 async fn serve_control(listener: UnixListener, daemon: Arc<Daemon>) {

@@ -1175,6 +1175,15 @@ impl Node {
         }
     }
 
+    /// Resolves, with the cause, if the node stops working on its own: a store
+    /// commit failed (nothing of that batch was acknowledged, and nothing more can
+    /// be), or a bug stopped its core. The node then answers every call with
+    /// [`NodeError::Stopped`]; whoever runs it should shut it down and report the
+    /// cause, and a restart reopens the store.
+    pub async fn failed(&self) -> String {
+        self.shared.core.failed().await
+    }
+
     /// Closes all connections with a reason and stops the core after its last commit.
     pub async fn shutdown(&self) {
         if let Some(home) = &self.home_link {

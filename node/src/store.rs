@@ -146,6 +146,15 @@ impl Store {
         Self::init(db)
     }
 
+    /// A database over any redb backend, e.g. one that fails on cue.
+    #[cfg(test)]
+    pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(db_err)?;
+        Self::init(db)
+    }
+
     /// A database that lives only in memory, for embedded nodes and tests.
     pub fn in_memory() -> Result<Self, StoreError> {
         let db = Database::builder()

@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use kith_keys::NodeId;
 use kith_protocol::machine::{Command, Input, Output, Reply, StoreWrite, TrustMachine};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::warn;
 
 use super::{
-    CoreLinks, CoreMsg, Handled, NodeError, Outgoing, ReplyTo, Unacked, dial_addrs, now_ms,
+    CoreLinks, CoreMsg, Handled, NodeError, Outgoing, ReplyTo, Unacked, dial_addrs, error_chain,
+    now_ms,
 };
 use crate::reach::{PeerReach, targets};
 use crate::store::{NodeWrites, Store, StoreError};
@@ -49,6 +50,9 @@ pub(super) struct Core {
     /// The machine's next deadline in ms since the epoch (0: none), for the ticker.
     deadline: AtomicU64,
     deadline_changed: Notify,
+    /// Why the core stopped on its own (its store failed, or a leader panicked);
+    /// `None` while it runs or after an orderly [`Core::stop`].
+    failure: watch::Sender<Option<String>>,
 }
 
 #[derive(Default)]
@@ -93,6 +97,9 @@ impl Drop for Leading<'_> {
             queue.stopped = true;
             queue.msgs.clear();
             self.0.set_leader(&mut queue, Leader::Idle);
+            self.0
+                .failure
+                .send_replace(Some("the node's core panicked (a bug in kith)".into()));
         }
     }
 }
@@ -111,7 +118,18 @@ impl Core {
             links,
             deadline: AtomicU64::new(deadline),
             deadline_changed: Notify::new(),
+            failure: watch::Sender::new(None),
         }
+    }
+
+    /// Resolves with the cause once the core has stopped on its own.
+    pub(super) async fn failed(&self) -> String {
+        let mut failure = self.failure.subscribe();
+        let cause = failure
+            .wait_for(Option::is_some)
+            .await
+            .expect("the sender lives as long as the core");
+        cause.clone().unwrap_or_default()
     }
 
     /// Queues `msg`, and handles it (with whatever else is queued) on this thread
@@ -173,11 +191,12 @@ impl Core {
                 .as_mut()
                 .expect("a core without state has an empty queue");
             handled = true;
-            if core.handle_batch(batch, &self.links).is_err() {
-                // The machine holds decisions the store refused and could not be
-                // reloaded; acting on them later could make them durable. Stop
-                // instead: every later call fails with `Stopped`.
+            if let Err(cause) = core.handle_batch(batch, &self.links) {
+                // The machine holds decisions the store refused; acting on them later
+                // could make them durable. Stop instead: every later call fails with
+                // `Stopped`, and whoever watches `failure` learns why.
                 *state = None;
+                self.failure.send_replace(Some(cause));
                 continue;
             }
             let deadline = core.machine.next_deadline().unwrap_or(0);
@@ -254,8 +273,8 @@ impl Core {
 
 impl CoreState {
     /// Handles one batch and commits its writes; releases its results only if the
-    /// commit succeeded. Err: the commit failed and the machine could not be reloaded.
-    fn handle_batch(&mut self, batch: Vec<CoreMsg>, links: &CoreLinks) -> Result<(), ()> {
+    /// commit succeeded. Err: the commit failed, with its cause chain.
+    fn handle_batch(&mut self, batch: Vec<CoreMsg>, links: &CoreLinks) -> Result<(), String> {
         let CoreLinks {
             key,
             events,
@@ -379,33 +398,20 @@ impl CoreState {
                 .map(|(id, u)| (*id, u.map(|u| u.since_ms)))
                 .collect(),
         };
-        let mut result = Ok(());
         if let Err(e) = self.store.apply_all(&writes, &node_writes) {
-            // Nothing of this batch is durable, so none of it may be acted on: roll the
-            // machine back to what the store holds and fail every input of the batch.
-            warn!(error = %e, "store commit failed; rolling back the batch");
-            match self.store.load() {
-                Ok(snapshot) => {
-                    *machine = TrustMachine::restore(
-                        machine.local(),
-                        machine.config().clone(),
-                        snapshot.peers,
-                        snapshot.allow,
-                        snapshot.deny,
-                    );
-                }
-                Err(e) => {
-                    warn!(error = %e, "reloading the store failed too; stopping the node");
-                    result = Err(());
-                }
-            }
-            let message = e.to_string();
+            // Nothing of this batch is durable, so none of it may be acted on. After a
+            // failed write redb refuses every later one, so the core stops: the daemon
+            // exits with the cause, and a restart reopens the store.
+            let cause = error_chain(&e);
+            warn!(error = %cause, "store commit failed; stopping the node");
             for (reply, _, _) in released {
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(NodeError::Store(StoreError::Failed(message.clone()))));
+                    let _ = reply.send(Err(NodeError::Store(StoreError::Failed(cause.clone()))));
                 }
             }
-        } else {
+            return Err(cause);
+        }
+        {
             {
                 let mut map = reach.lock().unwrap();
                 for (id, r) in node_writes.reach {
@@ -453,12 +459,10 @@ impl CoreState {
                 }
             }
         }
-        if result.is_ok() {
-            for read in reads {
-                read(machine, now);
-            }
+        for read in reads {
+            read(machine, now);
         }
-        result
+        Ok(())
     }
 }
 
@@ -631,6 +635,67 @@ mod tests {
         ));
         let (after, _) = deny(NodeKey::generate().node_id());
         assert!(matches!(held.core.submit(after), Err(NodeError::Stopped)));
+    }
+
+    /// An in-memory backend whose syncs fail while `failing` is set.
+    #[derive(Debug)]
+    struct FailingDisk {
+        inner: redb::backends::InMemoryBackend,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FailingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected: no space left on device"));
+            }
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_fails_its_inputs_with_the_cause_and_stops_the_core_for_good() {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = Store::with_backend(FailingDisk {
+            inner: redb::backends::InMemoryBackend::new(),
+            failing: failing.clone(),
+        })
+        .unwrap();
+        let core = core_over(store);
+        failing.store(true, Ordering::SeqCst);
+        let (msg, mut reply) = deny(NodeKey::generate().node_id());
+        core.submit(msg).unwrap();
+        match reply.try_recv() {
+            Ok(Err(NodeError::Store(StoreError::Failed(cause)))) => {
+                assert!(cause.contains("no space left on device"), "{cause}");
+            }
+            Ok(Ok(_)) => panic!("a commit that failed was acknowledged"),
+            Ok(Err(other)) => panic!("expected the commit's failure, got {other:?}"),
+            Err(e) => panic!("no answer: {e:?}"),
+        }
+        // The disk recovers, but the core does not act on what the store refused.
+        failing.store(false, Ordering::SeqCst);
+        let (msg, _) = deny(NodeKey::generate().node_id());
+        assert!(matches!(core.submit(msg), Err(NodeError::Stopped)));
+        let cause = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), core.failed()).await })
+            .expect("whoever runs the node learns that it failed");
+        assert!(cause.contains("no space left on device"), "{cause}");
     }
 
     #[test]
