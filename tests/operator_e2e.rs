@@ -93,7 +93,8 @@ fn ignore_drops_requests_quietly_until_unignored() {
     assert!(b.json(&["pending"]).as_array().unwrap().is_empty());
     assert!(event_kinds(&b, &a.node_id).contains(&"ignored".to_string()));
 
-    b.run_ok(&["unignore", &a.node_id]);
+    // A deny-list entry is found by a prefix of its id, as the help shows.
+    b.run_ok(&["unignore", &a.node_id[..8]]);
     assert!(b.json(&["ignored"]).as_array().unwrap().is_empty());
     // A asks again (a new envelope); now it is pending.
     a.run_ok(&["request", &b.ticket(), "-j", "again"]);
@@ -437,8 +438,9 @@ fn pending_ttl_forget_and_disallow_through_the_binary() {
     assert!(a.run(&["ping", &b.node_id]).status.code() == Some(1));
 
     // disallow: the allowlist entry goes; the next request waits for an operator.
+    // An allowlist entry is found by the name it was given, as the help shows.
     b.run_ok(&["allow", &a.node_id, "--name", "temp"]);
-    b.run_ok(&["disallow", &a.node_id]);
+    b.run_ok(&["disallow", "temp"]);
     assert!(b.json(&["allowed"]).as_array().unwrap().is_empty());
     a.run_ok(&["request", &b.ticket(), "-j", "ask again"]);
     b.wait_for_state(&a.node_id, "incoming_pending");

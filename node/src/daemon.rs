@@ -5,7 +5,7 @@
 //! views the CLI prints. It must never decide trust itself (that is the state
 //! machine's job) nor answer a control client before the node has committed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -214,23 +214,34 @@ fn peer_view(record: &PeerRecord, now: u64, reach: Option<&PeerReach>) -> PeerVi
     }
 }
 
-/// Finds the peer an operator means: a name, a full id, or a unique id prefix.
+/// Finds the node an operator means, among peers and allow and deny list entries:
+/// a full id first (so no name can stand for another node's id), then a name given
+/// with `--name`, then a unique id prefix.
 pub fn resolve_peer(machine: &TrustMachine, text: &str) -> Result<NodeId, String> {
     let text = text.trim();
-    let named: Vec<NodeId> = machine
-        .peers()
-        .filter(|p| p.name.as_deref() == Some(text))
-        .map(|p| p.id)
-        .collect();
-    match named.len() {
-        1 => return Ok(named[0]),
-        n if n > 1 => return Err(format!("{n} peers are named {text:?}; use the id instead")),
-        _ => {}
-    }
     if let Ok(id) = text.parse::<NodeId>() {
         return Ok(id);
     }
-    let known: Vec<NodeId> = machine.peers().map(|p| p.id).collect();
+    let named: BTreeSet<NodeId> = machine
+        .peers()
+        .filter_map(|p| Some(p.id).filter(|_| p.name.as_deref().map(str::trim) == Some(text)))
+        .chain(machine.allowlist().filter_map(|(id, entry)| {
+            Some(*id).filter(|_| entry.name.as_deref().map(str::trim) == Some(text))
+        }))
+        .collect();
+    match named.len() {
+        1 => return Ok(*named.first().expect("one name")),
+        n if n > 1 => return Err(format!("{n} nodes are named {text:?}; use the id instead")),
+        _ => {}
+    }
+    let known: Vec<NodeId> = machine
+        .peers()
+        .map(|p| p.id)
+        .chain(machine.allowlist().map(|(id, _)| *id))
+        .chain(machine.denylist().copied())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     NodeId::resolve_prefix(text, &known).map_err(|e| e.to_string())
 }
 
@@ -812,5 +823,58 @@ fn run_hook(cmd: &str, view: &EventView, slot: tokio::sync::OwnedSemaphorePermit
             });
         }
         Err(e) => warn!(error = %e, "cannot run the --on-request command"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_keys::NodeKey;
+    use kith_protocol::machine::{AllowEntry, Config, PeerRecord};
+
+    fn named(id: NodeId, name: &str) -> PeerRecord {
+        let mut record = PeerRecord::new(id, TrustState::Trusted, 1);
+        record.name = Some(name.into());
+        record
+    }
+
+    #[test]
+    fn a_full_id_means_that_node_even_when_a_peer_is_named_like_it() {
+        let (a, b) = (NodeKey::generate().node_id(), NodeKey::generate().node_id());
+        // A slip of the operator: peer `a` renamed to `b`'s id.
+        let machine = TrustMachine::restore(
+            NodeKey::generate().node_id(),
+            Config::default(),
+            [named(a, &b.to_string()), named(b, "laptop")],
+            [],
+            [],
+        );
+        assert_eq!(resolve_peer(&machine, &b.to_string()), Ok(b));
+        assert_eq!(resolve_peer(&machine, " laptop "), Ok(b));
+    }
+
+    #[test]
+    fn allow_and_deny_list_entries_are_found_by_name_and_prefix() {
+        let (allowed, denied) = (NodeKey::generate().node_id(), NodeKey::generate().node_id());
+        let machine = TrustMachine::restore(
+            NodeKey::generate().node_id(),
+            Config::default(),
+            [],
+            [(
+                allowed,
+                AllowEntry {
+                    name: Some("build-01".into()),
+                    added_ms: 1,
+                },
+            )],
+            [denied],
+        );
+        assert_eq!(resolve_peer(&machine, "build-01"), Ok(allowed));
+        assert_eq!(
+            resolve_peer(&machine, &allowed.to_string()[..8]),
+            Ok(allowed)
+        );
+        assert_eq!(resolve_peer(&machine, &denied.to_string()[..8]), Ok(denied));
+        assert!(resolve_peer(&machine, "nobody00").is_err());
     }
 }
