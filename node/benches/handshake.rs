@@ -5,18 +5,21 @@
 //!
 //! 1. raw connect: `tls::dial` with a fresh client identity against a bare
 //!    `tls::make_endpoint` server that only accepts connections, until the client
-//!    has the connection; then close. p50/p99, one at a time. Again, timed until
-//!    the server has the connection too (its half of mutual TLS ends later).
+//!    has the connection; then close. p50/p99, one at a time.
 //! 2. kith handshake: a fresh identity dials a real [`kith_node::Node`], sends a
 //!    signed `Request` envelope on a bi stream and waits for the `Pending` ack (sent
 //!    only after the node committed the pending record durably). p50/p99, one at a
-//!    time; for comparison also against a node with an in-memory store, the cost
-//!    of one durable store commit on its own, and of one small write + fdatasync
-//!    (the disk's floor). Then the *floor*, measured the same way: the same client
-//!    against the least server a durable handshake needs — it reads the request,
-//!    checks its signature, writes it with one fdatasync on the serving thread and
-//!    acks, with no trust machine and no database (and again without the
-//!    fdatasync). Printed under the latency target with how far kith is above it.
+//!    time. And the *floor*, measured the same way: the same client against the
+//!    least server a durable handshake needs — it reads the request, checks its
+//!    signature, writes it with one fdatasync on the serving thread and acks, with
+//!    no trust machine and no database (and again without the fdatasync). Printed
+//!    under the latency target with how far kith is above it.
+//!
+//!    These four are taken in turns, in `LATENCY_ROUNDS` rounds, so that the host's
+//!    drift over the seconds they take falls on all of them alike. For comparison,
+//!    each on its own: raw connects timed until the server has the connection too
+//!    (its half of mutual TLS ends later), kith handshakes against a node with an
+//!    in-memory store, one durable store commit, one small write + fdatasync.
 //! 3. sustained: C concurrent client tasks, each looping fresh identity → dial →
 //!    request → `Pending` ack, for a fixed number of handshakes; handshakes per
 //!    second, then the store file is reopened after shutdown and must hold one
@@ -72,6 +75,8 @@ use tokio::runtime::Runtime;
 const WARMUP: usize = 50;
 /// Timed iterations of each one-at-a-time measurement.
 const LATENCY_ITERATIONS: usize = 1000;
+/// Rounds the one-at-a-time runs that are compared are taken in (see [`in_turns`]).
+const LATENCY_ROUNDS: usize = 10;
 /// Concurrent client tasks tried for the sustained rate.
 const CONCURRENCY: [usize; 4] = [8, 16, 32, 64];
 /// The concurrency this bench treats as its default operating point.
@@ -316,6 +321,14 @@ impl Counters {
         }
     }
 
+    fn add(&mut self, other: &Counters) {
+        for (kind, t) in &other.threads {
+            *self.threads.entry(kind).or_default() += *t;
+        }
+        self.machine_busy += other.machine_busy;
+        self.udp_rcvbuf_drops += other.udp_rcvbuf_drops;
+    }
+
     fn get(&self, kind: &str) -> Duration {
         self.threads.get(kind).copied().unwrap_or_default()
     }
@@ -430,6 +443,20 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
 }
 
 impl Run {
+    /// Adds another round of the same measurement: its handshakes, time and counters.
+    fn absorb(&mut self, round: Run) {
+        self.samples.extend(round.samples);
+        self.samples.sort();
+        self.dials.extend(round.dials);
+        self.dials.sort();
+        self.failures += round.failures;
+        if self.first_failure.is_none() {
+            self.first_failure = round.first_failure;
+        }
+        self.elapsed += round.elapsed;
+        self.counters.add(&round.counters);
+    }
+
     fn ok(&self) -> usize {
         self.samples.len()
     }
@@ -523,6 +550,29 @@ fn drive(
     })
 }
 
+/// `total` handshakes, one at a time, against each of `targets`, taken in turns:
+/// [`LATENCY_ROUNDS`] rounds of an equal share each, the order rotating by round.
+/// The host's drift over the seconds this takes (neighbouring VMs, clock
+/// frequency) then falls on every target alike, so their ratios compare like with
+/// like. Each target must be warmed up before.
+fn in_turns(clients: &Runtime, targets: &[(Op, SocketAddr, NodeId)], total: usize) -> Vec<Run> {
+    let mut runs: Vec<Run> = targets
+        .iter()
+        .map(|_| Run {
+            concurrency: 1,
+            ..Run::default()
+        })
+        .collect();
+    for round in 0..LATENCY_ROUNDS {
+        let share = total / LATENCY_ROUNDS + usize::from(round < total % LATENCY_ROUNDS);
+        for i in (0..targets.len()).map(|i| (i + round) % targets.len()) {
+            let (op, addr, id) = targets[i];
+            runs[i].absorb(drive(clients, op, addr, id, 1, 0, share));
+        }
+    }
+    runs
+}
+
 /// A QUIC endpoint with a node certificate, on the node's runtime, that accepts every
 /// connection and hands each one, once established, to `serve` in a task of its own.
 fn serve_each<F, Fut>(node_rt: &Runtime, key: &NodeKey, serve: F) -> quinn::Endpoint
@@ -607,31 +657,6 @@ fn least_server(node_rt: &Runtime, key: &NodeKey, path: &Path, sync: bool) -> qu
     })
 }
 
-/// Kith's client against [`least_server`], one at a time: the floor of a handshake.
-fn least_run(node_rt: &Runtime, clients: &Runtime, path: &Path, sync: bool) -> Run {
-    let key = NodeKey::generate();
-    let server = least_server(node_rt, &key, path, sync);
-    let addr = server.local_addr().expect("floor server address");
-    let run = drive(
-        clients,
-        Op::Kith,
-        addr,
-        key.node_id(),
-        1,
-        WARMUP,
-        LATENCY_ITERATIONS,
-    );
-    server.close(0u32.into(), b"done");
-    Run {
-        name: if sync {
-            "floor: check + 1 fdatasync, no state".into()
-        } else {
-            "  same, without the fdatasync".into()
-        },
-        ..run
-    }
-}
-
 fn start_node(node_rt: &Runtime, store: StoreLocation) -> Node {
     node_rt.block_on(async {
         NodeBuilder::new(NodeKey::generate())
@@ -655,6 +680,62 @@ fn pending_in_file(path: &Path) -> Result<usize, String> {
         .count())
 }
 
+/// A node measured with kith handshakes: started on a fresh store and warmed up.
+struct NodeUnderTest {
+    node: Node,
+    store: StoreLocation,
+    /// Pending records the warm-up handshakes left.
+    warm_pending: usize,
+}
+
+impl NodeUnderTest {
+    fn start(node_rt: &Runtime, clients: &Runtime, store: StoreLocation, warmup: usize) -> Self {
+        let node = start_node(node_rt, store.clone());
+        if warmup > 0 {
+            drive(
+                clients,
+                Op::Kith,
+                node.local_addr(),
+                node.node_id(),
+                1,
+                0,
+                warmup,
+            );
+        }
+        let mut started = NodeUnderTest {
+            node,
+            store,
+            warm_pending: 0,
+        };
+        started.warm_pending = started.pending(node_rt);
+        started
+    }
+
+    fn target(&self) -> (Op, SocketAddr, NodeId) {
+        (Op::Kith, self.node.local_addr(), self.node.node_id())
+    }
+
+    fn pending(&self, node_rt: &Runtime) -> usize {
+        node_rt
+            .block_on(self.node.read(|m, _| m.pending_incoming()))
+            .unwrap_or(0)
+    }
+
+    /// Shuts the node down and records in `run` the pending records its measured
+    /// handshakes left in the node and, for a store file, in the reopened file.
+    fn finish(self, node_rt: &Runtime, run: &mut Run) {
+        let in_node = self.pending(node_rt).saturating_sub(self.warm_pending);
+        node_rt.block_on(self.node.shutdown());
+        let in_file = match &self.store {
+            StoreLocation::File(path) => {
+                Some(pending_in_file(path).map(|n| n.saturating_sub(self.warm_pending)))
+            }
+            StoreLocation::InMemory => None,
+        };
+        run.pending = Some((in_node, in_file));
+    }
+}
+
 /// Runs kith handshakes against a fresh node with a fresh store (after `warmup`
 /// untimed ones), then shuts the node down and, for a store file, counts the
 /// pending records in the file.
@@ -666,26 +747,10 @@ fn kith_run(
     warmup: usize,
     total: usize,
 ) -> Run {
-    let node = start_node(node_rt, store.clone());
-    let (addr, id) = (node.local_addr(), node.node_id());
-    let pending = || {
-        node_rt
-            .block_on(node.read(|m, _| m.pending_incoming()))
-            .unwrap_or(0)
-    };
-    if warmup > 0 {
-        drive(clients, Op::Kith, addr, id, 1, 0, warmup);
-    }
-    // Warm-up handshakes left pending records too.
-    let before = pending();
-    let mut run = drive(clients, Op::Kith, addr, id, concurrency, 0, total);
-    let in_node = pending().saturating_sub(before);
-    node_rt.block_on(node.shutdown());
-    let in_file = match &store {
-        StoreLocation::File(path) => Some(pending_in_file(path).map(|n| n.saturating_sub(before))),
-        StoreLocation::InMemory => None,
-    };
-    run.pending = Some((in_node, in_file));
+    let node = NodeUnderTest::start(node_rt, clients, store, warmup);
+    let (op, addr, id) = node.target();
+    let mut run = drive(clients, op, addr, id, concurrency, 0, total);
+    node.finish(node_rt, &mut run);
     run
 }
 
@@ -1075,38 +1140,61 @@ fn main() {
         .expect("creating a temporary directory");
     let bench_started = Instant::now();
 
-    // 1. Raw QUIC + mutual-TLS connect, one at a time, then sustained.
+    // 1-2. One at a time, in turns: raw QUIC + mutual-TLS connects, kith handshakes
+    // with a store file, and the measured floor, synced and not.
     let bare_key = NodeKey::generate();
     let bare = bare_server(&node_rt, &bare_key, None);
-    let bare_addr = bare.local_addr().expect("bare server address");
-    let raw = Run {
-        name: "raw QUIC connect (mutual TLS)".into(),
-        ..drive(
-            &clients,
-            Op::Raw,
-            bare_addr,
-            bare_key.node_id(),
-            1,
-            WARMUP,
-            LATENCY_ITERATIONS,
-        )
+    let bare_target = (
+        Op::Raw,
+        bare.local_addr().expect("bare server address"),
+        bare_key.node_id(),
+    );
+    let node = NodeUnderTest::start(
+        &node_rt,
+        &clients,
+        StoreLocation::File(dir.path().join("kith.redb")),
+        WARMUP,
+    );
+    let floor_servers: Vec<(quinn::Endpoint, (Op, SocketAddr, NodeId))> = [true, false]
+        .into_iter()
+        .map(|sync| {
+            let key = NodeKey::generate();
+            let file = dir.path().join(if sync {
+                "floor.bin"
+            } else {
+                "floor-nosync.bin"
+            });
+            let server = least_server(&node_rt, &key, &file, sync);
+            let addr = server.local_addr().expect("floor server address");
+            (server, (Op::Kith, addr, key.node_id()))
+        })
+        .collect();
+    let mut targets = vec![bare_target, node.target()];
+    targets.extend(floor_servers.iter().map(|(_, target)| *target));
+    for (i, &(op, addr, id)) in targets.iter().enumerate() {
+        // The node was warmed up as it started.
+        if i != 1 {
+            drive(&clients, op, addr, id, 1, 0, WARMUP);
+        }
+    }
+    let mut turns = in_turns(&clients, &targets, LATENCY_ITERATIONS).into_iter();
+    let mut next_run = |name: &str| Run {
+        name: name.into(),
+        ..turns.next().expect("one run per target")
     };
+    let raw = next_run("raw QUIC connect (mutual TLS)");
+    let mut direct = next_run("kith direct handshake");
+    let floor = next_run("floor: check + 1 fdatasync, no state");
+    let floor_unsynced = next_run("  same, without the fdatasync");
+    node.finish(&node_rt, &mut direct);
+    for (server, _) in floor_servers {
+        server.close(0u32.into(), b"done");
+    }
 
     let raw_served = raw_until_served(&node_rt, &clients, LATENCY_ITERATIONS);
 
-    // 2. kith handshakes one at a time, with a store file and in memory; the store
-    // commit and one fdatasync on their own; the measured floor, synced and not.
-    let direct = Run {
-        name: "kith direct handshake".into(),
-        ..kith_run(
-            &node_rt,
-            &clients,
-            StoreLocation::File(dir.path().join("kith.redb")),
-            1,
-            WARMUP,
-            LATENCY_ITERATIONS,
-        )
-    };
+    // The same with an in-memory store; the store commit and one fdatasync on
+    // their own.
     let in_memory = Run {
         name: "  same, in-memory store".into(),
         ..kith_run(
@@ -1120,13 +1208,6 @@ fn main() {
     };
     let commits = store_commits(&dir.path().join("commits.redb"), LATENCY_ITERATIONS);
     let fsync = fsync_floor(&dir.path().join("fsync.bin"), LATENCY_ITERATIONS);
-    let floor = least_run(&node_rt, &clients, &dir.path().join("floor.bin"), true);
-    let floor_unsynced = least_run(
-        &node_rt,
-        &clients,
-        &dir.path().join("floor-nosync.bin"),
-        false,
-    );
 
     // 4. Relayed handshakes, one at a time, to a private node homed at a relay, and
     // the relay's forwarding rate. The relay runs with the default config except the
@@ -1171,8 +1252,8 @@ fn main() {
         ..drive(
             &clients,
             Op::Raw,
-            bare_addr,
-            bare_key.node_id(),
+            bare_target.1,
+            bare_target.2,
             DEFAULT_CONCURRENCY,
             0,
             SUSTAINED_HANDSHAKES,
@@ -1322,7 +1403,8 @@ fn main() {
          max_pending_total = {} and max_pending_per_source = {} (the defaults, 1024 and 16 \
          per source network, would evict or refuse: every client is 127.0.0.1). p50/p99: \
          per handshake, from dial to established connection (raw) or to the Pending ack \
-         (kith); {WARMUP} untimed warm-up handshakes before each one-at-a-time run; a fresh \
+         (kith); {WARMUP} untimed warm-up handshakes before each one-at-a-time run; raw, \
+         kith direct and the two floors taken in turns over {LATENCY_ROUNDS} rounds; a fresh \
          client identity per handshake, its key and certificate built untimed (a node builds \
          its certificate once, at start). CPU: per-thread schedstat; \"machine busy\" above \"bench \
          busy\" is other processes competing for the cores; UDP drops: kernel \
