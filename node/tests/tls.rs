@@ -149,14 +149,10 @@ async fn two_nodes_connect_see_each_others_ids_and_echo() {
         peer
     });
 
-    let conn = within(dial(
-        &alice,
-        &Identity::new(&alice_key).unwrap(),
-        bob_addr,
-        bob_key.node_id(),
-    ))
-    .await
-    .unwrap();
+    let alice_identity = Identity::new(&alice_key).unwrap();
+    let conn = within(dial(&alice, &alice_identity, bob_addr, bob_key.node_id()))
+        .await
+        .unwrap();
     assert_eq!(peer_node_id(&conn).unwrap(), bob_key.node_id());
     assert_eq!(
         conn.handshake_data()
@@ -579,14 +575,10 @@ async fn connections_send_no_path_mtu_probes() {
         within(conn.closed()).await;
         conn.stats().path
     });
-    let conn = within(dial(
-        &alice,
-        &Identity::new(&alice_key).unwrap(),
-        bob_addr,
-        bob_key.node_id(),
-    ))
-    .await
-    .unwrap();
+    let alice_identity = Identity::new(&alice_key).unwrap();
+    let conn = within(dial(&alice, &alice_identity, bob_addr, bob_key.node_id()))
+        .await
+        .unwrap();
     let (mut send, mut recv) = within(conn.open_bi()).await.unwrap();
     send.write_all(b"ping").await.unwrap();
     send.finish().unwrap();
