@@ -222,12 +222,17 @@ pub fn resolve_peer(machine: &TrustMachine, text: &str) -> Result<NodeId, String
     if let Ok(id) = text.parse::<NodeId>() {
         return Ok(id);
     }
+    let is_named = |name: &Option<String>| name.as_deref().map(str::trim) == Some(text);
     let named: BTreeSet<NodeId> = machine
         .peers()
-        .filter_map(|p| Some(p.id).filter(|_| p.name.as_deref().map(str::trim) == Some(text)))
-        .chain(machine.allowlist().filter_map(|(id, entry)| {
-            Some(*id).filter(|_| entry.name.as_deref().map(str::trim) == Some(text))
-        }))
+        .filter(|p| is_named(&p.name))
+        .map(|p| p.id)
+        .chain(
+            machine
+                .allowlist()
+                .filter(|(_, entry)| is_named(&entry.name))
+                .map(|(id, _)| *id),
+        )
         .collect();
     match named.len() {
         1 => return Ok(*named.first().expect("one name")),
