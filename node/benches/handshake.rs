@@ -1169,14 +1169,13 @@ fn main() {
             (server, (Op::Kith, addr, key.node_id()))
         })
         .collect();
-    let mut targets = vec![bare_target, node.target()];
-    targets.extend(floor_servers.iter().map(|(_, target)| *target));
-    for (i, &(op, addr, id)) in targets.iter().enumerate() {
-        // The node was warmed up as it started.
-        if i != 1 {
-            drive(&clients, op, addr, id, 1, 0, WARMUP);
-        }
+    let floor_targets = floor_servers.iter().map(|(_, target)| *target);
+    // The node was warmed up as it started; the other servers are warmed up here.
+    for (op, addr, id) in std::iter::once(bare_target).chain(floor_targets.clone()) {
+        drive(&clients, op, addr, id, 1, 0, WARMUP);
     }
+    let mut targets = vec![bare_target, node.target()];
+    targets.extend(floor_targets);
     let mut turns = in_turns(&clients, &targets, LATENCY_ITERATIONS).into_iter();
     let mut next_run = |name: &str| Run {
         name: name.into(),
