@@ -74,6 +74,23 @@ pub enum Request {
     Events {
         follow: bool,
     },
+    /// Expose a TCP target to trusted peers as a named service (replacing one of
+    /// that name); `peers` empty: every trusted peer.
+    Expose {
+        name: String,
+        target: String,
+        peers: Vec<String>,
+    },
+    Unexpose {
+        name: String,
+    },
+    Services,
+    /// Join this connection to a peer's service: after one `ok` line the socket
+    /// carries the service's bytes both ways, until either side ends.
+    Connect {
+        peer: String,
+        service: String,
+    },
 }
 
 /// The daemon's answer: data, or one human sentence saying why not.
@@ -118,6 +135,20 @@ pub async fn call(
     let mut lines = open(socket, data_dir, request).await?;
     let line = lines.next_line().await?.ok_or(ControlError::NoAnswer)?;
     serde_json::from_str(&line).map_err(ControlError::Protocol)
+}
+
+/// Client side for [`Request::Connect`]: sends the request and reads the one answer
+/// line; on success the returned socket (with anything it already buffered) carries
+/// the service's bytes.
+pub async fn open_pipe(
+    socket: &Path,
+    data_dir: &Path,
+    request: &Request,
+) -> Result<(Response, BufReader<UnixStream>), ControlError> {
+    let mut lines = open(socket, data_dir, request).await?;
+    let line = lines.next_line().await?.ok_or(ControlError::NoAnswer)?;
+    let response = serde_json::from_str(&line).map_err(ControlError::Protocol)?;
+    Ok((response, lines.into_inner()))
 }
 
 /// Client side for streaming answers: sends the request and returns the response lines.
@@ -306,6 +337,20 @@ pub struct StatusView {
     /// The home relay connection, with `kith run --relay`.
     #[serde(default)]
     pub relay: Option<RelayLinkView>,
+    /// The services this node exposes to trusted peers.
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
+}
+
+/// One exposed service, as `kith status` and `kith expose` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceView {
+    pub name: String,
+    /// Where its connections go, `HOST:PORT`.
+    pub target: String,
+    /// The peers (full ids) it is limited to; empty: every trusted peer.
+    pub peers: Vec<String>,
+    pub added_ms: u64,
 }
 
 /// The home relay connection as `kith status` shows it.

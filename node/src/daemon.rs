@@ -31,7 +31,10 @@ use crate::node::{
     now_ms,
 };
 use crate::reach::PeerReach;
+use crate::service::{SERVICE_ALPN, ServiceClient};
 use crate::ticket::Ticket;
+
+mod services;
 
 /// How `kith run` was configured.
 #[derive(Debug, Clone)]
@@ -60,7 +63,9 @@ pub enum DaemonError {
 }
 
 struct Daemon {
-    node: Node,
+    node: Arc<Node>,
+    /// Opens streams to peers' services for `kith connect` and `kith forward`.
+    services: ServiceClient,
     data_dir: DataDir,
     options: DaemonOptions,
     started_at_ms: u64,
@@ -88,11 +93,12 @@ pub async fn run(
         .advertise(options.advertise.clone())
         .store(StoreLocation::File(data_dir.store()))
         .config(options.config.clone())
-        .private(options.private);
+        .private(options.private)
+        .protocol(SERVICE_ALPN);
     if let Some(relay) = &options.relay {
         builder = builder.relay(relay.clone());
     }
-    let node = builder.spawn().await?;
+    let node = Arc::new(builder.spawn().await?);
     let listener = control::bind(&data_dir.control_socket()).await?;
     info!(node_id = %node.node_id(), listen = %node.local_addr(), "kith node running");
     eprintln!(
@@ -108,7 +114,9 @@ pub async fn run(
         }
     );
     let (live, _) = tokio::sync::broadcast::channel(1024);
+    let serving = tokio::spawn(crate::service::serve(node.clone()));
     let daemon = Arc::new(Daemon {
+        services: ServiceClient::new(node.clone()),
         node,
         data_dir,
         options,
@@ -132,6 +140,7 @@ pub async fn run(
     };
     watcher.abort();
     let _ = watcher.await;
+    serving.abort();
     let _ = std::fs::remove_file(daemon.data_dir.control_socket());
     // Control clients (`kith events --follow`) may still hold the daemon: shut the
     // node down through the shared handle rather than waiting for them.
@@ -146,6 +155,10 @@ async fn serve_control(listener: UnixListener, daemon: Arc<Daemon>) {
             let response = match request {
                 Request::Events { follow } => {
                     daemon.stream_events(&mut stream, follow).await;
+                    return;
+                }
+                Request::Connect { peer, service } => {
+                    daemon.connect(&mut stream, &peer, &service).await;
                     return;
                 }
                 request => daemon.dispatch(request).await,
@@ -463,7 +476,16 @@ impl Daemon {
                     Err(e) => err(crate::node::error_chain(&e)),
                 }
             }
-            Request::Events { .. } => err("events are streamed, not answered"),
+            Request::Events { .. } | Request::Connect { .. } => {
+                err("this request is streamed, not answered")
+            }
+            Request::Expose {
+                name,
+                target,
+                peers,
+            } => self.expose(&name, &target, &peers).await,
+            Request::Unexpose { name } => self.unexpose(&name).await,
+            Request::Services => ok(self.service_views()),
         }
     }
 
@@ -589,6 +611,7 @@ impl Daemon {
             reachability: self.node.reachability().to_string(),
             private: self.node.is_private(),
             relay: self.node.relay_status().map(|s| relay_link_view(&s)),
+            services: self.service_views(),
         })
     }
 }

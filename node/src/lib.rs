@@ -5,7 +5,10 @@
 //! - [`node`]: [`Node`] — a QUIC endpoint, the trust state machine and its store, wired
 //!   together; embeddable (see examples/two_nodes.rs). Its private `link` submodule is
 //!   the relay client: the home relay connection (keep-alive, reconnect with backoff and
-//!   jitter, registration) and forwarding through relays.
+//!   jitter, registration) and forwarding through relays. Its private `app` submodule
+//!   gates application connections on trust ([`Node::connect`], [`Node::accept`]).
+//! - [`service`]: services a node exposes to trusted peers (`kith expose`, `connect`,
+//!   `forward`) and their protocol, `kith-svc/1`, on top of application connections.
 //! - [`daemon`]: `kith run` — a node bound to a data dir, answering on its control socket.
 //! - [`control`]: the control socket protocol between `kith` subcommands and the daemon.
 //! - [`store`]: the redb database: peers, allow and deny lists, audit log, reach records.
@@ -32,12 +35,13 @@ pub mod instance;
 pub mod node;
 pub mod reach;
 pub mod relay;
+pub mod service;
 pub mod store;
 pub mod ticket;
 pub mod tls;
 pub mod unlock;
 
-pub use node::{Delivery, Node, NodeBuilder, NodeError, StoreLocation};
+pub use node::{Accepted, ConnectError, Delivery, Node, NodeBuilder, NodeError, StoreLocation};
 
 /// The UDP port a kith node listens on by default.
 pub const DEFAULT_PORT: u16 = 7444;

@@ -17,6 +17,7 @@
 //! Reply hints ([`Reach`]) learned from envelopes are stored by the core in the same
 //! transaction as the envelope's effects, and only if it was applied.
 
+mod app;
 mod core;
 mod link;
 
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use app::{Accepted, ConnectError};
 pub use link::{
     BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LinkState, RelayEvent, RelayEventKind, RelayStatus,
 };
@@ -41,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use self::core::Core;
 use crate::reach::{PathKind, PeerReach, Targets};
+use crate::service::ServiceSpec;
 use crate::store::{Store, StoreError};
 use crate::ticket::Ticket;
 use crate::tls::{self, TlsError};
@@ -72,6 +75,13 @@ pub mod close_code {
     pub const DIAL_BACK: u32 = 3;
     /// A relay refuses a client (too many clients).
     pub const RELAY_FULL: u32 = 4;
+    /// A node closes an application connection from a peer it does not trust.
+    pub const NOT_TRUSTED: u32 = 5;
+    /// A node closes an application connection whose peer stopped being trusted;
+    /// the reason says the peer's new state (e.g. `trust ended: revoked`).
+    pub const TRUST_ENDED: u32 = 6;
+    /// A node closes an application connection its application is too slow to take.
+    pub const BUSY: u32 = 7;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +106,8 @@ pub enum NodeError {
     Protocol { peer: NodeId },
     #[error("relay {relay}: {reason}")]
     Relay { relay: NodeId, reason: String },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
 }
 
 /// Where the node keeps its database.
@@ -114,6 +126,7 @@ pub struct NodeBuilder {
     advertise: Vec<SocketAddr>,
     relay: Option<RelayRef>,
     private: bool,
+    protocols: Vec<Vec<u8>>,
 }
 
 impl NodeBuilder {
@@ -127,7 +140,18 @@ impl NodeBuilder {
             advertise: Vec::new(),
             relay: None,
             private: false,
+            protocols: Vec::new(),
         }
+    }
+
+    /// Serves the application protocol `alpn` to trusted peers: their connections
+    /// come out of [`Node::accept`]. Any number may be registered; `kith/1` is kith's own.
+    pub fn protocol(mut self, alpn: impl Into<Vec<u8>>) -> Self {
+        let alpn = alpn.into();
+        if !self.protocols.contains(&alpn) {
+            self.protocols.push(alpn);
+        }
+        self
     }
 
     /// The home relay: the node keeps a connection to it, registers there, and its
@@ -183,8 +207,11 @@ impl NodeBuilder {
             snapshot.allow,
             snapshot.deny,
         );
+        for alpn in &self.protocols {
+            app::check_alpn(alpn)?;
+        }
         let identity = tls::Identity::new(&self.key)?;
-        let endpoint = tls::make_endpoint(&identity, self.listen)?;
+        let endpoint = tls::make_endpoint_with(&identity, self.listen, &self.protocols)?;
         let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
             addr: self.listen,
             source,
@@ -205,6 +232,7 @@ impl NodeBuilder {
                 .collect(),
         ));
 
+        let services: ServiceMap = Arc::new(Mutex::new(snapshot.services.into_iter().collect()));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (relay_events, first_relay_subscriber) = broadcast::channel(EVENT_BUFFER);
         let key = Arc::new(self.key);
@@ -217,6 +245,7 @@ impl NodeBuilder {
                 reach: reach.clone(),
                 unacked: unacked.clone(),
                 home: self.relay.clone(),
+                services: services.clone(),
             },
         ));
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -239,11 +268,14 @@ impl NodeBuilder {
             relay_status: Mutex::new(self.relay.as_ref().map(link::RelayStatus::new)),
             relay_events,
             first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
+            apps: app::Apps::new(&self.protocols),
+            services,
         });
         let ticker = tokio::spawn(shared.core.clone().run_ticker());
         let accept = tokio::spawn(accept_loop(shared.clone()));
         let outbox = tokio::spawn(run_outbox(shared.clone(), outbox_rx));
         let resender = tokio::spawn(run_resender(shared.clone()));
+        let app_watch = tokio::spawn(shared.clone().watch_app_trust());
         let home_link = self
             .relay
             .map(|relay| tokio::spawn(link::run_home(shared.clone(), relay)));
@@ -254,6 +286,7 @@ impl NodeBuilder {
             accept,
             outbox,
             resender,
+            app_watch,
             home_link,
         })
     }
@@ -266,6 +299,7 @@ pub struct Node {
     accept: tokio::task::JoinHandle<()>,
     outbox: tokio::task::JoinHandle<()>,
     resender: tokio::task::JoinHandle<()>,
+    app_watch: tokio::task::JoinHandle<()>,
     home_link: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -305,6 +339,10 @@ struct Shared {
     /// Subscribed before the home link starts, so the first subscriber (the daemon)
     /// sees the relay events of the first moments too.
     first_relay_subscriber: Mutex<Option<broadcast::Receiver<RelayEvent>>>,
+    /// Application protocols, their accepted connections, and the live ones by peer.
+    apps: app::Apps,
+    /// The services this node exposes (see [`crate::service`]).
+    services: ServiceMap,
 }
 
 /// A read of the state machine, run by the core after the commit of its batch.
@@ -338,6 +376,12 @@ enum CoreMsg {
     },
     /// Nothing but a batch, which handles first what the machine has due.
     Tick,
+    /// Expose (`Some`) or unexpose (`None`) a service; `done` is told after the commit.
+    Service {
+        name: String,
+        spec: Option<ServiceSpec>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A peer owed a message it has not acknowledged (the durable outbox, mirrored).
@@ -431,7 +475,11 @@ struct CoreLinks {
     reach: ReachMap,
     unacked: UnackedMap,
     home: Option<RelayRef>,
+    services: ServiceMap,
 }
+
+/// The services this node exposes, as committed; written by the core after its commit.
+type ServiceMap = Arc<Mutex<std::collections::BTreeMap<String, ServiceSpec>>>;
 
 impl Shared {
     async fn handle(&self, input: Input) -> Result<Handled, NodeError> {
@@ -925,6 +973,12 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
             return;
         }
     };
+    if let Some(alpn) = tls::negotiated_alpn(&conn).filter(|a| a.as_slice() != tls::ALPN) {
+        // An application connection: it holds its inbound slot until it closes.
+        shared.accept_app(peer, alpn, conn.clone()).await;
+        conn.closed().await;
+        return;
+    }
     let remote = conn.remote_address();
     shared.remember_connection(peer, &conn);
     while let Ok((send, recv)) = conn.accept_bi().await {
@@ -1175,6 +1229,50 @@ impl Node {
         }
     }
 
+    /// A connection to `peer`'s application `alpn`, once both sides found the other
+    /// trusted. Fails with a typed [`ConnectError`] when we do not trust the peer, it
+    /// does not trust us, it does not serve `alpn`, or it cannot be reached. The
+    /// connection is closed (code [`close_code::TRUST_ENDED`]) as soon as either side
+    /// stops trusting the other.
+    pub async fn connect(
+        &self,
+        peer: NodeId,
+        alpn: &[u8],
+    ) -> Result<quinn::Connection, ConnectError> {
+        self.shared.connect_app(peer, alpn).await
+    }
+
+    /// The next connection from a trusted peer to the application protocol `alpn`
+    /// (registered with [`NodeBuilder::protocol`]); `None` if it was not registered
+    /// or the node stopped.
+    pub async fn accept(&self, alpn: &[u8]) -> Option<Accepted> {
+        self.shared.next_app(alpn).await
+    }
+
+    /// Exposes (`Some`) or unexposes (`None`) the service `name`, durably: returns
+    /// once it is committed. Checks nothing; [`crate::service::expose`] does.
+    pub async fn set_service(
+        &self,
+        name: String,
+        spec: Option<ServiceSpec>,
+    ) -> Result<(), NodeError> {
+        let (done, committed) = oneshot::channel();
+        self.shared
+            .core
+            .submit(CoreMsg::Service { name, spec, done })?;
+        committed.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The services this node exposes, by name.
+    pub fn services(&self) -> std::collections::BTreeMap<String, ServiceSpec> {
+        self.shared.services.lock().unwrap().clone()
+    }
+
+    /// The application protocols this node serves.
+    pub fn protocols(&self) -> Vec<Vec<u8>> {
+        self.shared.apps.protocols()
+    }
+
     /// Resolves, with the cause, if the node stops working on its own: a store
     /// commit failed (nothing of that batch was acknowledged, and nothing more can
     /// be), or a bug stopped its core. The node then answers every call with
@@ -1195,6 +1293,7 @@ impl Node {
         self.accept.abort();
         self.outbox.abort();
         self.resender.abort();
+        self.app_watch.abort();
         self.ticker.abort();
         let endpoint = self.shared.endpoint.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

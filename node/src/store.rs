@@ -15,6 +15,7 @@ use kith_keys::NodeId;
 use kith_protocol::machine::{AllowEntry, AuditEntry, PeerRecord, StoreWrite};
 
 use crate::reach::PeerReach;
+use crate::service::ServiceSpec;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +29,8 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const REACH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reach");
 /// Peers owed a message they have not acknowledged yet, with when that began (ms).
 const OUTBOX: TableDefinition<&[u8], u64> = TableDefinition::new("outbox");
+/// Services this node exposes to trusted peers, by name.
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 
 /// Bumped when a table's encoding changes; a newer file is refused, not misread.
 const SCHEMA_VERSION: u32 = 1;
@@ -94,6 +97,8 @@ pub struct Snapshot {
     pub reach: Vec<(NodeId, PeerReach)>,
     /// Peers owed an unacknowledged message, and since when (ms).
     pub outbox: Vec<(NodeId, u64)>,
+    /// Exposed services, by name.
+    pub services: Vec<(String, ServiceSpec)>,
 }
 
 /// Changes to the node's own tables that ride along with the trust machine's writes.
@@ -103,6 +108,8 @@ pub struct NodeWrites {
     pub reach: Vec<(NodeId, Option<PeerReach>)>,
     /// Outbox markers; `None` removes one.
     pub outbox: Vec<(NodeId, Option<u64>)>,
+    /// Services; `None` removes one.
+    pub services: Vec<(String, Option<ServiceSpec>)>,
 }
 
 /// The node's database.
@@ -186,6 +193,7 @@ impl Store {
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(REACH).map_err(db_err)?;
             txn.open_table(OUTBOX).map_err(db_err)?;
+            txn.open_table(SERVICES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db })
@@ -254,6 +262,17 @@ impl Store {
                 .outbox
                 .push((node_id("outbox", k.value())?, v.value()));
         }
+        for item in txn
+            .open_table(SERVICES)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = item.map_err(db_err)?;
+            snapshot
+                .services
+                .push((k.value().to_string(), decode("services", v.value())?));
+        }
         Ok(snapshot)
     }
 
@@ -266,10 +285,25 @@ impl Store {
     /// Removing a peer removes its reach record and outbox marker too.
     pub fn apply_all(&self, writes: &[StoreWrite], node: &NodeWrites) -> Result<(), StoreError> {
         let reach_writes = &node.reach;
-        if writes.is_empty() && reach_writes.is_empty() && node.outbox.is_empty() {
+        if writes.is_empty()
+            && reach_writes.is_empty()
+            && node.outbox.is_empty()
+            && node.services.is_empty()
+        {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(db_err)?;
+        if !node.services.is_empty() {
+            let mut services = txn.open_table(SERVICES).map_err(db_err)?;
+            for (name, spec) in &node.services {
+                match spec {
+                    Some(spec) => services
+                        .insert(name.as_str(), encode(spec).as_slice())
+                        .map_err(db_err)?,
+                    None => services.remove(name.as_str()).map_err(db_err)?,
+                };
+            }
+        }
         let removed: Vec<&NodeId> = writes
             .iter()
             .filter_map(|w| match w {
@@ -484,6 +518,7 @@ mod tests {
                 &NodeWrites {
                     reach: vec![(peer, Some(reach.clone()))],
                     outbox: vec![(peer, Some(5))],
+                    services: Vec::new(),
                 },
             )
             .unwrap();

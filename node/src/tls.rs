@@ -182,6 +182,17 @@ impl Identity {
 /// The QUIC server configuration of a node: TLS 1.3 only, ALPN `kith/1`, this
 /// node's certificate, and a mandatory client certificate from every peer.
 pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+    server_config_with(identity, &[])
+}
+
+/// [`server_config`] that also accepts the application protocols `apps` (each
+/// connection negotiates one ALPN; `kith/1` stays first). What may flow on an
+/// application connection is decided after the handshake, by trust
+/// ([`crate::app`]).
+pub fn server_config_with(
+    identity: &Identity,
+    apps: &[Vec<u8>],
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = ring_provider();
     let verifier = Arc::new(AnyNodeClientVerifier {
         algorithms: provider.signature_verification_algorithms,
@@ -190,7 +201,9 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsErro
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity.certified.clone());
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = std::iter::once(ALPN.to_vec())
+        .chain(apps.iter().cloned())
+        .collect();
     // No session tickets or session cache: a resumed TLS 1.3 session skips the
     // certificate exchange, so the peer would not prove its key on that connection.
     tls.send_tls13_tickets = 0;
@@ -209,7 +222,15 @@ pub fn client_config(
     identity: &Identity,
     expected: NodeId,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    Ok(client_config_reporting(identity, expected)?.0)
+    Ok(client_config_reporting(identity, expected, ALPN, transport_config())?.0)
+}
+
+/// The ALPN a connection negotiated (`kith/1` or an application protocol).
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 /// The NodeId bound to an established connection: the key of the certificate the
@@ -230,6 +251,15 @@ pub fn peer_node_id(conn: &quinn::Connection) -> Result<NodeId, TlsError> {
 /// configuration on purpose: every outgoing connection must name the NodeId it
 /// expects. Must be called within a Tokio runtime.
 pub fn make_endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+    make_endpoint_with(identity, listen, &[])
+}
+
+/// [`make_endpoint`] whose server side also accepts the application protocols `apps`.
+pub fn make_endpoint_with(
+    identity: &Identity,
+    listen: SocketAddr,
+    apps: &[Vec<u8>],
+) -> Result<quinn::Endpoint, TlsError> {
     let bind_err = |source| TlsError::Bind {
         addr: listen,
         source,
@@ -239,7 +269,7 @@ pub fn make_endpoint(identity: &Identity, listen: SocketAddr) -> Result<quinn::E
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime is running")))?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server_config(identity)?),
+        Some(server_config_with(identity, apps)?),
         socket,
         runtime,
     )
@@ -278,7 +308,32 @@ pub async fn dial(
     addr: SocketAddr,
     expected: NodeId,
 ) -> Result<quinn::Connection, TlsError> {
-    let (config, refused) = client_config_reporting(identity, expected)?;
+    let (config, refused) = client_config_reporting(identity, expected, ALPN, transport_config())?;
+    dial_with(endpoint, config, refused, addr, expected).await
+}
+
+/// [`dial`] for an application protocol: the connection negotiates `alpn` (which the
+/// server must have registered) and gets the larger flow-control windows of a data
+/// connection ([`app_transport_config`]).
+pub async fn dial_app(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    addr: SocketAddr,
+    expected: NodeId,
+    alpn: &[u8],
+) -> Result<quinn::Connection, TlsError> {
+    let (config, refused) =
+        client_config_reporting(identity, expected, alpn, app_transport_config())?;
+    dial_with(endpoint, config, refused, addr, expected).await
+}
+
+async fn dial_with(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    refused: Arc<OnceLock<NodeId>>,
+    addr: SocketAddr,
+    expected: NodeId,
+) -> Result<quinn::Connection, TlsError> {
     let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
     let conn = match connecting.await {
         Ok(conn) => conn,
@@ -321,6 +376,8 @@ pub async fn dial(
 fn client_config_reporting(
     identity: &Identity,
     expected: NodeId,
+    alpn: &[u8],
+    transport: Arc<TransportConfig>,
 ) -> Result<(quinn::ClientConfig, Arc<OnceLock<NodeId>>), TlsError> {
     let provider = ring_provider();
     let refused = Arc::new(OnceLock::new());
@@ -334,22 +391,28 @@ fn client_config_reporting(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(identity.certified.clone());
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     // No resumption: every connection proves the server's key afresh (see server_config).
     tls.resumption = rustls::client::Resumption::disabled();
     // `enable_early_data` stays false: no replayable 0-RTT.
 
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(transport_config());
+    config.transport_config(transport);
     Ok((config, refused))
 }
 
+/// Unread bytes any connection may hold across all its streams until the peer is
+/// found trusted for an application: what 32 streams of one largest kith frame each
+/// held before, whatever the per-stream window.
+pub const UNVETTED_CONNECTION_WINDOW: u32 = 32 * (kith_protocol::frame::MAX_FRAME_LEN as u32 + 4);
+
 /// Connection limits shared by both directions. Deliberately small: a peer is
 /// untrusted until the protocol layer says otherwise, so it gets bounded resources
-/// and a dead peer is noticed within the idle timeout.
-/// Per-stream receive window: one largest frame and its length prefix.
-const STREAM_WINDOW: u32 = (kith_protocol::frame::MAX_FRAME_LEN + 4) as u32;
-
+/// and a dead peer is noticed within the idle timeout. The per-stream window is the
+/// data connections' ([`APP_STREAM_WINDOW`]) because a server announces it in the
+/// handshake, before it knows which protocol the connection speaks; the connection
+/// window keeps what an unvetted peer can make us buffer where it was. A kith message
+/// is still at most one frame: its reader stops at [`kith_protocol::frame::MAX_FRAME_LEN`].
 fn transport_config() -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
     // IdleTimeout from a VarInt is in milliseconds and cannot fail.
@@ -359,13 +422,39 @@ fn transport_config() -> Arc<TransportConfig> {
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
     transport.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
-    // One message per stream, at most a frame: a peer cannot make us buffer more per
-    // stream than we would accept anyway.
-    transport.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    transport.stream_receive_window(VarInt::from_u32(APP_STREAM_WINDOW));
+    transport.receive_window(VarInt::from_u32(UNVETTED_CONNECTION_WINDOW));
     // No path MTU discovery: a kith message fits in the 1,200-byte datagram every
     // QUIC path carries, and each probe is ~1,450 bytes of PADDING that the receiver
     // parses frame by frame. Probing cost a direct handshake ~60 µs at p50 (bench).
     transport.mtu_discovery_config(None);
+    Arc::new(transport)
+}
+
+/// Flow-control windows of an application (data) connection. A stream's window bounds
+/// one stream's throughput to window / RTT (4 MiB at 50 ms RTT is ~80 MiB/s); the
+/// connection's bounds what all its streams may hold unread at once.
+pub const APP_STREAM_WINDOW: u32 = 4 << 20;
+/// Unread bytes a trusted application connection may hold across all its streams.
+pub const APP_CONNECTION_WINDOW: u32 = 16 << 20;
+/// Streams a trusted peer may open at once on an application connection, each way.
+pub const APP_MAX_STREAMS: u32 = 256;
+
+/// The transport of a connection this node dials for an application: the windows
+/// above, both stream kinds, the same timeouts and keep-alive as every connection.
+/// The accepting side starts every connection with [`transport_config`]'s small
+/// limits and raises them only once the peer is found trusted.
+pub fn app_transport_config() -> Arc<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
+        IDLE_TIMEOUT.as_millis() as u32,
+    ))));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(APP_MAX_STREAMS));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(APP_MAX_STREAMS));
+    transport.stream_receive_window(VarInt::from_u32(APP_STREAM_WINDOW));
+    transport.receive_window(VarInt::from_u32(APP_CONNECTION_WINDOW));
+    transport.send_window(u64::from(APP_CONNECTION_WINDOW));
     Arc::new(transport)
 }
 

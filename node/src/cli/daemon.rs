@@ -305,6 +305,7 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
     }
     println!("up since  {}", ago(status.started_at_ms));
     println!("ticket    {}", status.ticket);
+    super::service::print_services(&status.services);
     if status.pending_incoming > 0 {
         println!(
             "\n{} request(s) wait for you: see `kith pending`",

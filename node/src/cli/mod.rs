@@ -7,6 +7,7 @@ mod identity;
 mod operator;
 mod output;
 mod relay;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,10 @@ Getting started:
   kith request <TICKET> -j WHY ask another node for trust
   kith pending                 requests waiting for your answer
   kith approve <PEER>          trust a peer that asked
+
+Reach a service on a trusted peer:
+  kith expose ssh --to 127.0.0.1:22          (on the serving node)
+  ssh -o ProxyCommand='kith connect %h ssh' HOST   (HOST: the peer's name or id)
 
 Behind NAT: run a relay somewhere public (`kith relay`), then `kith run --relay <RELAY-TICKET> --private`.
 
@@ -89,6 +94,10 @@ pub enum Command {
     Rename(operator::RenameArgs),
     Ping(operator::PingArgs),
     Events(operator::EventsArgs),
+    Expose(service::ExposeArgs),
+    Unexpose(service::UnexposeArgs),
+    Connect(service::ConnectArgs),
+    Forward(service::ForwardArgs),
     Completions(operator::CompletionsArgs),
     Demo(DemoArgs),
 }
@@ -161,6 +170,10 @@ pub fn main() -> ExitCode {
         Command::Rename(args) => operator::rename(&ctx, args),
         Command::Ping(args) => operator::ping(&ctx, args),
         Command::Events(args) => operator::events(&ctx, args),
+        Command::Expose(args) => service::expose(&ctx, args),
+        Command::Unexpose(args) => service::unexpose(&ctx, args),
+        Command::Connect(args) => service::connect(&ctx, args),
+        Command::Forward(args) => service::forward(&ctx, args),
         Command::Completions(args) => operator::completions(args),
         Command::Demo(_) => demo(),
     };

@@ -33,6 +33,7 @@ use super::{
     now_ms,
 };
 use crate::reach::{PeerReach, targets};
+use crate::service::ServiceSpec;
 use crate::store::{NodeWrites, Store, StoreError};
 
 /// Inputs handled per store commit; bounds the latency one batch adds.
@@ -281,6 +282,7 @@ impl CoreState {
             reach,
             unacked,
             home,
+            services,
         } = links;
         let machine = &mut self.machine;
         let mut rng = rand_core::OsRng;
@@ -288,6 +290,9 @@ impl CoreState {
         let mut writes = Vec::new();
         let mut released: Vec<(ReplyTo, Output, Vec<u64>)> = Vec::new();
         let mut reads = Vec::new();
+        // Services exposed or unexposed by this batch, and who waits for the commit.
+        let mut service_changes: Vec<(String, Option<ServiceSpec>)> = Vec::new();
+        let mut service_done = Vec::new();
         // Outbox markers changed by this batch (with the sequence of a new one),
         // committed with the batch and mirrored to `unacked` after the commit.
         let mut outbox_changes: HashMap<NodeId, Option<Unacked>> = HashMap::new();
@@ -388,6 +393,11 @@ impl CoreState {
                     }
                 }
                 CoreMsg::Read(f) => reads.push(f),
+                CoreMsg::Service { name, spec, done } => {
+                    service_changes.retain(|(n, _)| *n != name);
+                    service_changes.push((name, spec));
+                    service_done.push(done);
+                }
                 CoreMsg::Tick => {}
             }
         }
@@ -397,6 +407,7 @@ impl CoreState {
                 .iter()
                 .map(|(id, u)| (*id, u.map(|u| u.since_ms)))
                 .collect(),
+            services: service_changes,
         };
         if let Err(e) = self.store.apply_all(&writes, &node_writes) {
             // Nothing of this batch is durable, so none of it may be acted on. After a
@@ -427,6 +438,18 @@ impl CoreState {
                         None => map.remove(&id),
                     };
                 }
+            }
+            {
+                let mut map = services.lock().unwrap();
+                for (name, spec) in &node_writes.services {
+                    match spec {
+                        Some(spec) => map.insert(name.clone(), spec.clone()),
+                        None => map.remove(name),
+                    };
+                }
+            }
+            for done in service_done {
+                let _ = done.send(());
             }
             for (reply, out, seqs) in released {
                 for event in out.events {
@@ -497,6 +520,7 @@ mod tests {
             reach: Default::default(),
             unacked: Default::default(),
             home: None,
+            services: Default::default(),
         };
         Arc::new(Core::new(machine, store, links))
     }

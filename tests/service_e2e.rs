@@ -1,0 +1,306 @@
+//! End-to-end tests of services: `kith expose` on one node, `kith connect` on
+//! another, real daemons on loopback, a real TCP echo server as the service, and a
+//! scripted QUIC client for what a stranger could try.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TestNode, stderr_of};
+use serde_json::Value;
+
+/// A TCP echo server on loopback; counts the connections it accepted.
+struct Echo {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+fn echo_server() -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut stream);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    Echo { addr, accepted }
+}
+
+/// Two running nodes that trust each other; `b` is named "server" at `a`.
+fn trusted_pair() -> (TestNode, TestNode) {
+    let mut a = TestNode::init();
+    let mut b = TestNode::init();
+    a.start();
+    b.start();
+    let sent = a.json(&["request", &b.ticket(), "-j", "reach the echo service"]);
+    assert_eq!(sent["delivered"], true, "{sent}");
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["approve", &a.node_id, "--name", "client"]);
+    a.wait_for_state(&b.node_id, "trusted");
+    a.run_ok(&["rename", &b.node_id, "server"]);
+    (a, b)
+}
+
+/// `kith connect PEER SERVICE` on `node`, with piped stdin and stdout.
+fn connect(node: &TestNode, peer: &str, service: &str) -> Child {
+    node.command(&["connect", peer, service])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kith connect")
+}
+
+/// Deterministic, incompressible-looking bytes.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_trusted_peer_round_trips_ten_megabytes_through_kith_connect() {
+    let (a, b) = trusted_pair();
+    let echo = echo_server();
+    let exposed = b.json(&["expose", "echo", "--to", &echo.addr.to_string()]);
+    assert_eq!(exposed["name"], "echo", "{exposed}");
+    let status = b.status();
+    assert_eq!(status["services"][0]["name"], "echo", "{status}");
+    assert!(b.run_ok(&["status"]).contains("echo ->"), "status lists it");
+
+    let data = pattern(10 << 20);
+    let mut child = connect(&a, "server", "echo");
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&sent).unwrap();
+        // Dropping stdin ends our half; the echo then ends its half.
+    });
+    let mut got = Vec::with_capacity(data.len());
+    child.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "connect failed: {}", stderr_of(&out));
+    assert_eq!(got.len(), data.len(), "every byte came back");
+    assert!(got == data, "the bytes came back unchanged");
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn peers_that_are_not_trusted_are_refused_with_the_next_step() {
+    let (_a, mut b) = trusted_pair();
+    let echo = echo_server();
+    b.run_ok(&["expose", "echo", "--to", &echo.addr.to_string()]);
+
+    // C asked B for trust, and B has not answered: C refuses to connect itself.
+    let mut c = TestNode::init();
+    c.start();
+    c.json(&["request", &b.ticket(), "-j", "let me in"]);
+    b.wait_for_state(&c.node_id, "incoming_pending");
+    let out = c.run(&["connect", &b.node_id, "echo"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("is not trusted by this node") && err.contains("kith request"),
+        "{err}"
+    );
+    assert_eq!(
+        echo.accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the service"
+    );
+    b.stop();
+}
+
+#[test]
+fn unknown_services_and_dead_targets_say_what_to_do() {
+    let (a, b) = trusted_pair();
+    let out = a.run(&["connect", "server", "nosuch"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("has no service named \"nosuch\"") && err.contains("kith expose nosuch"),
+        "{err}"
+    );
+
+    // A target nobody listens on: bind a port, then free it.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    b.run_ok(&["expose", "gone", "--to", &dead.to_string()]);
+    let out = a.run(&["connect", "server", "gone"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("could not connect its service \"gone\"") && err.contains(&dead.to_string()),
+        "{err}"
+    );
+
+    // Limited to another peer: A is trusted but not admitted.
+    let other = TestNode::init();
+    let echo = echo_server();
+    b.run_ok(&["allow", &other.node_id, "--name", "other"]);
+    b.run_ok(&[
+        "expose",
+        "private",
+        "--to",
+        &echo.addr.to_string(),
+        "--peer",
+        "other",
+    ]);
+    let out = a.run(&["connect", "server", "private"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("limited to other peers"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 0);
+
+    // Bad names and targets never reach the store.
+    let out = b.run(&["expose", "Bad Name", "--to", "127.0.0.1:1"]);
+    assert!(stderr_of(&out).contains("a service name is 1 to 64 characters"));
+    let out = b.run(&["expose", "x", "--to", "127.0.0.1"]);
+    assert!(stderr_of(&out).contains("HOST:PORT"));
+    let names: Vec<String> = b.status()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["gone", "private"]);
+
+    // Services are kept in the store: a restart serves them again.
+    let (mut a, mut b) = (a, b);
+    b.restart();
+    a.restart();
+    let kept: Vec<Value> = b.status()["services"].as_array().unwrap().clone();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[1]["peers"][0], other.node_id.as_str());
+    b.run_ok(&["unexpose", "gone"]);
+    let out = a.run(&["connect", "server", "gone"]);
+    assert!(
+        stderr_of(&out).contains("has no service named \"gone\""),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = b.run(&["unexpose", "gone"]);
+    assert!(stderr_of(&out).contains("no service named \"gone\" is exposed"));
+}
+
+#[test]
+fn a_revoke_mid_transfer_ends_the_stream_at_once() {
+    let (a, b) = trusted_pair();
+    let echo = echo_server();
+    b.run_ok(&["expose", "echo", "--to", &echo.addr.to_string()]);
+
+    let mut child = connect(&a, "server", "echo");
+    let mut stdin = child.stdin.take().unwrap();
+    // Keeps sending until the pipe breaks (the stream ended).
+    std::thread::spawn(move || {
+        let chunk = pattern(64 << 10);
+        while stdin.write_all(&chunk).is_ok() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0;
+    while received < (1 << 20) {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before the revoke");
+        received += n;
+    }
+    // Drain in the background, and note when the stream ends.
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = ended_tx.send(Instant::now());
+    });
+
+    b.run_ok(&["revoke", &a.node_id, "--reason", "lost laptop"]);
+    let revoked = Instant::now();
+    let ended = ended_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the stream ended after the revoke");
+    let took = ended.saturating_duration_since(revoked);
+    assert!(
+        took < Duration::from_secs(1),
+        "the stream ended {took:?} after the revoke"
+    );
+    let _ = child.wait();
+
+    a.wait_for_state(&b.node_id, "revoked_by_peer");
+    let out = a.run(&["connect", "server", "echo"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("is not trusted by this node"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+/// A stranger that dials the service protocol directly (a scripted QUIC client with a
+/// fresh identity) gets its connection closed as not trusted, and the service never
+/// sees a byte of what it sent.
+#[test]
+fn a_stranger_speaking_the_service_protocol_is_closed_before_anything_flows() {
+    use kith::keys::NodeKey;
+    use kith::node::node::close_code;
+    use kith::node::{service::SERVICE_ALPN, tls};
+
+    let (_a, b) = trusted_pair();
+    let echo = echo_server();
+    b.run_ok(&["expose", "echo", "--to", &echo.addr.to_string()]);
+    let target = b.listen_addr();
+    let b_id = b.node_id.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let closed = runtime.block_on(async move {
+        let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
+        let endpoint = tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = tls::dial_app(&endpoint, &identity, target, b_id, SERVICE_ALPN)
+            .await
+            .expect("the handshake itself completes: trust is checked after it");
+        // Try to open a stream and name the service anyway.
+        if let Ok((mut send, _recv)) = conn.open_bi().await {
+            let _ = send.write_all(b"\x05\x00\x00\x00\x04echo").await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect("the node closed the connection")
+    });
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(close_code::NOT_TRUSTED)
+            );
+        }
+        other => panic!("closed for another reason: {other}"),
+    }
+    assert_eq!(
+        echo.accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the service"
+    );
+}
