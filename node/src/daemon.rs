@@ -50,6 +50,8 @@ pub struct DaemonOptions {
     pub relay: Option<RelayRef>,
     /// Refuse inbound connections, advertise no direct address (`--private`).
     pub private: bool,
+    /// Serve Prometheus metrics on this address (`--metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("the node stopped: {0}")]
     Failed(String),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 struct Daemon {
@@ -115,6 +119,21 @@ pub async fn run(
     );
     let (live, _) = tokio::sync::broadcast::channel(1024);
     let serving = tokio::spawn(crate::service::serve(node.clone()));
+    let metrics = match options.metrics {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            if let Ok(addr) = listener.local_addr() {
+                eprintln!("metrics on http://{addr}/metrics");
+            }
+            let node = node.clone();
+            let render: crate::metrics::Render = Arc::new(move || {
+                let node = node.clone();
+                Box::pin(async move { node.metrics().await.unwrap_or_default() })
+            });
+            Some(tokio::spawn(crate::metrics::serve(listener, render)))
+        }
+        None => None,
+    };
     let daemon = Arc::new(Daemon {
         services: ServiceClient::new(node.clone()),
         node,
@@ -141,6 +160,9 @@ pub async fn run(
     watcher.abort();
     let _ = watcher.await;
     serving.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     let _ = std::fs::remove_file(daemon.data_dir.control_socket());
     // Control clients (`kith events --follow`) may still hold the daemon: shut the
     // node down through the shared handle rather than waiting for them.

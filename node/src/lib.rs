@@ -32,6 +32,7 @@ pub mod datadir;
 pub mod demo;
 pub mod harden;
 pub mod instance;
+pub mod metrics;
 pub mod node;
 pub mod reach;
 pub mod relay;

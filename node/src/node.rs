@@ -34,7 +34,9 @@ pub use link::{
 
 use kith_keys::{NodeId, NodeKey};
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
-use kith_protocol::machine::{Command, Config, Event, Input, PeerRecord, Reply, TrustMachine};
+use kith_protocol::machine::{
+    Command, Config, Event, Input, PeerRecord, Reply, TrustMachine, TrustState,
+};
 use kith_protocol::relay::ForwardResult;
 use kith_protocol::validate::Refusal;
 use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayRef};
@@ -42,6 +44,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
 use self::core::Core;
+use crate::metrics::NodeMetrics;
 use crate::reach::{PathKind, PeerReach, Targets};
 use crate::service::ServiceSpec;
 use crate::store::{Store, StoreError};
@@ -233,6 +236,7 @@ impl NodeBuilder {
         ));
 
         let services: ServiceMap = Arc::new(Mutex::new(snapshot.services.into_iter().collect()));
+        let metrics = Arc::new(NodeMetrics::default());
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (relay_events, first_relay_subscriber) = broadcast::channel(EVENT_BUFFER);
         let key = Arc::new(self.key);
@@ -246,6 +250,7 @@ impl NodeBuilder {
                 unacked: unacked.clone(),
                 home: self.relay.clone(),
                 services: services.clone(),
+                metrics: metrics.clone(),
             },
         ));
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -270,6 +275,7 @@ impl NodeBuilder {
             first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
             apps: app::Apps::new(&self.protocols),
             services,
+            metrics,
         });
         let ticker = tokio::spawn(shared.core.clone().run_ticker());
         let accept = tokio::spawn(accept_loop(shared.clone()));
@@ -343,6 +349,8 @@ struct Shared {
     apps: app::Apps,
     /// The services this node exposes (see [`crate::service`]).
     services: ServiceMap,
+    /// Counters and histograms for `--metrics`.
+    metrics: Arc<NodeMetrics>,
 }
 
 /// A read of the state machine, run by the core after the commit of its batch.
@@ -357,6 +365,8 @@ enum CoreMsg {
         /// What to remember about reaching the peer if the input is applied.
         learn: Option<Box<Learn>>,
         reply: oneshot::Sender<Result<Handled, NodeError>>,
+        /// When it was submitted, for the handling-time metric.
+        arrived: std::time::Instant,
     },
     Read(ReadFn),
     /// Which path last reached a peer (after a delivery); stored with the next batch.
@@ -476,6 +486,7 @@ struct CoreLinks {
     unacked: UnackedMap,
     home: Option<RelayRef>,
     services: ServiceMap,
+    metrics: Arc<NodeMetrics>,
 }
 
 /// The services this node exposes, as committed; written by the core after its commit.
@@ -496,6 +507,7 @@ impl Shared {
             input: Box::new(input),
             learn: learn.map(Box::new),
             reply: tx,
+            arrived: std::time::Instant::now(),
         })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
@@ -1266,6 +1278,66 @@ impl Node {
     /// The services this node exposes, by name.
     pub fn services(&self) -> std::collections::BTreeMap<String, ServiceSpec> {
         self.shared.services.lock().unwrap().clone()
+    }
+
+    /// The node's metrics in the Prometheus text format, its gauges read now.
+    pub async fn metrics(&self) -> Result<String, NodeError> {
+        let (peers, pending) = self
+            .shared
+            .read(|m, now| {
+                let mut counts: std::collections::BTreeMap<&'static str, i64> = [
+                    TrustState::OutgoingPending,
+                    TrustState::IncomingPending,
+                    TrustState::Trusted,
+                    TrustState::Rejected,
+                    TrustState::RejectedByPeer,
+                    TrustState::Revoked,
+                    TrustState::RevokedByPeer,
+                    TrustState::Expired,
+                ]
+                .iter()
+                .map(|s| (s.as_str(), 0))
+                .collect();
+                for p in m.peers() {
+                    let state = if p.state == TrustState::Trusted && !p.is_trusted(now) {
+                        TrustState::Expired
+                    } else {
+                        p.state
+                    };
+                    *counts.entry(state.as_str()).or_default() += 1;
+                }
+                (counts, m.pending_incoming() as i64)
+            })
+            .await?;
+        let open = |c: &quinn::Connection| c.close_reason().is_none();
+        let direct = self
+            .shared
+            .conns
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| open(c))
+            .count();
+        let relay = self
+            .shared
+            .links
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| open(c))
+            .count();
+        let app = self.shared.apps.total();
+        let peers: Vec<(&'static str, i64)> = peers.into_iter().collect();
+        self.shared.metrics.set_state(
+            &peers,
+            pending,
+            &[
+                ("direct", direct as i64),
+                ("relay_link", relay as i64),
+                ("application", app as i64),
+            ],
+        );
+        Ok(self.shared.metrics.render())
     }
 
     /// The application protocols this node serves.

@@ -547,6 +547,8 @@ pub enum RelayDaemonError {
     Tls(#[from] TlsError),
     #[error("cannot open the control socket")]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// What the relay daemon reports besides the server's own state.
@@ -554,6 +556,8 @@ pub enum RelayDaemonError {
 pub struct RelayDaemonInfo {
     pub keystore_encrypted: bool,
     pub hardened: bool,
+    /// Serve Prometheus metrics on this address (`--metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs a relay bound to `data_dir` (its identity and control socket) until
@@ -567,6 +571,10 @@ pub async fn run_daemon(
 ) -> Result<(), RelayDaemonError> {
     let server = RelayServer::spawn(key, options).await?;
     let listener = control::bind(&data_dir.control_socket()).await?;
+    let metrics_listener = match info.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     eprintln!(
         "kith relay {} listening on {} (control socket {})",
         server.node_id(),
@@ -577,6 +585,20 @@ pub async fn run_daemon(
     println!("{}", server.ticket());
     let server = Arc::new(server);
     let started_at_ms = now_ms();
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("metrics on http://{addr}/metrics");
+        }
+        let (server, figures) = (
+            server.clone(),
+            Arc::new(crate::metrics::RelayMetrics::default()),
+        );
+        let render: crate::metrics::Render = Arc::new(move || {
+            let text = figures.render(&server.snapshot());
+            Box::pin(async move { text })
+        });
+        tokio::spawn(crate::metrics::serve(listener, render))
+    });
     let serve = {
         let server = server.clone();
         let data_dir = data_dir.clone();
@@ -591,6 +613,10 @@ pub async fn run_daemon(
     tokio::select! {
         () = shutdown => info!("shutting down"),
         () = serve => {}
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
+        let _ = metrics.await;
     }
     let _ = std::fs::remove_file(data_dir.control_socket());
     match Arc::try_unwrap(server) {

@@ -112,6 +112,12 @@ pub struct NodeWrites {
     pub services: Vec<(String, Option<ServiceSpec>)>,
 }
 
+impl NodeWrites {
+    pub fn is_empty(&self) -> bool {
+        self.reach.is_empty() && self.outbox.is_empty() && self.services.is_empty()
+    }
+}
+
 /// The node's database.
 pub struct Store {
     db: Database,
@@ -285,11 +291,7 @@ impl Store {
     /// Removing a peer removes its reach record and outbox marker too.
     pub fn apply_all(&self, writes: &[StoreWrite], node: &NodeWrites) -> Result<(), StoreError> {
         let reach_writes = &node.reach;
-        if writes.is_empty()
-            && reach_writes.is_empty()
-            && node.outbox.is_empty()
-            && node.services.is_empty()
-        {
+        if writes.is_empty() && node.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(db_err)?;

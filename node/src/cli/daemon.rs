@@ -71,6 +71,12 @@ pub struct RunArgs {
     /// this node only through its relay (use with --relay).
     #[arg(long, conflicts_with = "advertise")]
     private: bool,
+
+    /// Serve Prometheus metrics over HTTP on ADDR (127.0.0.1:9464 when given without
+    /// one). Off by default; give a non-loopback address only behind a firewall.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = crate::metrics::DEFAULT_NODE_ADDR)]
+    metrics: Option<SocketAddr>,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
@@ -162,6 +168,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
             on_request: args.on_request,
             relay,
             private: args.private,
+            metrics: args.metrics,
         };
         daemon::run(ctx.data_dir.clone(), key, options, shutdown_signal()).await
     })?;

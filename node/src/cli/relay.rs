@@ -76,6 +76,12 @@ pub struct RelayArgs {
     /// Envelopes one sender may forward in a burst (0: no rate limit).
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().rate_burst)]
     burst: u32,
+
+    /// Serve Prometheus metrics over HTTP on ADDR (127.0.0.1:9465 when given without
+    /// one). Off by default.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = crate::metrics::DEFAULT_RELAY_ADDR)]
+    metrics: Option<SocketAddr>,
 }
 
 /// Reads an allow file: one node id per line; blank lines and `#` comments ignored.
@@ -148,6 +154,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
     let info = RelayDaemonInfo {
         keystore_encrypted: !insecure,
         hardened,
+        metrics: args.metrics,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

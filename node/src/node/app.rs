@@ -145,6 +145,17 @@ impl Apps {
         live.keys().copied().collect()
     }
 
+    /// Live application connections, all peers together.
+    pub(super) fn total(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .filter(|c| c.close_reason().is_none())
+            .count()
+    }
+
     /// Live application connections to `peer`.
     pub(super) fn count(&self, peer: &NodeId) -> usize {
         self.live.lock().unwrap().get(peer).map_or(0, |c| {

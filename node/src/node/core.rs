@@ -283,6 +283,7 @@ impl CoreState {
             unacked,
             home,
             services,
+            metrics,
         } = links;
         let machine = &mut self.machine;
         let mut rng = rand_core::OsRng;
@@ -290,6 +291,9 @@ impl CoreState {
         let mut writes = Vec::new();
         let mut released: Vec<(ReplyTo, Output, Vec<u64>)> = Vec::new();
         let mut reads = Vec::new();
+        // Acknowledgements of this batch and when their envelopes arrived, counted
+        // once the batch is committed.
+        let mut handled_envelopes = Vec::new();
         // Services exposed or unexposed by this batch, and who waits for the commit.
         let mut service_changes: Vec<(String, Option<ServiceSpec>)> = Vec::new();
         let mut service_done = Vec::new();
@@ -319,12 +323,16 @@ impl CoreState {
                     input,
                     learn,
                     reply,
+                    arrived,
                 } => {
                     let resend_of = match &*input {
                         Input::Command(Command::Resend { peer }) => Some(*peer),
                         _ => None,
                     };
                     let out = machine.handle(now, *input, key, &mut rng);
+                    if let Some(status) = out.ack() {
+                        handled_envelopes.push((status.clone(), arrived));
+                    }
                     let applied = out.refusal().is_none() && !matches!(out.reply, Reply::Failed(_));
                     for w in &out.writes {
                         if let StoreWrite::RemovePeer(id) = w {
@@ -409,7 +417,12 @@ impl CoreState {
                 .collect(),
             services: service_changes,
         };
-        if let Err(e) = self.store.apply_all(&writes, &node_writes) {
+        let committing = std::time::Instant::now();
+        let committed = self.store.apply_all(&writes, &node_writes);
+        if !writes.is_empty() || !node_writes.is_empty() {
+            metrics.commit(committing.elapsed());
+        }
+        if let Err(e) = committed {
             // Nothing of this batch is durable, so none of it may be acted on. After a
             // failed write redb refuses every later one, so the core stops: the daemon
             // exits with the cause, and a restart reopens the store.
@@ -450,6 +463,9 @@ impl CoreState {
             }
             for done in service_done {
                 let _ = done.send(());
+            }
+            for (status, arrived) in handled_envelopes {
+                metrics.envelope(&status, arrived.elapsed());
             }
             for (reply, out, seqs) in released {
                 for event in out.events {
@@ -521,6 +537,7 @@ mod tests {
             unacked: Default::default(),
             home: None,
             services: Default::default(),
+            metrics: Default::default(),
         };
         Arc::new(Core::new(machine, store, links))
     }
@@ -534,6 +551,7 @@ mod tests {
             input: Box::new(Input::Command(Command::Ignore { peer })),
             learn: None,
             reply,
+            arrived: std::time::Instant::now(),
         };
         (msg, rx)
     }
