@@ -200,3 +200,115 @@ fn the_daemon_keeps_its_key_in_locked_memory_where_the_limit_allows() {
     assert!(locked.split_whitespace().nth(1).unwrap() == "0", "{locked}");
     assert!(debug.log().contains("--no-harden"));
 }
+
+/// Whether this test process runs as root (reading another process's memory needs it).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Every readable mapping of `pid`, read through /proc/<pid>/mem (as root can, even from
+/// a non-dumpable process). Regions that cannot be read (e.g. [vvar]) are skipped.
+fn process_memory(pid: u32) -> Vec<(String, Vec<u8>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let proc = Path::new("/proc").join(pid.to_string());
+    let maps = std::fs::read_to_string(proc.join("maps")).expect("maps readable as root");
+    let mut mem = std::fs::File::open(proc.join("mem")).expect("mem readable as root");
+    let mut regions = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut buf = vec![0u8; usize::try_from(end - start).unwrap()];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        regions.push((line.to_string(), buf));
+    }
+    regions
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn a_running_daemon_keeps_no_recovery_entropy_or_passphrase_in_memory() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: reading another process's memory through /proc needs root");
+        return;
+    }
+    use std::io::Write;
+    use std::process::Stdio;
+    // Distinctive secrets, so a hit cannot be a coincidence.
+    let mut entropy = [0u8; 32];
+    for (i, b) in entropy.iter_mut().enumerate() {
+        *b = 0xA5 ^ (i as u8).wrapping_mul(37);
+    }
+    let mnemonic = Mnemonic::from_entropy(&entropy).unwrap();
+    let keystore_pass = "keystore-pass-Qz7#custody-probe";
+    let bip39_pass = "bip39-pass-Wx4$custody-probe";
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let pass_file = common::passphrase_file(files.path(), "pass", &format!("{keystore_pass}\n"));
+    let bip39_file = common::passphrase_file(files.path(), "bip39", &format!("{bip39_pass}\n"));
+    let mut node = TestNode::with_dir(dir, String::new());
+    let mut init = node
+        .command(&[
+            "init",
+            "--recover",
+            "--passphrase-file",
+            pass_file.to_str().unwrap(),
+            "--bip39-passphrase-file",
+            bip39_file.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    init.stdin
+        .take()
+        .unwrap()
+        .write_all(mnemonic.phrase().as_bytes())
+        .unwrap();
+    let out = init.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    node.start_with(&["--passphrase-file", pass_file.to_str().unwrap()]);
+    // Let the daemon settle: the secrets must be gone once it serves, not just eventually.
+    assert!(node.json(&["status"])["node_id"].is_string());
+    let phrase = mnemonic.phrase();
+    let needles: [(&str, &[u8]); 4] = [
+        ("the recovery entropy", &entropy),
+        ("the recovery phrase", phrase.as_bytes()),
+        ("the BIP39 passphrase", bip39_pass.as_bytes()),
+        ("the keystore passphrase", keystore_pass.as_bytes()),
+    ];
+    let regions = process_memory(node.pid());
+    assert!(
+        regions.iter().any(|(line, _)| line.contains("[heap]")),
+        "the daemon's heap was read"
+    );
+    let mut found = Vec::new();
+    for (what, needle) in needles {
+        for (line, bytes) in &regions {
+            if let Some(at) = find(bytes, needle) {
+                found.push(format!("{what} at offset {at:#x} of {line}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "secrets left in the daemon's memory:\n{}",
+        found.join("\n")
+    );
+}

@@ -107,6 +107,22 @@ pub struct Unlocked {
     pub custody: Result<(), InstanceError>,
 }
 
+impl Unlocked {
+    /// The node key alone: every other secret (recovery entropy, BIP39 passphrase,
+    /// keystore passphrase) is wiped before this returns.
+    pub fn into_key(self) -> NodeKey {
+        let Unlocked {
+            secrets,
+            key,
+            passphrase,
+            ..
+        } = self;
+        drop(secrets);
+        drop(passphrase);
+        key
+    }
+}
+
 /// Opens the data dir's keystore, asking for the passphrase only when it is encrypted.
 pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlocked, UnlockError> {
     data_dir.require_initialised()?;

@@ -109,9 +109,10 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
     if let Err(e) = &unlocked.custody {
         anyhow::bail!("refusing to start: {e}");
     }
-    // Only the node key lives on: the recovery phrase and the passphrase are wiped now,
-    // not when the daemon exits.
-    let unlock::Unlocked { key, insecure, .. } = unlocked;
+    let insecure = unlocked.insecure;
+    // Only the node key lives on: the recovery entropy, the BIP39 passphrase and the
+    // keystore passphrase are wiped here, not when the daemon exits.
+    let key = unlocked.into_key();
     if insecure {
         eprintln!(
             "warning: the keystore in {} is not encrypted (--insecure-no-passphrase); \
