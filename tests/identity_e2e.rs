@@ -54,7 +54,11 @@ fn init_prints_a_24_word_phrase_once_and_id_matches_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
     let out = kith(&dir)
-        .args(["init", "--insecure-no-passphrase"])
+        .args([
+            "init",
+            "--insecure-no-passphrase",
+            "--show-phrase-on-stdout",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -141,7 +145,7 @@ fn passphrase_protects_the_keystore() {
     let good = passphrase_file(tmp.path(), "good", "correct horse battery staple\n");
     let wrong = passphrase_file(tmp.path(), "wrong", "incorrect horse\n");
     let out = kith(&dir)
-        .args(["init", "--passphrase-file"])
+        .args(["init", "--show-phrase-on-stdout", "--passphrase-file"])
         .arg(&good)
         .output()
         .unwrap();
@@ -255,4 +259,94 @@ fn commands_without_init_or_daemon_say_what_to_do() {
         "{}",
         stderr_of(&out)
     );
+}
+
+#[test]
+fn a_mistyped_word_is_not_echoed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    let typo = PHRASE.replacen("sausage", "sausagf", 1);
+    let out = run_with_stdin(
+        {
+            let mut c = kith(&dir);
+            c.args(["init", "--recover", "--insecure-no-passphrase"]);
+            c
+        },
+        &typo,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("word 6"), "{err}");
+    assert!(!err.contains("sausag"), "the error repeats the word: {err}");
+    assert!(!dir.join("keystore").exists());
+}
+
+#[test]
+fn init_will_not_print_a_new_phrase_to_a_non_terminal_without_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    for json in [false, true] {
+        let mut cmd = kith(&dir);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .args(["init", "--insecure-no-passphrase"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr_of(&out);
+        assert!(err.contains("--show-phrase-on-stdout"), "{err}");
+        assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
+        assert!(!dir.join("keystore").exists(), "nothing was written");
+    }
+    // With the flag, JSON carries the phrase; a recovery needs no flag (nothing new to show).
+    let out = kith(&dir)
+        .args([
+            "--json",
+            "init",
+            "--insecure-no-passphrase",
+            "--show-phrase-on-stdout",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let value: serde_json::Value = serde_json::from_str(stdout_of(&out).trim()).unwrap();
+    let phrase = value["data"]["mnemonic"].as_str().unwrap();
+    assert_eq!(value["data"]["node_id"], expected_id(phrase, 0).as_str());
+}
+
+/// The soft and hard core-file limits of `pid`.
+fn core_limit(pid: u32) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max core file size"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    Some((fields[4].to_string(), fields[5].to_string()))
+}
+
+#[test]
+fn init_cannot_dump_core_while_it_holds_a_phrase() {
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    // Waiting for the phrase on stdin: hardening must already be in place.
+    let mut child = kith(&tmp.path().join("n"))
+        .args(["init", "--recover", "--insecure-no-passphrase"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        seen = core_limit(pid);
+        if seen == Some(("0".into(), "0".into())) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert_eq!(seen, Some(("0".into(), "0".into())), "core limit of init");
 }

@@ -39,9 +39,10 @@ const MAX_ENTROPY: usize = 32;
 pub enum MnemonicError {
     #[error("a recovery phrase has 12, 15, 18, 21 or 24 words; got {0}")]
     WordCount(usize),
-    /// `position` counts from 1, as a person reading the phrase would.
-    #[error("word {position} ({word:?}) is not in the BIP39 English word list")]
-    UnknownWord { position: usize, word: String },
+    /// `position` counts from 1, as a person reading the phrase would. The word
+    /// itself is not kept: a mistyped word is most of a secret word.
+    #[error("word {position} is not in the BIP39 English word list")]
+    UnknownWord { position: usize },
     #[error(
         "the recovery phrase's checksum does not match: every word is valid, but one is wrong or out of order"
     )]
@@ -89,13 +90,9 @@ impl Mnemonic {
         }
         let mut indices = Zeroizing::new([0u16; MAX_WORDS]);
         for (i, word) in lowered.split_whitespace().enumerate() {
-            indices[i] =
-                Language::English
-                    .find_word(word)
-                    .ok_or_else(|| MnemonicError::UnknownWord {
-                        position: i + 1,
-                        word: word.to_string(),
-                    })?;
+            indices[i] = Language::English
+                .find_word(word)
+                .ok_or(MnemonicError::UnknownWord { position: i + 1 })?;
         }
 
         // Each word is 11 bits; the phrase is entropy || checksum, where the

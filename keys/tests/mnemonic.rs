@@ -23,23 +23,16 @@ fn wrong_word_count_is_named() {
 fn unknown_word_is_named_with_its_position_from_one() {
     let phrase = OZONE.replace("fiber", "fibre");
     let err = Mnemonic::parse(&phrase).unwrap_err();
-    assert_eq!(
-        err,
-        MnemonicError::UnknownWord {
-            position: 4,
-            word: "fibre".into()
-        }
-    );
+    assert_eq!(err, MnemonicError::UnknownWord { position: 4 });
     assert!(err.to_string().contains("word 4"), "{err}");
+    // A mistyped word is close to a secret word: the message never repeats it.
+    assert!(!err.to_string().contains("fibre"), "{err}");
 
     // The first unknown word is the one reported.
     let phrase = OZONE.replace("ozone", "Ozon").replace("picnic", "picnix");
     assert_eq!(
         Mnemonic::parse(&phrase).unwrap_err(),
-        MnemonicError::UnknownWord {
-            position: 1,
-            word: "ozon".into()
-        }
+        MnemonicError::UnknownWord { position: 1 }
     );
 }
 

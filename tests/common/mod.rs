@@ -34,7 +34,11 @@ impl TestNode {
             last_args: Vec::new(),
             netns: None,
         };
-        let out = node.run_ok(&["init", "--insecure-no-passphrase"]);
+        let out = node.run_ok(&[
+            "init",
+            "--insecure-no-passphrase",
+            "--show-phrase-on-stdout",
+        ]);
         assert!(!out.is_empty(), "init printed the phrase");
         node.node_id = node.run_ok(&["id"]).lines().next().unwrap().to_string();
         assert_eq!(node.node_id.len(), 52, "node id: {}", node.node_id);

@@ -1,6 +1,6 @@
 //! `kith init`, `kith id`, `kith mnemonic`: creating, showing and backing up a node's identity.
 
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
@@ -11,7 +11,8 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::output::print_json;
-use super::{Context, exit};
+use super::{Context, exit, secret_io};
+use crate::harden;
 use crate::instance::{Here, InstanceError, InstanceRecord, Parent, random_index};
 use crate::node::now_ms;
 use crate::store::Store;
@@ -27,9 +28,11 @@ Examples:
   kith init --passphrase-file ~/.kith-pass    passphrase from a file (one line)
   kith init --recover < phrase.txt            restore from a recovery phrase on stdin
   kith init --insecure-no-passphrase          throwaway node for tests (keystore unencrypted)
+  kith init --show-phrase-on-stdout > f.txt   a script that keeps the phrase itself
 
-The new recovery phrase is shown once. Write it down: it is the only way to restore
-this node if the keystore or its passphrase is lost.")]
+The new recovery phrase is shown once, on the terminal. Write it down: it is the only way
+to restore this node if the keystore or its passphrase is lost. When stdout is not a
+terminal (a log, a pipe) init refuses unless --show-phrase-on-stdout says to print it there.")]
 pub struct InitArgs {
     /// Restore from an existing recovery phrase (asked on the terminal, or read from stdin).
     #[arg(long)]
@@ -49,6 +52,11 @@ pub struct InitArgs {
     /// Optional BIP39 passphrase ("25th word") for the recovery phrase, read from this file.
     #[arg(long, value_name = "FILE")]
     bip39_passphrase_file: Option<PathBuf>,
+
+    /// Print the new recovery phrase on stdout even when it is not a terminal (a file, a
+    /// pipe, a provisioning log): without it, init refuses rather than leak it there.
+    #[arg(long)]
+    show_phrase_on_stdout: bool,
 }
 
 /// Print this node's id (unlocks the keystore).
@@ -80,24 +88,43 @@ pub struct MnemonicArgs {
 }
 
 #[derive(Serialize)]
-struct IdJson {
+struct IdJson<'a> {
     node_id: String,
     index: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     instance_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<Parent>,
+    /// Borrowed from the zeroizing phrase: never copied into a plain `String`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    mnemonic: Option<String>,
+    mnemonic: Option<&'a str>,
+}
+
+/// Commands that handle the recovery phrase or a passphrase run hardened like the
+/// daemon: no core dumps, no ptrace by other users, the node key in a locked page.
+fn harden_secret_command() {
+    kith_keys::memory::protect_secrets();
+    for warning in harden::harden_process().warnings() {
+        eprintln!("warning: {warning}");
+    }
 }
 
 pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
+    harden_secret_command();
     let keystore_path = ctx.data_dir.keystore();
     if keystore_path.exists() {
         bail!(
             "a node is already initialised in {}; refusing to overwrite its keystore \
              (use another --data-dir, or move the old one away first)",
             ctx.data_dir.path().display()
+        );
+    }
+    let show_phrase = !args.recover;
+    let on_terminal = io::stdout().is_terminal();
+    if show_phrase && !on_terminal && !args.show_phrase_on_stdout {
+        bail!(
+            "stdout is not a terminal, so the new recovery phrase would end up in a file, pipe \
+             or log; run `kith init` on a terminal, or pass --show-phrase-on-stdout to print it there"
         );
     }
     let mnemonic = if args.recover {
@@ -135,22 +162,22 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         .save(ctx.data_dir.path())?;
 
     let node_id = key.node_id();
-    let show_phrase = !args.recover;
     if ctx.json {
         let phrase = show_phrase.then(|| secrets.mnemonic().phrase());
-        print_json(&IdJson {
+        secret_io::json(&IdJson {
             node_id: node_id.to_string(),
             index: args.index,
             instance_id: None,
             parent: None,
-            mnemonic: phrase.as_ref().map(|p| p.to_string()),
-        })?;
-    } else if show_phrase && io::stdout().is_terminal() {
-        print_phrase_for_backup(&secrets.mnemonic().phrase());
+            mnemonic: phrase.as_ref().map(|p| p.as_str()),
+        })?
+        .print()?;
+    } else if show_phrase && on_terminal {
+        secret_io::phrase_for_backup(&secrets.mnemonic().phrase())?.print()?;
         println!("node id: {node_id}");
     } else if show_phrase {
-        // Not a terminal: the phrase goes to stdout once, alone on its line, for a script to keep.
-        println!("{}", &*secrets.mnemonic().phrase());
+        // Asked for with --show-phrase-on-stdout: once, alone on its line, for a script to keep.
+        secret_io::phrase_line(&secrets.mnemonic().phrase())?.print()?;
         eprintln!(
             "initialised node {node_id} in {}",
             ctx.data_dir.path().display()
@@ -170,39 +197,17 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
 }
 
 fn read_recovery_phrase() -> anyhow::Result<Mnemonic> {
-    let phrase = if io::stdin().is_terminal() {
-        Zeroizing::new(
+    if io::stdin().is_terminal() {
+        let phrase = Zeroizing::new(
             rpassword::prompt_password("Recovery phrase (words separated by spaces): ")
                 .context("cannot read the recovery phrase from the terminal")?,
-        )
-    } else {
-        let mut text = Zeroizing::new(String::new());
-        io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the recovery phrase from stdin")?;
-        text
-    };
-    Mnemonic::parse(&phrase).context("that recovery phrase is not valid")
-}
-
-fn print_phrase_for_backup(phrase: &str) {
-    let words: Vec<&str> = phrase.split_whitespace().collect();
-    println!(
-        "Your recovery phrase ({} words). It is shown only this once.",
-        words.len()
-    );
-    println!("Write it down and keep it offline: anyone with it can become this node,");
-    println!("and without it a lost keystore or passphrase cannot be recovered.\n");
-    for row in words.chunks(4).enumerate() {
-        let (r, chunk) = row;
-        let line: Vec<String> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, w)| format!("{:>2}. {:<10}", r * 4 + i + 1, w))
-            .collect();
-        println!("  {}", line.join(" "));
+        );
+        return Mnemonic::parse(&phrase).context("that recovery phrase is not valid");
     }
-    println!();
+    let bytes = secret_io::read_stdin()?;
+    let phrase = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow::anyhow!("the recovery phrase on stdin is not UTF-8 text"))?;
+    Mnemonic::parse(phrase).context("that recovery phrase is not valid")
 }
 
 fn unlock_and_warn(
@@ -223,6 +228,7 @@ fn unlock_and_warn(
 }
 
 pub fn id(ctx: &Context, args: IdArgs) -> anyhow::Result<u8> {
+    harden_secret_command();
     let unlocked = unlock_and_warn(ctx, args.passphrase.file())?;
     let node_id = unlocked.key.node_id();
     let index = unlocked.secrets.index();
@@ -294,6 +300,7 @@ fn audit(action: AuditAction, detail: String) -> StoreWrite {
 }
 
 pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
+    harden_secret_command();
     require_no_daemon(ctx)?;
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
     let old_id = unlocked.key.node_id();
@@ -353,6 +360,7 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
 }
 
 pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
+    harden_secret_command();
     require_no_daemon(ctx)?;
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
     if let Err(e @ InstanceError::IdentityMismatch { .. }) = &unlocked.custody {
@@ -387,18 +395,22 @@ pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
 }
 
 pub fn mnemonic(ctx: &Context, args: MnemonicArgs) -> anyhow::Result<u8> {
+    harden_secret_command();
     let unlocked = unlock_and_warn(ctx, args.passphrase.file())?;
     let phrase = unlocked.secrets.mnemonic().phrase();
-    if ctx.json {
+    // Showing the phrase is this command's whole purpose, so stdout is where it goes,
+    // whatever stdout is.
+    let out = if ctx.json {
         #[derive(Serialize)]
         struct MnemonicJson<'a> {
             mnemonic: &'a str,
         }
-        print_json(&MnemonicJson { mnemonic: &phrase })?;
+        secret_io::json(&MnemonicJson { mnemonic: &phrase })?
     } else if io::stdout().is_terminal() {
-        print_phrase_for_backup(&phrase);
+        secret_io::phrase_for_backup(&phrase)?
     } else {
-        println!("{}", &*phrase);
-    }
+        secret_io::phrase_line(&phrase)?
+    };
+    out.print()?;
     Ok(exit::OK)
 }

@@ -7,6 +7,7 @@ mod identity;
 mod operator;
 mod output;
 mod relay;
+mod secret_io;
 mod service;
 
 use std::path::PathBuf;
