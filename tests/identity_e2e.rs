@@ -350,3 +350,74 @@ fn init_cannot_dump_core_while_it_holds_a_phrase() {
     let _ = child.wait();
     assert_eq!(seen, Some(("0".into(), "0".into())), "core limit of init");
 }
+
+#[test]
+fn a_passphrase_file_is_used_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    let made = tmp.path().join("made");
+    let other = tmp.path().join("other");
+    std::fs::write(&made, [0xff, 0xfe, 0xfd, b'\n']).unwrap();
+    // Also invalid UTF-8: a lossy decoding would turn both into U+FFFD x3.
+    std::fs::write(&other, [0x80, 0x81, 0x82]).unwrap();
+    let out = run_with_stdin(
+        {
+            let mut c = kith(&dir);
+            c.args(["init", "--recover", "--passphrase-file"])
+                .arg(&made);
+            c
+        },
+        PHRASE,
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    let wrong = kith(&dir)
+        .args(["id", "--passphrase-file"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(
+        wrong.status.code(),
+        Some(1),
+        "80 81 82 must not unlock ff fe fd"
+    );
+    assert!(
+        stderr_of(&wrong).contains("passphrase"),
+        "{}",
+        stderr_of(&wrong)
+    );
+    // The same bytes with a CRLF line end still unlock: only the line end is stripped.
+    std::fs::write(&other, [0xff, 0xfe, 0xfd, b'\r', b'\n']).unwrap();
+    let right = kith(&dir)
+        .args(["id", "--passphrase-file"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(right.status.success(), "{}", stderr_of(&right));
+    assert_eq!(
+        stdout_of(&right).lines().next().unwrap(),
+        expected_id(PHRASE, 0)
+    );
+}
+
+#[test]
+fn a_bip39_passphrase_file_must_be_utf8() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    let bip39 = tmp.path().join("bip39");
+    std::fs::write(&bip39, [0xff, 0xfe, 0xfd, b'\n']).unwrap();
+    let out = run_with_stdin(
+        {
+            let mut c = kith(&dir);
+            c.args(["init", "--recover", "--insecure-no-passphrase"])
+                .arg("--bip39-passphrase-file")
+                .arg(&bip39);
+            c
+        },
+        PHRASE,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("not UTF-8"), "{err}");
+    assert!(!dir.join("keystore").exists());
+}

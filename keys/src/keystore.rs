@@ -200,15 +200,20 @@ impl fmt::Debug for Secrets {
     }
 }
 
-/// The passphrase that unlocks a keystore. Wiped on drop; never printed.
-pub struct Passphrase(Zeroizing<String>);
+/// The passphrase that unlocks a keystore: bytes, exactly as given (Argon2id takes a
+/// byte string, so a passphrase need not be UTF-8). Wiped on drop; never printed.
+pub struct Passphrase(Zeroizing<Vec<u8>>);
 
 impl Passphrase {
     pub fn new(passphrase: String) -> Passphrase {
-        Passphrase(Zeroizing::new(passphrase))
+        Passphrase(Zeroizing::new(passphrase.into_bytes()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub fn from_bytes(passphrase: Zeroizing<Vec<u8>>) -> Passphrase {
+        Passphrase(passphrase)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
@@ -218,8 +223,9 @@ impl Passphrase {
 }
 
 impl From<Zeroizing<String>> for Passphrase {
-    fn from(passphrase: Zeroizing<String>) -> Passphrase {
-        Passphrase(passphrase)
+    fn from(mut passphrase: Zeroizing<String>) -> Passphrase {
+        // Moves the allocation out; the emptied `Zeroizing` has nothing left to wipe.
+        Passphrase::new(std::mem::take(&mut *passphrase))
     }
 }
 
@@ -604,7 +610,7 @@ fn argon2_key(
     );
     let mut key = Zeroizing::new([0u8; 32]);
     argon
-        .hash_password_into(passphrase.as_str().as_bytes(), salt, &mut key[..])
+        .hash_password_into(passphrase.as_bytes(), salt, &mut key[..])
         .map_err(|e| KeystoreError::Crypto(format!("Argon2: {e}")))?;
     Ok(key)
 }

@@ -24,6 +24,11 @@ pub enum UnlockError {
     #[error("the passphrase file {0} is empty")]
     EmptyFile(PathBuf),
     #[error(
+        "the BIP39 passphrase file {0} is not UTF-8 text; BIP39 passphrases are Unicode \
+         (the keystore passphrase may be any bytes, this one may not)"
+    )]
+    NotUtf8(PathBuf),
+    #[error(
         "the keystore is encrypted and no passphrase was given: pass --passphrase-file FILE, \
          set KITH_PASSPHRASE_FILE, or run on a terminal to be asked"
     )]
@@ -44,23 +49,35 @@ pub enum UnlockError {
     Instance(#[from] InstanceError),
 }
 
-/// Reads a passphrase file: its contents less one trailing newline.
+/// Reads a passphrase file: its bytes exactly, less one trailing newline (`\n` or
+/// `\r\n`). The bytes need not be UTF-8: they go to the KDF as they are.
 pub fn read_passphrase_file(path: &Path) -> Result<Passphrase, UnlockError> {
-    let bytes = Zeroizing::new(fs::read(path).map_err(|source| UnlockError::ReadFile {
+    let mut bytes = Zeroizing::new(fs::read(path).map_err(|source| UnlockError::ReadFile {
         path: path.to_path_buf(),
         source,
     })?);
-    let mut text = Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
         }
     }
-    if text.is_empty() {
+    if bytes.is_empty() {
         return Err(UnlockError::EmptyFile(path.to_path_buf()));
     }
-    Ok(Passphrase::new(std::mem::take(&mut *text)))
+    Ok(Passphrase::from_bytes(bytes))
+}
+
+/// Reads a BIP39 passphrase file: like [`read_passphrase_file`], but the text must be
+/// UTF-8, since BIP39 normalises it as Unicode (NFKD) before use.
+pub fn read_bip39_passphrase_file(path: &Path) -> Result<Zeroizing<String>, UnlockError> {
+    let passphrase = read_passphrase_file(path)?;
+    let text = std::str::from_utf8(passphrase.as_bytes())
+        .map_err(|_| UnlockError::NotUtf8(path.to_path_buf()))?;
+    // One exact-size copy into a zeroizing String; the bytes are wiped with `passphrase`.
+    let mut owned = Zeroizing::new(String::with_capacity(text.len()));
+    owned.push_str(text);
+    Ok(owned)
 }
 
 fn prompt(label: &str) -> Result<Zeroizing<String>, UnlockError> {
@@ -89,7 +106,7 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, UnlockError> {
     if *first != *second {
         return Err(UnlockError::Mismatch);
     }
-    Ok(Passphrase::new(first.to_string()))
+    Ok(Passphrase::from(first))
 }
 
 /// What an unlocked keystore yields.
@@ -133,9 +150,7 @@ pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlo
     } else if let Some(file) = passphrase_file {
         Some(read_passphrase_file(file)?)
     } else if have_terminal() {
-        Some(Passphrase::new(
-            prompt("Keystore passphrase: ")?.to_string(),
-        ))
+        Some(Passphrase::from(prompt("Keystore passphrase: ")?))
     } else {
         return Err(UnlockError::NoPassphrase);
     };

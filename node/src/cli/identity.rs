@@ -133,12 +133,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         Mnemonic::generate()
     };
     let bip39_passphrase = match &args.bip39_passphrase_file {
-        Some(path) => Zeroizing::new(
-            unlock::read_passphrase_file(path)
-                .context("cannot read the BIP39 passphrase")?
-                .as_str()
-                .to_string(),
-        ),
+        Some(path) => {
+            unlock::read_bip39_passphrase_file(path).context("cannot read the BIP39 passphrase")?
+        }
         None => Zeroizing::new(String::new()),
     };
     let passphrase = if args.insecure_no_passphrase {
