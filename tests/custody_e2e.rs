@@ -5,8 +5,9 @@
 mod common;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::{TestNode, stderr_of};
+use common::{TestNode, stderr_of, stdout_of};
 use kith_keys::keystore::Secrets;
 use kith_keys::mnemonic::Mnemonic;
 use serde_json::Value;
@@ -311,4 +312,161 @@ fn a_running_daemon_keeps_no_recovery_entropy_or_passphrase_in_memory() {
         "secrets left in the daemon's memory:\n{}",
         found.join("\n")
     );
+}
+
+/// Runs `cmd` to its end, or kills it after `limit` (a daemon that should have refused
+/// to start), and returns what it printed.
+fn exits_within(mut cmd: std::process::Command, limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+/// A local user made for one test and removed after it (root only).
+struct ThrowawayUser {
+    name: String,
+}
+
+impl ThrowawayUser {
+    fn create(tag: &str) -> ThrowawayUser {
+        let name = format!("kt{}{tag}", std::process::id() % 100_000);
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(&name)
+            .status()
+            .expect("running useradd");
+        assert!(status.success(), "useradd {name}");
+        ThrowawayUser { name }
+    }
+
+    fn chown(&self, path: &Path) {
+        let status = std::process::Command::new("chown")
+            .arg(&self.name)
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown {}", path.display());
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .status();
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_data_dir_keystore_or_store_owned_by_another_user_is_refused() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: making files owned by another user needs root");
+        return;
+    }
+    let other = ThrowawayUser::create("own");
+
+    // init into someone else's directory: refused, and the directory left as it was.
+    let tmp = tempfile::tempdir().unwrap();
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    set_mode(&theirs, 0o755);
+    other.chown(&theirs);
+    let out = std::process::Command::new(common::kith_bin())
+        .arg("--data-dir")
+        .arg(&theirs)
+        .args([
+            "init",
+            "--insecure-no-passphrase",
+            "--show-phrase-on-stdout",
+        ])
+        .env_remove("KITH_PASSPHRASE_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("belongs to user"), "{err}");
+    assert!(!theirs.join("keystore").exists());
+    assert_eq!(mode(&theirs), 0o755, "not tightened: it is not ours");
+
+    // A keystore, then a store, handed to another user: every unlock refuses.
+    for name in ["keystore", "kith.redb", "instance.json"] {
+        let mut node = TestNode::init();
+        node.start();
+        node.stop();
+        let file = node.data_dir().join(name);
+        other.chown(&file);
+        for args in [&["id"][..], &["run", "--listen", "127.0.0.1:0"]] {
+            let out = exits_within(node.command(args), Duration::from_secs(10));
+            assert_eq!(out.status.code(), Some(1), "{name}: {args:?}");
+            let err = stderr_of(&out);
+            assert!(
+                err.contains("belongs to user") && err.contains(name),
+                "{name}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unencrypted_keystore_is_refused_when_a_passphrase_is_given() {
+    // Someone swaps a passphrase-protected keystore for an unencrypted one of theirs.
+    let files = tempfile::tempdir().unwrap();
+    let pass = common::passphrase_file(files.path(), "pass", "a real passphrase\n");
+    let victim = TestNode::with_dir(tempfile::tempdir().unwrap(), String::new());
+    let out = victim
+        .command(&["init", "--show-phrase-on-stdout", "--passphrase-file"])
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let theirs = TestNode::init();
+    std::fs::copy(
+        theirs.data_dir().join("keystore"),
+        victim.data_dir().join("keystore"),
+    )
+    .unwrap();
+    let out = victim
+        .command(&["id", "--passphrase-file"])
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("not encrypted"), "{err}");
+    assert!(stdout_of(&out).is_empty());
+}
+
+#[test]
+fn the_store_is_created_0600_and_modes_are_tightened_at_every_start() {
+    let mut node = TestNode::init();
+    set_mode(node.data_dir(), 0o755);
+    set_mode(&node.data_dir().join("keystore"), 0o644);
+    node.start();
+    assert_eq!(mode(node.data_dir()), 0o700);
+    assert_eq!(mode(&node.data_dir().join("keystore")), 0o600);
+    assert_eq!(mode(&node.data_dir().join("kith.redb")), 0o600);
 }

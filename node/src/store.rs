@@ -127,6 +127,20 @@ impl Store {
     /// Opens (creating if missing) the database file. A damaged file is refused
     /// with an error naming it, and left as it is.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Created 0600 here, not by redb with the umask's mode; redb then fills the
+        // empty file as a new database.
+        if let Err(e) = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(path)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                source: Box::new(redb::Error::Io(e)),
+            });
+        }
         // redb asserts, rather than reports, some damage it finds on opening (a file
         // cut short, a foreign page size): its panic becomes our error.
         let opened = quietly(|| Database::create(path)).map_err(|detail| StoreError::Damaged {

@@ -33,6 +33,15 @@ pub enum UnlockError {
          set KITH_PASSPHRASE_FILE, or run on a terminal to be asked"
     )]
     NoPassphrase,
+    #[error(
+        "a passphrase was given ({passphrase_file}) but the keystore {keystore} is not \
+         encrypted: refusing to start as a node anyone could have written; if this node \
+         really was made with --insecure-no-passphrase, unlock it without a passphrase file"
+    )]
+    NotEncrypted {
+        keystore: PathBuf,
+        passphrase_file: PathBuf,
+    },
     #[error("cannot read the passphrase from the terminal")]
     Prompt(#[source] io::Error),
     #[error(
@@ -142,10 +151,17 @@ impl Unlocked {
 
 /// Opens the data dir's keystore, asking for the passphrase only when it is encrypted.
 pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlocked, UnlockError> {
+    data_dir.secure()?;
     data_dir.require_initialised()?;
     let path = data_dir.keystore();
     let encrypted = keystore::is_encrypted(&path)?;
     let passphrase = if !encrypted {
+        if let Some(file) = passphrase_file {
+            return Err(UnlockError::NotEncrypted {
+                keystore: path,
+                passphrase_file: file.to_path_buf(),
+            });
+        }
         None
     } else if let Some(file) = passphrase_file {
         Some(read_passphrase_file(file)?)
