@@ -40,10 +40,16 @@
 //! | b | BIP39 passphrase, UTF-8 |
 //!
 //! [`open`] checks, in order: magic, version, length, checksum, KDF
-//! parameters, then derives the key and checks the key check (so a wrong
-//! passphrase is told apart from damage), then decrypts and parses. The
-//! checksum catches accidental damage before any expensive KDF runs; the key
-//! check and GCM tag catch deliberate edits.
+//! parameters, then derives the key and checks the key check, then decrypts
+//! and parses. The checksum is not keyed: it catches accidental damage before
+//! any expensive KDF runs, and nothing more, since an editor can recompute it.
+//! The key check tells a wrong passphrase from an edited nonce, ciphertext or
+//! other header field (then the GCM tag fails: [`KeystoreError::Tampered`]);
+//! it cannot tell a wrong passphrase from an edited salt, KDF parameters or
+//! key check, which change the derived key or its check just as a wrong
+//! passphrase does, so [`KeystoreError::WrongPassphrase`] says it may be either.
+//! An editor cannot learn the secrets or weaken their encryption this way (that
+//! needs the key); they can make the keystore unopenable, or replace it whole.
 
 use std::fmt;
 use std::fs::File;
@@ -128,7 +134,14 @@ pub enum KeystoreError {
     PassphraseRequired,
     #[error("refusing an empty passphrase; ask for an unencrypted keystore explicitly instead")]
     EmptyPassphrase,
-    #[error("wrong passphrase for the keystore")]
+    /// The key check failed. Whoever can write the file can also recompute its
+    /// checksum, so an edited salt, KDF parameters or key check look exactly like a
+    /// wrong passphrase: without the right key nothing can tell them apart.
+    #[error(
+        "the passphrase does not open this keystore: either it is wrong, or the keystore's \
+         salt, key-derivation parameters or key check were edited (its checksum cannot \
+         tell: whoever can edit the file can recompute it)"
+    )]
     WrongPassphrase,
     #[error(
         "the keystore failed authentication although its checksum is intact: it was altered after being written"

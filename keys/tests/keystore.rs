@@ -189,6 +189,30 @@ fn flipped_byte_is_corruption() {
 }
 
 #[test]
+fn an_edited_salt_or_kdf_parameter_is_not_blamed_on_the_passphrase_alone() {
+    // With the right passphrase, each edit (checksum recomputed) changes the derived
+    // key exactly as a wrong passphrase would: the message must say it may be an edit.
+    type Edit = fn(&mut Vec<u8>);
+    let edits: [(&str, Edit); 3] = [
+        ("salt", |b| b[23] ^= 1),
+        ("passes", |b| put_u32(b, 15, 3)),
+        ("key check", |b| b[51] ^= 1),
+    ];
+    for (what, edit) in edits {
+        let (_dir, path) = dir();
+        let pass = pass();
+        keystore::create(&path, &secrets(), fast(&pass)).unwrap();
+        edit_and_reseal(&path, edit);
+        let err = keystore::open(&path, Some(&pass)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("wrong") && text.contains("edited") && text.contains("salt"),
+            "{what}: {text}"
+        );
+    }
+}
+
+#[test]
 fn edited_ciphertext_with_a_fixed_checksum_is_tampering() {
     let (_dir, path) = dir();
     let pass = pass();
