@@ -395,7 +395,7 @@ fn a_data_dir_keystore_or_store_owned_by_another_user_is_refused() {
     std::fs::create_dir(&theirs).unwrap();
     set_mode(&theirs, 0o755);
     other.chown(&theirs);
-    let out = std::process::Command::new(common::kith_bin())
+    let out = common::kith_command()
         .arg("--data-dir")
         .arg(&theirs)
         .args([
@@ -403,7 +403,6 @@ fn a_data_dir_keystore_or_store_owned_by_another_user_is_refused() {
             "--insecure-no-passphrase",
             "--show-phrase-on-stdout",
         ])
-        .env_remove("KITH_PASSPHRASE_FILE")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

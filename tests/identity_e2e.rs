@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{TestNode, kith_bin, passphrase_file, stderr_of, stdout_of};
+use common::{TestNode, passphrase_file, stderr_of, stdout_of};
 use kith_keys::keystore::Secrets;
 use kith_keys::mnemonic::Mnemonic;
 use zeroize::Zeroizing;
@@ -14,11 +14,8 @@ const PHRASE: &str = "legal winner thank year wave sausage worth useful legal wi
                       wave sausage worth useful legal winner thank year wave sausage worth title";
 
 fn kith(dir: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(kith_bin());
-    cmd.arg("--data-dir")
-        .arg(dir)
-        .env_remove("KITH_PASSPHRASE_FILE")
-        .env_remove("KITH_DATA_DIR");
+    let mut cmd = common::kith_command();
+    cmd.arg("--data-dir").arg(dir);
     cmd
 }
 

@@ -21,7 +21,8 @@
 //! - [`addrs`]: which local addresses go into a ticket.
 //! - [`datadir`], [`unlock`], [`harden`]: the data directory, unlocking the keystore,
 //!   and process hardening.
-//! - [`instance`]: the instance record that tells a copied data dir from a moved one.
+//! - [`instance`]: the instance record that tells a copied data dir from a moved one,
+//!   and [`instance_secret`], the per-instance secret it rests on, kept outside the data dir.
 //! - [`cli`]: the `kith` command line (the binary's `main` is [`cli::main`]); [`demo`].
 
 pub mod addrs;
@@ -32,6 +33,7 @@ pub mod datadir;
 pub mod demo;
 pub mod harden;
 pub mod instance;
+pub mod instance_secret;
 pub mod metrics;
 pub mod node;
 pub mod reach;

@@ -13,7 +13,8 @@ use kith_keys::keystore::{self, KeystoreError, Passphrase, Secrets};
 use zeroize::Zeroizing;
 
 use crate::datadir::{DataDir, DataDirError};
-use crate::instance::{Here, InstanceError, InstanceRecord};
+use crate::instance::{Custody, Here, InstanceError, InstanceRecord};
+use crate::instance_secret::SecretStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
@@ -129,11 +130,23 @@ pub struct Unlocked {
     /// The data dir's instance record and where this command runs.
     pub record: InstanceRecord,
     pub here: Here,
+    /// Where this machine keeps instance secrets.
+    pub instances: SecretStore,
     /// Whether the record matches where this command runs (see [`crate::instance`]).
     pub custody: Result<(), InstanceError>,
+    /// What the operator must be told even though the unlock succeeded: a record
+    /// re-created or re-bound, an instance secret kept where copies carry it.
+    pub warnings: Vec<String>,
 }
 
 impl Unlocked {
+    /// Shows the operator each of [`Unlocked::warnings`] on stderr.
+    pub fn print_warnings(&self) {
+        for warning in &self.warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
+
     /// The node key alone: every other secret (recovery entropy, BIP39 passphrase,
     /// keystore passphrase) is wiped before this returns.
     pub fn into_key(self) -> NodeKey {
@@ -173,22 +186,49 @@ pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlo
     let secrets = keystore::open(&path, passphrase.as_ref())?;
     let key = secrets.node_key().map_err(UnlockError::Derive)?;
     let here = Here::detect(data_dir.path())?;
-    let record = match InstanceRecord::load(data_dir.path())? {
-        Some(record) => record,
+    let loaded = InstanceRecord::load(data_dir.path())?;
+    let recorded_store = loaded.as_ref().and_then(|r| r.secret_dir.as_deref());
+    let instances = SecretStore::resolve(recorded_store).map_err(InstanceError::from)?;
+    let mut warnings = Vec::new();
+    warnings.extend(instances.inside_warning(data_dir.path()));
+    let (node_id, index) = (key.node_id(), secrets.index());
+    let (record, custody) = match loaded {
         None => {
-            // A data dir from before instance records: it is taken to belong here.
-            let record = InstanceRecord::new(
-                &here,
-                key.node_id(),
-                secrets.index(),
-                crate::node::now_ms(),
-                None,
-            );
-            record.save(data_dir.path())?;
-            record
+            // Deleting the record must not quietly remove the check: say so every time
+            // one is made here.
+            warnings.push(format!(
+                "{} had no instance record: a new one binds it to this place; if this data \
+                 dir is a copy of a node that still runs elsewhere, stop this one and run \
+                 `kith fork`",
+                data_dir.path().display()
+            ));
+            let (secret, new) = instances
+                .load_or_new(&here.data_dir)
+                .map_err(InstanceError::from)?;
+            let now = crate::node::now_ms();
+            let record = InstanceRecord::new(&here, node_id, index, now, None, &secret, &instances);
+            record.save_with_secret(data_dir.path(), &instances, &secret, new)?;
+            (record, Ok(()))
+        }
+        Some(record) => {
+            let secret = instances
+                .load(&here.data_dir)
+                .map_err(InstanceError::from)?;
+            match record.check(&here, node_id, index, secret.as_ref()) {
+                Ok(Custody::Same) => (record, Ok(())),
+                Ok(Custody::Rebind(warning)) => {
+                    warnings.push(warning);
+                    let (secret, new) = instances
+                        .load_or_new(&here.data_dir)
+                        .map_err(InstanceError::from)?;
+                    let record = record.rebound(&here, &secret, &instances);
+                    record.save_with_secret(data_dir.path(), &instances, &secret, new)?;
+                    (record, Ok(()))
+                }
+                Err(e) => (record, Err(e)),
+            }
         }
     };
-    let custody = record.check(&here, key.node_id(), secrets.index());
     Ok(Unlocked {
         secrets,
         key,
@@ -196,6 +236,8 @@ pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlo
         insecure: !encrypted,
         record,
         here,
+        instances,
         custody,
+        warnings,
     })
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -21,6 +22,32 @@ pub struct TestNode {
     /// Run the daemon inside this network namespace (`ip netns exec`); the CLI
     /// commands still run here (the control socket is a path in the data dir).
     pub netns: Option<String>,
+    /// This node's machine state (`KITH_STATE_DIR`: instance secrets), never the real
+    /// one. Nodes sharing it are on one machine; a fresh one is another machine.
+    pub state: Arc<tempfile::TempDir>,
+}
+
+/// A fresh, empty machine state directory.
+pub fn new_state() -> Arc<tempfile::TempDir> {
+    Arc::new(tempfile::tempdir().expect("state dir"))
+}
+
+/// A state dir shared by the commands a test binary runs outside a [`TestNode`].
+pub fn shared_state() -> &'static Path {
+    static STATE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    STATE
+        .get_or_init(|| tempfile::tempdir().expect("state dir"))
+        .path()
+}
+
+/// `kith` with an environment that cannot point at the real passphrase, data dir or
+/// machine state: the state is [`shared_state`].
+pub fn kith_command() -> Command {
+    let mut cmd = Command::new(kith_bin());
+    cmd.env_remove("KITH_PASSPHRASE_FILE")
+        .env_remove("KITH_DATA_DIR")
+        .env("KITH_STATE_DIR", shared_state());
+    cmd
 }
 
 impl TestNode {
@@ -33,6 +60,7 @@ impl TestNode {
             node_id: String::new(),
             last_args: Vec::new(),
             netns: None,
+            state: new_state(),
         };
         let out = node.run_ok(&[
             "init",
@@ -45,14 +73,25 @@ impl TestNode {
         node
     }
 
-    /// A node for an existing data dir (e.g. a copy of another node's), not running.
+    /// A node for an existing data dir (e.g. a copy of another node's), not running,
+    /// on a machine of its own.
     pub fn with_dir(dir: tempfile::TempDir, node_id: String) -> Self {
+        Self::with_dir_on(dir, node_id, new_state())
+    }
+
+    /// As [`TestNode::with_dir`], on the machine whose state is `state`.
+    pub fn with_dir_on(
+        dir: tempfile::TempDir,
+        node_id: String,
+        state: Arc<tempfile::TempDir>,
+    ) -> Self {
         TestNode {
             dir,
             child: None,
             node_id,
             last_args: Vec::new(),
             netns: None,
+            state,
         }
     }
 
@@ -73,6 +112,7 @@ impl TestNode {
             .args(args)
             .env_remove("KITH_PASSPHRASE_FILE")
             .env_remove("KITH_DATA_DIR")
+            .env("KITH_STATE_DIR", self.state.path())
             .stdin(Stdio::null());
     }
 

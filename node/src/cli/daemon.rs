@@ -105,6 +105,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<u8> {
         harden::harden_process()
     });
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
+    unlocked.print_warnings();
     // Two nodes with one identity break every peer's replay defences: never run a copy.
     if let Err(e) = &unlocked.custody {
         anyhow::bail!("refusing to start: {e}");

@@ -14,6 +14,7 @@ use super::output::print_json;
 use super::{Context, exit, secret_io};
 use crate::harden;
 use crate::instance::{Here, InstanceError, InstanceRecord, Parent, random_index};
+use crate::instance_secret::{InstanceSecret, SecretStore};
 use crate::node::now_ms;
 use crate::store::Store;
 use crate::unlock::{self, Unlocked};
@@ -155,8 +156,22 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
     keystore::create(&keystore_path, &secrets, protection)
         .with_context(|| format!("cannot write the keystore {}", keystore_path.display()))?;
     let here = Here::detect(ctx.data_dir.path())?;
-    InstanceRecord::new(&here, key.node_id(), args.index, now_ms(), None)
-        .save(ctx.data_dir.path())?;
+    let instances = SecretStore::resolve(None).map_err(InstanceError::from)?;
+    // A new node, so a new secret, whatever an earlier node at this path left.
+    let secret = InstanceSecret::random();
+    InstanceRecord::new(
+        &here,
+        key.node_id(),
+        args.index,
+        now_ms(),
+        None,
+        &secret,
+        &instances,
+    )
+    .save_with_secret(ctx.data_dir.path(), &instances, &secret, true)?;
+    if let Some(warning) = instances.inside_warning(ctx.data_dir.path()) {
+        eprintln!("warning: {warning}");
+    }
 
     let node_id = key.node_id();
     if ctx.json {
@@ -212,6 +227,7 @@ fn unlock_and_warn(
     passphrase_file: Option<&std::path::Path>,
 ) -> anyhow::Result<Unlocked> {
     let unlocked = unlock::unlock(&ctx.data_dir, passphrase_file)?;
+    unlocked.print_warnings();
     if let Err(e) = &unlocked.custody {
         eprintln!("warning: {e}");
     }
@@ -300,6 +316,7 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
     harden_secret_command();
     require_no_daemon(ctx)?;
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
+    unlocked.print_warnings();
     let old_id = unlocked.key.node_id();
     let old_index = unlocked.secrets.index();
     let new_index = random_index(old_index);
@@ -338,8 +355,18 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
         index: old_index,
         instance_id: unlocked.record.instance_id.clone(),
     };
-    InstanceRecord::new(&unlocked.here, new_id, new_index, now_ms(), Some(parent))
-        .save(ctx.data_dir.path())?;
+    let secret = InstanceSecret::random();
+    let instances = &unlocked.instances;
+    InstanceRecord::new(
+        &unlocked.here,
+        new_id,
+        new_index,
+        now_ms(),
+        Some(parent),
+        &secret,
+        instances,
+    )
+    .save_with_secret(ctx.data_dir.path(), &unlocked.instances, &secret, true)?;
 
     if ctx.json {
         print_json(&serde_json::json!({
@@ -360,10 +387,17 @@ pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
     harden_secret_command();
     require_no_daemon(ctx)?;
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
+    unlocked.print_warnings();
     if let Err(e @ InstanceError::IdentityMismatch { .. }) = &unlocked.custody {
         bail!("cannot adopt: {e}");
     }
-    let record = unlocked.record.adopted(&unlocked.here, now_ms());
+    let (secret, new_secret) = unlocked
+        .instances
+        .load_or_new(&unlocked.here.data_dir)
+        .map_err(InstanceError::from)?;
+    let record = unlocked
+        .record
+        .adopted(&unlocked.here, now_ms(), &secret, &unlocked.instances);
     let store = Store::open(&ctx.data_dir.store()).context("cannot open the node's database")?;
     store.apply(&[audit(
         AuditAction::Adopted,
@@ -376,7 +410,12 @@ pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
         ),
     )])?;
     drop(store);
-    record.save(ctx.data_dir.path())?;
+    record.save_with_secret(
+        ctx.data_dir.path(),
+        &unlocked.instances,
+        &secret,
+        new_secret,
+    )?;
     let node_id = unlocked.key.node_id();
     if ctx.json {
         print_json(&serde_json::json!({ "node_id": node_id.to_string(), "index": record.index }))?;

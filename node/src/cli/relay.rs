@@ -116,10 +116,13 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         harden::harden_process()
     });
     let unlocked = unlock::unlock(&ctx.data_dir, args.passphrase.file())?;
+    unlocked.print_warnings();
     if let Err(e) = &unlocked.custody {
         bail!("refusing to start: {e}");
     }
-    let unlock::Unlocked { key, insecure, .. } = unlocked;
+    let insecure = unlocked.insecure;
+    // As for `kith run`: only the key lives on; the other secrets are wiped here.
+    let key = unlocked.into_key();
     if insecure {
         eprintln!(
             "warning: the keystore in {} is not encrypted (--insecure-no-passphrase); \
