@@ -246,6 +246,21 @@ fn a_running_daemon_keeps_no_recovery_entropy_or_passphrase_in_memory() {
         eprintln!("SKIPPED: reading another process's memory through /proc needs root");
         return;
     }
+    daemon_keeps_no_secrets_in_memory(false);
+}
+
+#[test]
+fn a_running_relay_keeps_no_recovery_entropy_or_passphrase_in_memory() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: reading another process's memory through /proc needs root");
+        return;
+    }
+    daemon_keeps_no_secrets_in_memory(true);
+}
+
+/// Starts `kith run` (or `kith relay`) on a passphrase-protected keystore made from a
+/// known phrase and BIP39 passphrase, then reads its whole memory through /proc.
+fn daemon_keeps_no_secrets_in_memory(relay: bool) {
     use std::io::Write;
     use std::process::Stdio;
     // Distinctive secrets, so a hit cannot be a coincidence.
@@ -284,9 +299,15 @@ fn a_running_daemon_keeps_no_recovery_entropy_or_passphrase_in_memory() {
     let out = init.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
 
-    node.start_with(&["--passphrase-file", pass_file.to_str().unwrap()]);
-    // Let the daemon settle: the secrets must be gone once it serves, not just eventually.
-    assert!(node.json(&["status"])["node_id"].is_string());
+    // The daemon is read once it answers: the secrets must be gone by the time it
+    // serves, not just eventually.
+    let pass_arg = ["--passphrase-file", pass_file.to_str().unwrap()];
+    if relay {
+        node.start_relay(&pass_arg);
+    } else {
+        node.start_with(&pass_arg);
+        assert!(node.json(&["status"])["node_id"].is_string());
+    }
     let phrase = mnemonic.phrase();
     let needles: [(&str, &[u8]); 4] = [
         ("the recovery entropy", &entropy),
