@@ -366,7 +366,7 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
         &secret,
         instances,
     )
-    .save_with_secret(ctx.data_dir.path(), &unlocked.instances, &secret, true)?;
+    .save_with_secret(ctx.data_dir.path(), instances, &secret, true)?;
 
     if ctx.json {
         print_json(&serde_json::json!({
