@@ -5,7 +5,7 @@
 //! module must never echo, log or keep it.
 
 use std::fs;
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use kith_keys::NodeKey;
@@ -16,6 +16,9 @@ use crate::datadir::{DataDir, DataDirError};
 use crate::instance::{Custody, Here, InstanceError, InstanceRecord};
 use crate::instance_secret::SecretStore;
 
+/// Longest passphrase file accepted.
+pub const MAX_PASSPHRASE_FILE: usize = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
     #[error(transparent)]
@@ -24,6 +27,8 @@ pub enum UnlockError {
     ReadFile { path: PathBuf, source: io::Error },
     #[error("the passphrase file {0} is empty")]
     EmptyFile(PathBuf),
+    #[error("the passphrase file {0} is longer than {MAX_PASSPHRASE_FILE} bytes")]
+    TooLong(PathBuf),
     #[error(
         "the BIP39 passphrase file {0} is not UTF-8 text; BIP39 passphrases are Unicode \
          (the keystore passphrase may be any bytes, this one may not)"
@@ -62,10 +67,27 @@ pub enum UnlockError {
 /// Reads a passphrase file: its bytes exactly, less one trailing newline (`\n` or
 /// `\r\n`). The bytes need not be UTF-8: they go to the KDF as they are.
 pub fn read_passphrase_file(path: &Path) -> Result<Passphrase, UnlockError> {
-    let mut bytes = Zeroizing::new(fs::read(path).map_err(|source| UnlockError::ReadFile {
+    let read_err = |source| UnlockError::ReadFile {
         path: path.to_path_buf(),
         source,
-    })?);
+    };
+    // A fixed buffer filled in place: `fs::read` grows its vector when the file is a
+    // pipe (`--passphrase-file <(...)`), leaving unwiped partial copies behind.
+    let mut bytes = Zeroizing::new(vec![0u8; MAX_PASSPHRASE_FILE + 1]);
+    let mut filled = 0;
+    let mut file = fs::File::open(path).map_err(read_err)?;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    if filled > MAX_PASSPHRASE_FILE {
+        return Err(UnlockError::TooLong(path.to_path_buf()));
+    }
+    bytes.truncate(filled);
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
@@ -240,4 +262,36 @@ pub fn unlock(data_dir: &DataDir, passphrase_file: Option<&Path>) -> Result<Unlo
         custody,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passphrase_file_keeps_its_bytes_less_one_line_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("p");
+        for (contents, expected) in [
+            (&b"\xff\xfe\xfd\n"[..], &b"\xff\xfe\xfd"[..]),
+            (b"pass\r\n", b"pass"),
+            (b"pass\n\n", b"pass\n"),
+            (b" pass ", b" pass "),
+        ] {
+            fs::write(&file, contents).unwrap();
+            assert_eq!(read_passphrase_file(&file).unwrap().as_bytes(), expected);
+        }
+        fs::write(&file, b"\n").unwrap();
+        assert!(matches!(
+            read_passphrase_file(&file),
+            Err(UnlockError::EmptyFile(_))
+        ));
+        fs::write(&file, vec![b'a'; MAX_PASSPHRASE_FILE]).unwrap();
+        assert!(read_passphrase_file(&file).is_ok());
+        fs::write(&file, vec![b'a'; MAX_PASSPHRASE_FILE + 1]).unwrap();
+        assert!(matches!(
+            read_passphrase_file(&file),
+            Err(UnlockError::TooLong(_))
+        ));
+    }
 }
