@@ -277,12 +277,13 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
         if let Some(observed) = &relay.observed {
             line.push_str(&format!(", sees us at {observed}"));
         }
+        // The refusal and the error carry the relay's own words (close reasons).
         if let Some(refusal) = &relay.refusal {
-            line.push_str(&format!(", refused: {refusal}"));
+            line.push_str(&format!(", refused: {}", escape_for_display(refusal)));
         }
         if relay.state != "registered" {
             if let Some(err) = &relay.last_error {
-                line.push_str(&format!(", last error: {err}"));
+                line.push_str(&format!(", last error: {}", escape_for_display(err)));
             }
         }
         println!("relay     {line}");
@@ -595,24 +596,23 @@ pub struct RevokeArgs {
     reason: String,
 }
 
-/// What became of the envelope a command sent, in one clause.
+/// What became of the envelope a command sent, in one clause. The detail is
+/// escaped: it can quote the peer or a relay (close reasons, error chains).
 fn how_it_went(sent: &SentView) -> String {
+    let detail = escape_for_display(&sent.detail);
     let via = if sent.path.as_deref() == Some("relayed") {
         " through its relay"
     } else {
         ""
     };
     if sent.refused {
-        format!("the peer refused it{via} ({})", sent.detail)
+        format!("the peer refused it{via} ({detail})")
     } else if sent.delivered {
-        format!("the peer was told{via} ({})", sent.detail)
+        format!("the peer was told{via} ({detail})")
     } else if sent.queued {
-        format!("queued: {}", sent.detail)
+        format!("queued: {detail}")
     } else {
-        format!(
-            "the peer could not be told yet ({}); it will be resent until it answers",
-            sent.detail
-        )
+        format!("the peer could not be told yet ({detail}); it will be resent until it answers")
     }
 }
 

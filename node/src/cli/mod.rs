@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kith_protocol::validate::escape_for_display;
 
 use crate::datadir::DataDir;
 
@@ -209,9 +210,46 @@ fn init_logging(verbose: u8) {
 
 /// Prints `error: <sentence>` and each cause on its own line; exit code 1.
 fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    for line in report_lines(err) {
+        eprintln!("{line}");
     }
     ExitCode::from(exit::FAILURE)
+}
+
+/// The lines [`report`] prints. Every message is escaped: errors carry text from the
+/// network (a peer's or a relay's close reason, a daemon's error message) and must
+/// never move the cursor, recolour or retitle the operator's terminal.
+fn report_lines(err: &anyhow::Error) -> Vec<String> {
+    let mut lines = vec![format!("error: {}", escape_for_display(&err.to_string()))];
+    for cause in err.chain().skip(1) {
+        lines.push(format!(
+            "  caused by: {}",
+            escape_for_display(&cause.to_string())
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_errors_and_causes_carry_no_control_characters() {
+        let err = anyhow::anyhow!("closed by peer: \x1b]52;c;ZXZpbA==\x07 \u{9b}31m")
+            .context("cannot reach 4hrq: \x1b[32mrequest accepted\x1b[0m\r\n");
+        let lines = report_lines(&err);
+        assert_eq!(lines.len(), 2);
+        for line in &lines {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+        assert!(
+            lines[0].contains("\\u{1b}[32mrequest accepted"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("\\u{1b}]52;c;ZXZpbA==\\u{7}"),
+            "{lines:?}"
+        );
+    }
 }
