@@ -17,6 +17,7 @@
 //! Reply hints ([`Reach`]) learned from envelopes are stored by the core in the same
 //! transaction as the envelope's effects, and only if it was applied.
 
+mod admission;
 mod app;
 mod core;
 mod link;
@@ -85,6 +86,11 @@ pub mod close_code {
     pub const TRUST_ENDED: u32 = 6;
     /// A node closes an application connection its application is too slow to take.
     pub const BUSY: u32 = 7;
+    /// A node turns a connection away after its handshake (too many from that
+    /// address or node, or no room left for untrusted peers).
+    pub const TOO_MANY: u32 = 8;
+    /// A node closes an untrusted peer's connection that stayed idle.
+    pub const IDLE: u32 = 9;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +282,7 @@ impl NodeBuilder {
             apps: app::Apps::new(&self.protocols),
             services,
             metrics,
+            admission: Arc::default(),
         });
         let ticker = tokio::spawn(shared.core.clone().run_ticker());
         let accept = tokio::spawn(accept_loop(shared.clone()));
@@ -351,6 +358,8 @@ struct Shared {
     services: ServiceMap,
     /// Counters and histograms for `--metrics`.
     metrics: Arc<NodeMetrics>,
+    /// Inbound connection slots: per address, per identity, and the trusted reserve.
+    admission: Arc<admission::Admission>,
 }
 
 /// A read of the state machine, run by the core after the commit of its batch.
@@ -566,6 +575,13 @@ impl Shared {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// Whether `peer` is trusted now; `false` if the core cannot answer.
+    async fn is_trusted(&self, peer: NodeId) -> bool {
+        self.read(move |m, now| m.is_trusted(&peer, now))
+            .await
+            .unwrap_or(false)
+    }
+
     fn cached_connection(&self, peer: &NodeId) -> Option<quinn::Connection> {
         let conns = self.conns.lock().unwrap();
         conns
@@ -623,7 +639,7 @@ impl Shared {
             match dialled {
                 Ok(Ok(conn)) => {
                     self.remember_connection(peer, &conn);
-                    tokio::spawn(serve_connection(self.clone(), conn.clone()));
+                    tokio::spawn(serve_connection(self.clone(), conn.clone(), None));
                     return Ok(conn);
                 }
                 Ok(Err(e)) => failures.push(format!("{addr}: {}", error_chain(&e))),
@@ -942,41 +958,73 @@ async fn run_outbox(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedRec
     }
 }
 
-/// Most inbound connections served at once; more are refused before any handshake
-/// work, so a flood of strangers cannot exhaust memory or the core's queue.
-const MAX_INBOUND_CONNECTIONS: usize = 4096;
 /// How long a peer may take to read our answer before the stream is dropped.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// An inbound connection from an untrusted peer with no stream for this long is
+/// closed: a stranger needs a connection only to hand over a message, and held
+/// idle ones would pile up (nothing of ours keeps them alive either: the server
+/// side sends no keep-alives, see `tls`).
+pub const UNTRUSTED_IDLE: Duration = Duration::from_secs(10);
 
+/// Takes inbound connections within the bounds of [`admission`]: per source
+/// address before the handshake, per identity and the trusted reserve after it.
 async fn accept_loop(shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNECTIONS));
     while let Some(incoming) = shared.endpoint.accept().await {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(remote = %incoming.remote_address(), "refusing an inbound connection: too many open");
-            incoming.refuse();
-            continue;
-        };
+        let remote = incoming.remote_address();
         if shared.private {
             // A private node is reachable only through its relay: refuse at once
             // (CONNECTION_REFUSED), before any handshake work.
-            debug!(remote = %incoming.remote_address(), "refusing an inbound connection (private node)");
+            debug!(%remote, "refusing an inbound connection (private node)");
             incoming.refuse();
             continue;
         }
+        let handshake = match shared.admission.begin_handshake(remote) {
+            Ok(handshake) => handshake,
+            Err(why) => {
+                debug!(%remote, ?why, "refusing an inbound connection before its handshake");
+                incoming.refuse();
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
             match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
-                Ok(Ok(conn)) => serve_connection(shared, conn).await,
+                Ok(Ok(conn)) => serve_inbound(shared, conn, handshake).await,
                 Ok(Err(e)) => debug!(%remote, error = %e, "inbound handshake failed"),
                 Err(_) => debug!(%remote, "inbound handshake timed out"),
             }
-            drop(slot);
         });
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+/// Admits (or turns away) an inbound connection whose handshake finished, then serves it.
+async fn serve_inbound(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    handshake: admission::Handshake,
+) {
+    let Ok(peer) = tls::peer_node_id(&conn) else {
+        conn.close(0u32.into(), b"no node certificate");
+        return;
+    };
+    let trusted = shared.is_trusted(peer).await;
+    match shared.admission.admit(handshake, peer, trusted) {
+        Ok(admitted) => serve_connection(shared, conn, Some(admitted)).await,
+        Err(why) => {
+            debug!(%peer, remote = %conn.remote_address(), ?why, "turning a connection away");
+            conn.close(close_code::TOO_MANY.into(), why.reason());
+        }
+    }
+}
+
+/// Serves the streams a peer opens on `conn`, whichever side dialled it. An inbound
+/// connection (`admitted`) from an untrusted peer is closed once it stays idle for
+/// [`UNTRUSTED_IDLE`] with no stream being served.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    admitted: Option<admission::Admitted>,
+) {
     let peer = match tls::peer_node_id(&conn) {
         Ok(peer) => peer,
         Err(e) => {
@@ -993,12 +1041,36 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     }
     let remote = conn.remote_address();
     shared.remember_connection(peer, &conn);
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    let reap = admitted.as_ref().is_some_and(|a| !a.trusted());
+    let serving = Arc::new(());
+    loop {
+        let next = if reap {
+            match tokio::time::timeout(UNTRUSTED_IDLE, conn.accept_bi()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    // Only this loop holds `serving` when no stream task is running.
+                    if Arc::strong_count(&serving) == 1 && !shared.is_trusted(peer).await {
+                        debug!(%peer, %remote, "closing an idle connection of an untrusted peer");
+                        conn.close(close_code::IDLE.into(), b"idle");
+                        break;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            conn.accept_bi().await
+        };
+        let Ok((send, recv)) = next else { break };
         let shared = shared.clone();
         let conn = conn.clone();
-        tokio::spawn(async move { serve_stream(shared, conn, peer, remote, send, recv).await });
+        let serving = serving.clone();
+        tokio::spawn(async move {
+            serve_stream(shared, conn, peer, remote, send, recv).await;
+            drop(serving);
+        });
     }
     shared.forget_connection(&peer, &conn);
+    drop(admitted);
 }
 
 async fn serve_stream(

@@ -56,9 +56,12 @@ const SAN_SUFFIX: &str = ".kith";
 /// How long a connection may be silent before it is dropped. The smaller of both
 /// sides' values applies.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an otherwise silent connection sends a keep-alive. A third of the idle
-/// timeout, so two lost keep-alives do not yet kill the connection, and short enough
-/// to keep typical NAT bindings (often 30 s or more for UDP) open.
+/// How often the dialling side of an otherwise silent connection sends a
+/// keep-alive. A third of the idle timeout, so two lost keep-alives do not yet kill
+/// the connection, and short enough to keep typical NAT bindings (often 30 s or more
+/// for UDP) open. Only the dialler sends them (it is the side behind a NAT, and its
+/// keep-alives keep both sides' idle timers fresh): a listener that sent them would
+/// keep every idle connection a stranger opened alive for it.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Concurrent bidirectional streams a peer may open. The protocol uses one short
 /// request/response stream per exchange; 32 leaves room for pipelining while
@@ -211,7 +214,7 @@ pub fn server_config_with(
     // `max_early_data_size` stays 0: 0-RTT data is replayable by an on-path attacker.
 
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(false));
     Ok(config)
 }
 
@@ -222,7 +225,7 @@ pub fn client_config(
     identity: &Identity,
     expected: NodeId,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    Ok(client_config_reporting(identity, expected, ALPN, transport_config())?.0)
+    Ok(client_config_reporting(identity, expected, ALPN, transport_config(true))?.0)
 }
 
 /// The ALPN a connection negotiated (`kith/1` or an application protocol).
@@ -308,7 +311,8 @@ pub async fn dial(
     addr: SocketAddr,
     expected: NodeId,
 ) -> Result<quinn::Connection, TlsError> {
-    let (config, refused) = client_config_reporting(identity, expected, ALPN, transport_config())?;
+    let (config, refused) =
+        client_config_reporting(identity, expected, ALPN, transport_config(true))?;
     dial_with(endpoint, config, refused, addr, expected).await
 }
 
@@ -413,13 +417,14 @@ pub const UNVETTED_CONNECTION_WINDOW: u32 = 32 * (kith_protocol::frame::MAX_FRAM
 /// handshake, before it knows which protocol the connection speaks; the connection
 /// window keeps what an unvetted peer can make us buffer where it was. A kith message
 /// is still at most one frame: its reader stops at [`kith_protocol::frame::MAX_FRAME_LEN`].
-fn transport_config() -> Arc<TransportConfig> {
+/// Only a dialled connection sends keep-alives (`keep_alive`).
+fn transport_config(keep_alive: bool) -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
     // IdleTimeout from a VarInt is in milliseconds and cannot fail.
     transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
         IDLE_TIMEOUT.as_millis() as u32,
     ))));
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.keep_alive_interval(keep_alive.then_some(KEEP_ALIVE));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
     transport.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
     transport.stream_receive_window(VarInt::from_u32(APP_STREAM_WINDOW));
@@ -443,7 +448,8 @@ pub const APP_MAX_STREAMS: u32 = 256;
 /// The transport of a connection this node dials for an application: the windows
 /// above, both stream kinds, the same timeouts and keep-alive as every connection.
 /// The accepting side starts every connection with [`transport_config`]'s small
-/// limits and raises them only once the peer is found trusted.
+/// limits (and no keep-alives of its own) and raises them only once the peer is
+/// found trusted.
 pub fn app_transport_config() -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
     transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(

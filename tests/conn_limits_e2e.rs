@@ -1,0 +1,125 @@
+//! One host cannot take every inbound connection of a real `kith run` daemon: a
+//! scripted client opens more connections than the node has slots, from one
+//! identity and from many fresh ones, and keeps them alive; an honest node's
+//! `kith request` still gets through, and the idle connections are closed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestNode, stdout_of};
+use kith_keys::{NodeId, NodeKey};
+use kith_node::tls;
+
+/// More than a node's 4,096 inbound slots.
+const FLOOD: usize = 4200;
+/// Dials in flight at once.
+const CONCURRENCY: usize = 64;
+
+/// Dials `to` `count` times from `from` (a loopback address of the attacker's
+/// host), as one identity or a fresh one per connection, and returns every
+/// connection that was established.
+async fn flood(
+    from: &str,
+    to: SocketAddr,
+    to_id: NodeId,
+    count: usize,
+    fresh_identities: bool,
+) -> Vec<quinn::Connection> {
+    let key = NodeKey::generate();
+    let identity = tls::Identity::new(&key).unwrap();
+    let endpoint = tls::make_endpoint(&identity, from.parse().unwrap()).unwrap();
+    let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let endpoint = endpoint.clone();
+        let identity = if fresh_identities {
+            tls::Identity::new(&NodeKey::generate()).unwrap()
+        } else {
+            identity.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let dialled = tokio::time::timeout(
+                Duration::from_secs(5),
+                tls::dial(&endpoint, &identity, to, to_id),
+            )
+            .await;
+            drop(permit);
+            dialled.ok()?.ok()
+        }));
+    }
+    let mut conns = Vec::new();
+    for task in tasks {
+        if let Some(conn) = task.await.unwrap() {
+            conns.push(conn);
+        }
+    }
+    conns
+}
+
+fn open(conns: &[quinn::Connection]) -> usize {
+    conns.iter().filter(|c| c.close_reason().is_none()).count()
+}
+
+#[test]
+fn one_host_cannot_take_every_inbound_connection() {
+    let mut b = TestNode::init();
+    b.start();
+    let mut honest = TestNode::init();
+    honest.start();
+    let to = b.listen_addr();
+    let to_id: NodeId = b.node_id.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The attacker's host is 127.0.0.2 (the honest node is on 127.0.0.1): one
+    // identity, more connections than the node has slots, all kept alive by the
+    // attacker's own keep-alives.
+    let started = Instant::now();
+    let one = runtime.block_on(flood("127.0.0.2:0", to, to_id, FLOOD, false));
+    // And a fresh identity per connection, from another address of the same host.
+    let many = runtime.block_on(flood("127.0.0.3:0", to, to_id, 64, true));
+    // Let the node's refusals after the handshake arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    let (held_one, held_many) = (open(&one), open(&many));
+    eprintln!(
+        "flood took {:?}: {held_one} of {FLOOD} connections of one identity held, \
+         {held_many} of 64 fresh identities",
+        started.elapsed()
+    );
+    // While the attacker holds all it can, an honest stranger's request gets through.
+    let out = honest.run(&["request", &b.ticket(), "-j", "honest"]);
+    assert!(
+        out.status.success() && stdout_of(&out).contains("the peer was told"),
+        "{}\n{}",
+        stdout_of(&out),
+        common::stderr_of(&out)
+    );
+    b.wait_for_state(&honest.node_id, "incoming_pending");
+    assert!(held_one <= 16, "one identity holds {held_one} connections");
+    assert!(held_many <= 16, "one address holds {held_many} connections");
+
+    // The attacker's idle connections are closed by the node, keep-alives or not.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open(&one) + open(&many) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} idle connections of an untrusted host still open",
+            open(&one) + open(&many)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let idle_closed = one.iter().chain(&many).any(|c| {
+        matches!(
+            c.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(ref close)) if &close.reason[..] == b"idle"
+        )
+    });
+    assert!(idle_closed, "the node closed them as idle");
+}
