@@ -19,6 +19,7 @@
 
 mod admission;
 mod app;
+mod budget;
 mod core;
 mod link;
 
@@ -44,6 +45,10 @@ use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayRef};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
+pub use self::admission::{
+    MAX_HANDSHAKES, MAX_INBOUND_CONNECTIONS, MAX_PER_ADDRESS, MAX_PER_IDENTITY, TRUSTED_RESERVE,
+};
+pub use self::budget::MAX_BUFFERED;
 use self::core::Core;
 use crate::metrics::NodeMetrics;
 use crate::reach::{PathKind, PeerReach, Targets};
@@ -51,6 +56,15 @@ use crate::service::ServiceSpec;
 use crate::store::{Store, StoreError};
 use crate::ticket::Ticket;
 use crate::tls::{self, TlsError};
+
+/// The most that inbound connections can make a node buffer, in bytes: quinn's
+/// unread data (one connection window per connection) plus the node's read budget
+/// for streams being read. Within [`MEMORY_BUDGET`]; see docs/design-notes.md.
+pub const INBOUND_BUFFER_BOUND: usize =
+    MAX_INBOUND_CONNECTIONS * tls::UNVETTED_CONNECTION_WINDOW as usize + MAX_BUFFERED;
+/// What a node may spend on buffering inbound data, at most.
+pub const MEMORY_BUDGET: usize = 320 << 20;
+const _: () = assert!(INBOUND_BUFFER_BOUND <= MEMORY_BUDGET);
 
 /// How long a peer may take to send its half of a stream before it is dropped.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -283,6 +297,7 @@ impl NodeBuilder {
             services,
             metrics,
             admission: Arc::default(),
+            budget: budget::ReadBudget::default(),
         });
         let ticker = tokio::spawn(shared.core.clone().run_ticker());
         let accept = tokio::spawn(accept_loop(shared.clone()));
@@ -360,6 +375,8 @@ struct Shared {
     metrics: Arc<NodeMetrics>,
     /// Inbound connection slots: per address, per identity, and the trusted reserve.
     admission: Arc<admission::Admission>,
+    /// Bytes all streams being read may hold at once.
+    budget: budget::ReadBudget,
 }
 
 /// A read of the state machine, run by the core after the commit of its batch.
@@ -1086,7 +1103,10 @@ async fn serve_stream(
             status: AckStatus::Refused(refusal),
         })
     };
-    let Some(bytes) = read_one_message(&mut send, &mut recv).await else {
+    // `_held` keeps the message's bytes counted until it is answered.
+    let Some((bytes, _held)) =
+        budget::read_message(&shared.budget, &mut send, &mut recv, MAX_FRAME_LEN + 4).await
+    else {
         return;
     };
     let mut close_after = false;

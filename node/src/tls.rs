@@ -64,9 +64,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// keep every idle connection a stranger opened alive for it.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Concurrent bidirectional streams a peer may open. The protocol uses one short
-/// request/response stream per exchange; 32 leaves room for pipelining while
-/// bounding what an untrusted (not yet vetted) peer can make us hold open.
-const MAX_BIDI_STREAMS: u32 = 32;
+/// request/response stream per exchange; 8 leaves room for pipelining while
+/// bounding what an untrusted (not yet vetted) peer can make us hold open: each
+/// open stream may hold a frame in our read buffer.
+pub const MAX_BIDI_STREAMS: u32 = 8;
 /// The protocol uses no unidirectional streams, so a peer may open none.
 const MAX_UNI_STREAMS: u32 = 0;
 
@@ -406,9 +407,11 @@ fn client_config_reporting(
 }
 
 /// Unread bytes any connection may hold across all its streams until the peer is
-/// found trusted for an application: what 32 streams of one largest kith frame each
-/// held before, whatever the per-stream window.
-pub const UNVETTED_CONNECTION_WINDOW: u32 = 32 * (kith_protocol::frame::MAX_FRAME_LEN as u32 + 4);
+/// found trusted for an application: one largest kith frame, whatever the
+/// per-stream window. Several small messages fit at once, and a connection whose
+/// streams the node stops reading (its read budget is spent) holds no more than
+/// this. See docs/design-notes.md, Transport, for the sum over all connections.
+pub const UNVETTED_CONNECTION_WINDOW: u32 = kith_protocol::frame::MAX_FRAME_LEN as u32 + 4;
 
 /// Connection limits shared by both directions. Deliberately small: a peer is
 /// untrusted until the protocol layer says otherwise, so it gets bounded resources
