@@ -26,6 +26,7 @@ use crate::control::{
     RelayLinkView, Request, Response, SentView, StatusView,
 };
 use crate::datadir::DataDir;
+use crate::hooks::Hooks;
 use crate::node::{
     Delivery, Node, NodeBuilder, NodeError, RelayEvent, RelayEventKind, RelayStatus, StoreLocation,
     now_ms,
@@ -76,9 +77,8 @@ struct Daemon {
     /// The most recent events, for `kith events` without `--follow`, and the live
     /// stream of new ones (both fed by `watch_events`, under the same lock).
     recent: Mutex<VecDeque<EventView>>,
-    /// Bounds `--on-request` hooks running at once, so a burst of requests cannot
-    /// fork without end.
-    hook_slots: Arc<tokio::sync::Semaphore>,
+    /// The `--on-request` hook's queue and runner, when there is a hook.
+    hooks: Option<Arc<Hooks>>,
     live: tokio::sync::broadcast::Sender<EventView>,
 }
 
@@ -134,6 +134,7 @@ pub async fn run(
         }
         None => None,
     };
+    let hooks = options.on_request.clone().map(Hooks::start);
     let daemon = Arc::new(Daemon {
         services: ServiceClient::new(node.clone()),
         node,
@@ -141,7 +142,7 @@ pub async fn run(
         options,
         started_at_ms: now_ms(),
         recent: Mutex::new(VecDeque::new()),
-        hook_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HOOKS)),
+        hooks,
         live,
     });
     let watcher = tokio::spawn(watch_events(
@@ -803,7 +804,13 @@ async fn watch_events(
         let view = tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => event_view(&event),
-                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(missed, "fell behind the node's events; `kith events` misses them");
+                    if let Some(hooks) = &daemon.hooks {
+                        hooks.missed(missed);
+                    }
+                    continue;
+                }
                 Err(_) => return,
             },
             event = relay_events.recv(), if relay_open => match event {
@@ -824,55 +831,10 @@ async fn watch_events(
             let _ = daemon.live.send(view.clone());
         }
         if view.kind == "request_received" {
-            if let Some(cmd) = &daemon.options.on_request {
-                match daemon.hook_slots.clone().try_acquire_owned() {
-                    Ok(slot) => run_hook(cmd, &view, slot),
-                    Err(_) => warn!(
-                        peer = %view.node_id,
-                        "--on-request skipped: {MAX_HOOKS} hooks are still running"
-                    ),
-                }
+            if let Some(hooks) = &daemon.hooks {
+                hooks.request(&view);
             }
         }
-    }
-}
-
-/// Most `--on-request` hooks running at once.
-const MAX_HOOKS: usize = 4;
-
-/// Runs the operator's hook without waiting for it; its failure is logged, never
-/// fatal. `slot` is held until the hook exits.
-fn run_hook(cmd: &str, view: &EventView, slot: tokio::sync::OwnedSemaphorePermit) {
-    let child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("KITH_EVENT", &view.kind)
-        .env("KITH_PEER_ID", &view.node_id)
-        .env("KITH_JUSTIFICATION", view.detail.as_deref().unwrap_or(""))
-        // Safe to print to a terminal or a log: control characters escaped.
-        .env(
-            "KITH_JUSTIFICATION_ESCAPED",
-            escape_for_display(view.detail.as_deref().unwrap_or("")),
-        )
-        .env("KITH_SOURCE_ADDR", view.address.as_deref().unwrap_or(""))
-        .env("KITH_RECEIVED_AT_MS", view.at_ms.to_string())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(false)
-        .spawn();
-    match child {
-        Ok(mut child) => {
-            tokio::spawn(async move {
-                let _slot = slot;
-                match child.wait().await {
-                    Ok(status) if !status.success() => {
-                        warn!(%status, "--on-request command failed")
-                    }
-                    Err(e) => warn!(error = %e, "--on-request command failed"),
-                    Ok(_) => {}
-                }
-            });
-        }
-        Err(e) => warn!(error = %e, "cannot run the --on-request command"),
     }
 }
 

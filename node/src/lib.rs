@@ -11,6 +11,7 @@
 //!   `forward`) and their protocol, `kith-svc/1`, on top of application connections.
 //! - [`daemon`]: `kith run` — a node bound to a data dir, answering on its control socket.
 //! - [`control`]: the control socket protocol between `kith` subcommands and the daemon.
+//! - [`hooks`]: the `--on-request` hook's bounded queue, which never drops a run silently.
 //! - [`store`]: the redb database: peers, allow and deny lists, audit log, reach records.
 //! - [`reach`]: how each peer is reached (direct addresses, its home relay, the last
 //!   path that worked) and the order delivery tries them in.
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod datadir;
 pub mod demo;
 pub mod harden;
+pub mod hooks;
 pub mod instance;
 pub mod instance_secret;
 pub mod metrics;
