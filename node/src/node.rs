@@ -46,7 +46,8 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
 pub use self::admission::{
-    MAX_HANDSHAKES, MAX_INBOUND_CONNECTIONS, MAX_PER_ADDRESS, MAX_PER_IDENTITY, TRUSTED_RESERVE,
+    MAX_HANDSHAKES, MAX_INBOUND_CONNECTIONS, MAX_PER_ADDRESS, MAX_PER_IDENTITY,
+    MAX_PER_TRUSTED_IDENTITY, TRUSTED_RESERVE,
 };
 pub use self::budget::MAX_BUFFERED;
 use self::core::Core;
@@ -1157,11 +1158,7 @@ async fn serve_stream(
             }
         }
         Ok(Some((Message::Ping { id }, _))) => {
-            let trusted = shared
-                .read(move |m, now| m.is_trusted(&peer, now))
-                .await
-                .unwrap_or(false);
-            if trusted {
+            if shared.is_trusted(peer).await {
                 Message::Pong { id }
             } else {
                 refused(Refusal::NotTrusted)
