@@ -269,7 +269,7 @@ impl NodeBuilder {
             reach: reach.clone(),
             unacked: unacked.clone(),
             links: Mutex::new(HashMap::new()),
-            link_dial: tokio::sync::Mutex::new(()),
+            link_dial: Mutex::new(HashMap::new()),
             relay_status: Mutex::new(self.relay.as_ref().map(link::RelayStatus::new)),
             relay_events,
             first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
@@ -336,9 +336,10 @@ struct Shared {
     unacked: UnackedMap,
     /// Connections to relays (the home relay's and ones dialled to reach a peer), by relay.
     links: Mutex<HashMap<NodeId, quinn::Connection>>,
-    /// Held while dialling a relay, so two deliveries never open two connections to
-    /// one relay (the relay would close the older one as replaced).
-    link_dial: tokio::sync::Mutex<()>,
+    /// One lock per relay being dialled, held while dialling it, so two deliveries
+    /// never open two connections to one relay (the relay would close the older one
+    /// as replaced) while dials to different relays proceed side by side.
+    link_dial: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     /// The home relay connection's state, for `kith status`.
     relay_status: Mutex<Option<link::RelayStatus>>,
     relay_events: broadcast::Sender<RelayEvent>,

@@ -28,7 +28,9 @@ use kith_protocol::frame::decode_frame;
 use kith_protocol::machine::{Input, Reply};
 use kith_protocol::relay::{ForwardResult, RelayRefusal};
 use kith_protocol::validate::Refusal;
-use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayNotice, RelayRef};
+use kith_protocol::wire::{
+    Ack, AckStatus, Envelope, MAX_REACH_ADDRS, Message, Reach, RelayNotice, RelayRef,
+};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -46,6 +48,11 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A relay's addresses are dialled this far apart, first answer wins.
+const DIAL_STAGGER: Duration = Duration::from_millis(250);
+/// Longest a relay dial may take over all its addresses, however many a ticket or
+/// hint lists.
+const LINK_DIAL_BOUND: Duration = DIAL_TIMEOUT;
 /// Registration includes the relay's dial-back (up to a few seconds behind a NAT
 /// that drops it).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -183,6 +190,14 @@ impl Shared {
         }
     }
 
+    /// The lock held while dialling `relay`. Locks nobody holds or waits for are
+    /// dropped here, so the map stays as small as the dials in flight.
+    fn dial_lock(&self, relay: &NodeId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.link_dial.lock().unwrap();
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(*relay).or_default().clone()
+    }
+
     fn is_home(&self, relay: &NodeId) -> bool {
         self.home.as_ref().is_some_and(|h| h.node_id == *relay)
     }
@@ -195,28 +210,49 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + r * 0.5)
 }
 
-/// Dials `relay` at each of its addresses in turn.
+/// Dials `relay` at its addresses, a new one every [`DIAL_STAGGER`] until one answers,
+/// all within [`LINK_DIAL_BOUND`]: a ticket or hint naming a relay with many silent
+/// addresses costs one bounded wait, never one timeout per address.
 async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connection, NodeError> {
+    let failed = |reason: String| NodeError::Relay {
+        relay: relay.node_id,
+        reason: format!("cannot connect: {reason}"),
+    };
+    if relay.addrs.is_empty() {
+        return Err(failed("the relay has no address".into()));
+    }
+    let mut dials = tokio::task::JoinSet::new();
+    for (i, &addr) in relay.addrs.iter().take(MAX_REACH_ADDRS).enumerate() {
+        let (endpoint, identity, id) = (
+            shared.endpoint.clone(),
+            shared.identity.clone(),
+            relay.node_id,
+        );
+        let stagger = DIAL_STAGGER * i as u32;
+        dials.spawn(async move {
+            tokio::time::sleep(stagger).await;
+            (addr, tls::dial(&endpoint, &identity, addr, id).await)
+        });
+    }
     let mut failures = Vec::new();
-    for &addr in &relay.addrs {
-        match tokio::time::timeout(
-            DIAL_TIMEOUT,
-            tls::dial(&shared.endpoint, &shared.identity, addr, relay.node_id),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => failures.push(format!("{addr}: {}", error_chain(&e))),
-            Err(_) => failures.push(format!("{addr}: no answer within {DIAL_TIMEOUT:?}")),
+    let deadline = tokio::time::Instant::now() + LINK_DIAL_BOUND;
+    loop {
+        match tokio::time::timeout_at(deadline, dials.join_next()).await {
+            Ok(Some(Ok((_, Ok(conn))))) => return Ok(conn),
+            Ok(Some(Ok((addr, Err(e))))) => failures.push(format!("{addr}: {}", error_chain(&e))),
+            Ok(Some(Err(_))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                failures.push(format!(
+                    "{} address(es) gave no answer within {LINK_DIAL_BOUND:?}",
+                    dials.len()
+                ));
+                break;
+            }
         }
     }
-    if failures.is_empty() {
-        failures.push("the relay has no address".into());
-    }
-    Err(NodeError::Relay {
-        relay: relay.node_id,
-        reason: format!("cannot connect: {}", failures.join("; ")),
-    })
+    // Dropping the set aborts the dials still running.
+    Err(failed(failures.join("; ")))
 }
 
 /// Keeps the home relay connection up for as long as the node runs.
@@ -228,7 +264,8 @@ pub(super) async fn run_home(shared: Arc<Shared>, relay: RelayRef) {
             s.since_ms = now_ms();
         });
         let dialled = {
-            let _dialling = shared.link_dial.lock().await;
+            let lock = shared.dial_lock(&relay.node_id);
+            let _dialling = lock.lock().await;
             dial_relay(&shared, &relay).await
         };
         match dialled {
@@ -333,7 +370,10 @@ async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connectio
             reason: "not connected to the home relay right now (reconnecting)".into(),
         });
     }
-    let _dialling = shared.link_dial.lock().await;
+    // One dial per relay at a time (a second connection would replace the first at
+    // the relay); dials to different relays never wait for each other.
+    let lock = shared.dial_lock(&relay.node_id);
+    let _dialling = lock.lock().await;
     if let Some(conn) = shared.live_link(&relay.node_id) {
         return Ok(conn);
     }

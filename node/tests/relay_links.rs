@@ -1,0 +1,129 @@
+//! A node's relay links under hostile tickets and hints: real nodes and a real relay,
+//! in process, over real QUIC on loopback.
+//!
+//! In process rather than through the binary so the tests can hold silent UDP
+//! sockets, time deliveries and shorten the idle timeout of relay links.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use kith_keys::NodeKey;
+use kith_node::node::{Delivery, LinkState, Node, NodeBuilder};
+use kith_node::relay::{RelayOptions, RelayServer};
+use kith_node::ticket::Ticket;
+use kith_protocol::relay::RelayConfig;
+use kith_protocol::wire::{AckStatus, MAX_REACH_ADDRS, RelayRef};
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn relay() -> RelayServer {
+    RelayServer::spawn(
+        NodeKey::generate(),
+        RelayOptions {
+            listen: loopback(),
+            advertise: Vec::new(),
+            config: RelayConfig::default(),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn node(builder: NodeBuilder) -> Node {
+    builder.listen(loopback()).spawn().await.unwrap()
+}
+
+/// A private node homed at `relay`, registered there.
+async fn private_at(relay: &RelayServer) -> Node {
+    let node = node(
+        NodeBuilder::new(NodeKey::generate())
+            .private(true)
+            .relay(relay.ticket().as_relay()),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.relay_status().map(|s| s.state) != Some(LinkState::Registered) {
+        assert!(
+            Instant::now() < deadline,
+            "the private node never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node
+}
+
+/// The ticket of a private node whose "relay" is `relay`.
+fn ticket_via(relay: RelayRef) -> Ticket {
+    Ticket {
+        node_id: NodeKey::generate().node_id(),
+        addrs: Vec::new(),
+        relay: Some(relay),
+    }
+}
+
+fn delivered(delivery: &Delivery) -> bool {
+    matches!(
+        delivery,
+        Delivery::Relayed {
+            ack: Some(AckStatus::Pending),
+            ..
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_silent_addresses_stalls_no_other_relayed_delivery() {
+    let relay = relay().await;
+    let private = private_at(&relay).await;
+    let public = node(NodeBuilder::new(NodeKey::generate())).await;
+
+    // A hint naming a "relay" at the most addresses a hint may carry, each a bound
+    // UDP socket that never answers.
+    let silent: Vec<UdpSocket> = (0..MAX_REACH_ADDRS)
+        .map(|_| UdpSocket::bind(loopback()).unwrap())
+        .collect();
+    let stalling = ticket_via(RelayRef {
+        node_id: NodeKey::generate().node_id(),
+        addrs: silent.iter().map(|s| s.local_addr().unwrap()).collect(),
+    });
+    let public = std::sync::Arc::new(public);
+    let stalled = tokio::spawn({
+        let public = public.clone();
+        async move {
+            let started = Instant::now();
+            let delivery = public.request(&stalling, "hello?").await.unwrap();
+            (delivery, started.elapsed())
+        }
+    });
+    // Let the silent dial start first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let honest = ticket_via(relay.ticket().as_relay());
+    let honest = Ticket {
+        node_id: private.node_id(),
+        ..honest
+    };
+    let delivery = tokio::time::timeout(
+        Duration::from_secs(15),
+        public.request(&honest, "let me in"),
+    )
+    .await
+    .expect("a relayed delivery through another relay waits for no silent dial");
+    assert!(delivered(&delivery.unwrap()));
+
+    let (delivery, took) = tokio::time::timeout(Duration::from_secs(30), stalled)
+        .await
+        .expect("the silent relay's dial is bounded as a whole")
+        .unwrap();
+    assert!(
+        matches!(delivery, Delivery::Retrying { .. }),
+        "{delivery:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "{MAX_REACH_ADDRS} silent addresses cost one bounded wait, not one per address: {took:?}"
+    );
+    drop(silent);
+}
