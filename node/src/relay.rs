@@ -115,7 +115,7 @@ impl RelayServer {
     /// Binds the endpoint and starts serving. Must be called within a Tokio runtime.
     pub async fn spawn(key: NodeKey, options: RelayOptions) -> Result<RelayServer, TlsError> {
         let identity = tls::Identity::new(&key)?;
-        let endpoint = tls::make_endpoint(&identity, options.listen)?;
+        let endpoint = tls::make_relay_endpoint(&identity, options.listen)?;
         let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
             addr: options.listen,
             source,

@@ -127,3 +127,23 @@ async fn a_relay_with_silent_addresses_stalls_no_other_relayed_delivery() {
     );
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_node_named_as_a_relay_does_not_become_a_link() {
+    let a = node(NodeBuilder::new(NodeKey::generate())).await;
+    let t = node(NodeBuilder::new(NodeKey::generate())).await;
+
+    // A hint (here a ticket) that names the honest node t as some node's relay.
+    let delivery = a
+        .request(&ticket_via(t.ticket().as_relay()), "through t?")
+        .await
+        .unwrap();
+    let Delivery::Retrying { reason } = delivery else {
+        panic!("t is no relay, yet {delivery:?}");
+    };
+    assert!(reason.contains("not a relay"), "{reason}");
+
+    // t's own messages to a are still answered as a peer's.
+    let delivery = t.request(&a.ticket(), "hello a").await.unwrap();
+    assert_eq!(delivery, Delivery::Acked(AckStatus::Pending));
+}

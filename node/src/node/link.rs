@@ -1,5 +1,9 @@
 //! Relay links: this node's side of relaying.
 //!
+//! A relay link is negotiated with the relay ALPN ([`tls::RELAY_ALPN`]): only a
+//! relay's endpoint offers it, so a ticket or hint naming an ordinary node as a
+//! relay cannot make our connection to that node a link.
+//!
 //! A node with a home relay keeps one QUIC connection to it ([`run_home`]): dial,
 //! register (asking for a dial-back unless private), serve what the relay pushes,
 //! and when the connection drops, reconnect with exponential backoff and jitter —
@@ -231,7 +235,7 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
         let stagger = DIAL_STAGGER * i as u32;
         dials.spawn(async move {
             tokio::time::sleep(stagger).await;
-            (addr, tls::dial(&endpoint, &identity, addr, id).await)
+            (addr, tls::dial_relay(&endpoint, &identity, addr, id).await)
         });
     }
     let mut failures = Vec::new();
@@ -239,6 +243,9 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
     loop {
         match tokio::time::timeout_at(deadline, dials.join_next()).await {
             Ok(Some(Ok((_, Ok(conn))))) => return Ok(conn),
+            Ok(Some(Ok((addr, Err(e))))) if refused_relay_protocol(&e) => failures.push(format!(
+                "{addr}: it is not a relay (it does not speak the relay protocol)"
+            )),
             Ok(Some(Ok((addr, Err(e))))) => failures.push(format!("{addr}: {}", error_chain(&e))),
             Ok(Some(Err(_))) => {}
             Ok(None) => break,
@@ -253,6 +260,12 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
     }
     // Dropping the set aborts the dials still running.
     Err(failed(failures.join("; ")))
+}
+
+/// Whether a dial failed because the server does not offer the relay protocol
+/// (TLS alert 120, no_application_protocol): a node, not a relay.
+fn refused_relay_protocol(e: &tls::TlsError) -> bool {
+    matches!(e, tls::TlsError::Connection(e) if super::app::refused_protocol(e))
 }
 
 /// Keeps the home relay connection up for as long as the node runs.
@@ -403,15 +416,21 @@ pub(super) async fn forward(
         relay: relay.node_id,
         reason,
     };
+    // A link whose far side answers as no relay would is dropped, not reused.
+    let drop_link = |reason: String| {
+        conn.close(0u32.into(), b"not a relay");
+        shared.forget_link(&relay.node_id, &conn);
+        failed(reason)
+    };
     match exchange_on(&conn, &message, STREAM_TIMEOUT).await {
         Ok(Message::Forwarded { result, ack }) => Ok((result, ack)),
         Ok(Message::Ack(Ack {
             status: AckStatus::Refused(refusal),
-        })) => Err(failed(format!("not a relay (it answered: {refusal})"))),
-        Ok(_) => Err(failed(
+        })) => Err(drop_link(format!("not a relay (it answered: {refusal})"))),
+        Ok(_) => Err(drop_link(
             "answered with something other than a relay answer".into(),
         )),
-        Err(ExchangeError::Garbled) => Err(failed("sent an answer that does not decode".into())),
+        Err(ExchangeError::Garbled) => Err(drop_link("sent an answer that does not decode".into())),
         Err(ExchangeError::Io(reason)) => {
             if conn.close_reason().is_some() {
                 shared.forget_link(&relay.node_id, &conn);
