@@ -29,7 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use app::{Accepted, ConnectError};
 pub use link::{
-    BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LinkState, RelayEvent, RelayEventKind, RelayStatus,
+    BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LINK_IDLE, LinkState, RelayEvent, RelayEventKind,
+    RelayStatus,
 };
 
 use kith_keys::{NodeId, NodeKey};
@@ -130,6 +131,7 @@ pub struct NodeBuilder {
     relay: Option<RelayRef>,
     private: bool,
     protocols: Vec<Vec<u8>>,
+    link_idle: Duration,
 }
 
 impl NodeBuilder {
@@ -144,6 +146,7 @@ impl NodeBuilder {
             relay: None,
             private: false,
             protocols: Vec::new(),
+            link_idle: link::LINK_IDLE,
         }
     }
 
@@ -154,6 +157,13 @@ impl NodeBuilder {
         if !self.protocols.contains(&alpn) {
             self.protocols.push(alpn);
         }
+        self
+    }
+
+    /// How long a link to a relay other than the home relay may carry nothing
+    /// before it is closed (default [`link::LINK_IDLE`]).
+    pub fn link_idle(mut self, idle: Duration) -> Self {
+        self.link_idle = idle;
         self
     }
 
@@ -270,6 +280,7 @@ impl NodeBuilder {
             unacked: unacked.clone(),
             links: Mutex::new(HashMap::new()),
             link_dial: Mutex::new(HashMap::new()),
+            link_idle: self.link_idle,
             relay_status: Mutex::new(self.relay.as_ref().map(link::RelayStatus::new)),
             relay_events,
             first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
@@ -340,6 +351,8 @@ struct Shared {
     /// never open two connections to one relay (the relay would close the older one
     /// as replaced) while dials to different relays proceed side by side.
     link_dial: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// How long a link to a relay other than the home relay may stay unused.
+    link_idle: Duration,
     /// The home relay connection's state, for `kith status`.
     relay_status: Mutex<Option<link::RelayStatus>>,
     relay_events: broadcast::Sender<RelayEvent>,

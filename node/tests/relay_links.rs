@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use kith_keys::NodeKey;
-use kith_node::node::{Delivery, LinkState, Node, NodeBuilder};
+use kith_node::node::{Delivery, LinkState, Node, NodeBuilder, RelayStatus};
 use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::ticket::Ticket;
 use kith_protocol::relay::RelayConfig;
@@ -37,12 +37,11 @@ async fn node(builder: NodeBuilder) -> Node {
 
 /// A private node homed at `relay`, registered there.
 async fn private_at(relay: &RelayServer) -> Node {
-    let node = node(
-        NodeBuilder::new(NodeKey::generate())
-            .private(true)
-            .relay(relay.ticket().as_relay()),
-    )
-    .await;
+    private_with(relay, NodeBuilder::new(NodeKey::generate())).await
+}
+
+async fn private_with(relay: &RelayServer, builder: NodeBuilder) -> Node {
+    let node = node(builder.private(true).relay(relay.ticket().as_relay())).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while node.relay_status().map(|s| s.state) != Some(LinkState::Registered) {
         assert!(
@@ -146,4 +145,39 @@ async fn an_honest_node_named_as_a_relay_does_not_become_a_link() {
     // t's own messages to a are still answered as a peer's.
     let delivery = t.request(&a.ticket(), "hello a").await.unwrap();
     assert_eq!(delivery, Delivery::Acked(AckStatus::Pending));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_to_a_relay_that_is_not_home_is_closed_when_idle() {
+    let idle = Duration::from_millis(800);
+    let relay = relay().await;
+    let private = private_with(
+        &relay,
+        NodeBuilder::new(NodeKey::generate()).link_idle(idle),
+    )
+    .await;
+    let public = node(NodeBuilder::new(NodeKey::generate()).link_idle(idle)).await;
+    let ticket = Ticket {
+        node_id: private.node_id(),
+        ..ticket_via(relay.ticket().as_relay())
+    };
+    assert!(delivered(&public.request(&ticket, "hi").await.unwrap()));
+    assert_eq!(relay.snapshot().clients, 2, "the public node's link is up");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.snapshot().clients > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle link stays open (keep-alives)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Well past the idle timeout, the private node's home link is still the first one.
+    tokio::time::sleep(idle * 2).await;
+    let home: RelayStatus = private.relay_status().unwrap();
+    assert_eq!((home.state, home.connects), (LinkState::Registered, 1));
+    assert_eq!(relay.snapshot().registered, 1);
+
+    // The closed link is redialled when needed again.
+    assert!(delivered(&public.request(&ticket, "again").await.unwrap()));
 }

@@ -52,6 +52,10 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A link to a relay other than the home relay that carried no stream for this long
+/// is closed: it was opened to reach one peer, and a hint naming many relays must
+/// not leave a connection (and its keep-alives) open to each for good.
+pub const LINK_IDLE: Duration = Duration::from_secs(120);
 /// A relay's addresses are dialled this far apart, first answer wins.
 const DIAL_STAGGER: Duration = Duration::from_millis(250);
 /// Longest a relay dial may take over all its addresses, however many a ticket or
@@ -397,7 +401,36 @@ async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connectio
         .unwrap()
         .insert(relay.node_id, conn.clone());
     tokio::spawn(serve_link(shared.clone(), conn.clone(), relay.clone()));
+    tokio::spawn(close_when_idle(shared.clone(), conn.clone(), relay.node_id));
     Ok(conn)
+}
+
+/// Closes a link to a relay that is not our home relay once no stream crossed it
+/// (in either direction) for [`Shared::link_idle`]. QUIC keep-alives are no use.
+async fn close_when_idle(shared: Arc<Shared>, conn: quinn::Connection, relay: NodeId) {
+    let streams = |c: &quinn::Connection| {
+        let stats = c.stats();
+        stats.frame_rx.stream + stats.frame_tx.stream
+    };
+    let idle = shared.link_idle;
+    let mut seen = streams(&conn);
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            () = tokio::time::sleep(idle / 4) => {}
+        }
+        let now = streams(&conn);
+        if now != seen {
+            seen = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= idle {
+            debug!(%relay, "closing an idle relay link");
+            shared.forget_link(&relay, &conn);
+            conn.close(0u32.into(), b"idle");
+            return;
+        }
+    }
 }
 
 /// Asks `relay` to carry `envelope`; its answer, with the destination's ack when
