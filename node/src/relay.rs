@@ -352,6 +352,14 @@ impl Inner {
 
     /// A forward from connection `id`: route it, push it, answer with what happened.
     async fn forward(self: &Arc<Self>, id: ConnId, envelope: Envelope, reach: Reach) -> Message {
+        // The hint is kept next to a queued envelope: held to the bounds a receiver
+        // accepts, as the envelope is to its own, or it could fill the relay's memory.
+        if !reach.is_bounded() {
+            return Message::Forwarded {
+                result: ForwardResult::Refused(RelayRefusal::Malformed),
+                ack: None,
+            };
+        }
         let mut retried = false;
         loop {
             let (pushes, answer) = self.step(

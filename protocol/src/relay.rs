@@ -210,7 +210,8 @@ pub enum RelayRefusal {
     SenderMismatch,
     /// The connection is not a client of the relay.
     UnknownConnection,
-    /// Unknown version or over-long text: every destination would refuse it.
+    /// Unknown version or over-long text (every destination would refuse it), or a
+    /// reply hint beyond the bounds every destination accepts.
     Malformed,
 }
 
@@ -223,7 +224,7 @@ impl fmt::Display for RelayRefusal {
             RelayRefusal::TooManyClients => "the relay has too many clients",
             RelayRefusal::SenderMismatch => "the envelope is not from the node on this connection",
             RelayRefusal::UnknownConnection => "the connection is not a client of the relay",
-            RelayRefusal::Malformed => "the envelope is malformed",
+            RelayRefusal::Malformed => "the envelope or its reply hint is malformed",
         })
     }
 }
