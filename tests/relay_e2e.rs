@@ -295,11 +295,20 @@ fn one_identity_connected_twice_is_reported_to_both_as_a_conflict() {
             advice.contains("kith fork") && advice.contains("kith adopt"),
             "{advice}"
         );
+        // An unsigned notice: shown as the relay's claim, naming the relay.
+        let claim = format!(
+            "relay {} says this node's id is also connected",
+            relay.node_id
+        );
         let human = node.run_ok(&["status"]);
-        assert!(human.contains("IDENTITY CONFLICT"), "{human}");
+        assert!(human.contains(&claim), "{human}");
+        assert!(!human.contains("IDENTITY CONFLICT"), "{human}");
+        assert!(human.contains("has not verified it"), "{human}");
+        assert_eq!(status["relay"]["conflict"]["reported_by"], relay.node_id);
         let events = events(node);
         assert!(
-            events.iter().any(|e| e["kind"] == "identity_conflict"),
+            events.iter().any(|e| e["kind"] == "identity_conflict"
+                && e["detail"].as_str().unwrap().contains(&claim)),
             "{events:?}"
         );
     }

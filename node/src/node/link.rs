@@ -547,7 +547,7 @@ fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
             warn!(
                 relay = %relay.node_id,
                 ?others,
-                "IDENTITY CONFLICT: this node's id is also connected to the relay from elsewhere"
+                "the home relay says this node's id is also connected to it from elsewhere (its unverified claim)"
             );
             let info = ConflictInfo {
                 others: others.clone(),
