@@ -89,8 +89,13 @@ pub struct RelayConfig {
     /// How long after a registered node disconnects envelopes to it are still
     /// queued (rather than answered with [`ForwardResult::UnknownDestination`]).
     pub remember_ms: u64,
-    /// Most offline nodes remembered for queueing; the longest gone is forgotten first.
+    /// Most offline nodes remembered for queueing. Past it the unsettled node gone
+    /// longest is forgotten first; a settled one only when no unsettled one is left.
     pub remember_max: usize,
+    /// A node that stayed registered this long on one connection (or is on the allow
+    /// list) is *settled*: fresh identities connecting and leaving cannot push it out
+    /// of the remembered nodes (and so drop its queue).
+    pub settled_ms: u64,
 }
 
 impl Default for RelayConfig {
@@ -106,6 +111,7 @@ impl Default for RelayConfig {
             probe_ms: 5_000,
             remember_ms: 24 * 60 * 60 * 1000,
             remember_max: 16 * 1024,
+            settled_ms: 60 * 60 * 1000,
         }
     }
 }
@@ -251,6 +257,15 @@ pub struct ClientInfo {
     /// Whether envelopes are routed to it (false: may only forward).
     pub registered: bool,
     pub since_ms: u64,
+    /// Settled before this connection (see [`RelayConfig::settled_ms`]).
+    pub settled: bool,
+}
+
+/// A registered node now offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Gone {
+    at_ms: u64,
+    settled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,8 +288,11 @@ pub struct Relay {
     clients: BTreeMap<ConnId, ClientInfo>,
     /// Registered connections per node, oldest first; the last one is the route.
     routes: BTreeMap<NodeId, Vec<ConnId>>,
-    /// Registered nodes now offline: when they left.
-    known: BTreeMap<NodeId, u64>,
+    /// Registered nodes now offline: when they left, and whether they were settled.
+    known: BTreeMap<NodeId, Gone>,
+    /// The same, in the order they are forgotten when too many are remembered:
+    /// unsettled before settled, then longest gone first.
+    forget_order: BTreeSet<(bool, u64, NodeId)>,
     queues: BTreeMap<NodeId, VecDeque<Queued>>,
     queued_total: usize,
     /// (expiry of the queue's front, destination), one per non-empty queue.
@@ -292,6 +310,7 @@ impl Relay {
             clients: BTreeMap::new(),
             routes: BTreeMap::new(),
             known: BTreeMap::new(),
+            forget_order: BTreeSet::new(),
             queues: BTreeMap::new(),
             queued_total: 0,
             expiries: BTreeSet::new(),
@@ -406,6 +425,7 @@ impl Relay {
                 addr,
                 registered: allowed,
                 since_ms: now,
+                settled: false,
             },
         );
         if !allowed {
@@ -428,7 +448,13 @@ impl Relay {
             }
         }
         self.routes.entry(node).or_default().push(conn);
-        self.known.remove(&node);
+        let settled = self.unremember(&node).is_some_and(|g| g.settled)
+            || self.routes[&node]
+                .iter()
+                .any(|c| self.clients.get(c).is_some_and(|c| c.settled));
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.settled = settled;
+        }
         out.push(RelayOutput::Registered {
             conn,
             observed: addr,
@@ -483,7 +509,10 @@ impl Relay {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
                 self.routes.remove(&node);
-                self.remember(now, node);
+                let settled = client.settled
+                    || self.is_allow_listed(&node)
+                    || now.saturating_sub(client.since_ms) >= self.config.settled_ms;
+                self.remember(now, node, settled);
             }
         }
         let still_connected = self.clients.values().any(|c| c.node == node);
@@ -500,16 +529,43 @@ impl Relay {
         }
     }
 
-    fn remember(&mut self, now: u64, node: NodeId) {
-        self.known.insert(node, now);
+    fn is_allow_listed(&self, node: &NodeId) -> bool {
+        self.config
+            .allow
+            .as_ref()
+            .is_some_and(|allow| allow.contains(node))
+    }
+
+    fn remember(&mut self, now: u64, node: NodeId, settled: bool) {
+        self.unremember(&node);
+        self.known.insert(
+            node,
+            Gone {
+                at_ms: now,
+                settled,
+            },
+        );
+        self.forget_order.insert((settled, now, node));
         while self.known.len() > self.config.remember_max {
-            // Forget the node gone longest, with its queue.
-            let Some((&oldest, _)) = self.known.iter().min_by_key(|(_, at)| **at) else {
+            // Forget the unsettled node gone longest (possibly the one just added),
+            // with its queue; a settled one only if every remembered node is settled.
+            let Some(&(_, _, first)) = self.forget_order.first() else {
                 break;
             };
-            self.known.remove(&oldest);
-            self.drop_queue(oldest);
+            self.unremember(&first);
+            self.drop_queue(first);
         }
+    }
+
+    fn unremember(&mut self, node: &NodeId) -> Option<Gone> {
+        let gone = self.known.remove(node)?;
+        self.forget_order.remove(&(gone.settled, gone.at_ms, *node));
+        Some(gone)
+    }
+
+    /// Offline nodes remembered (envelopes to them are queued).
+    pub fn remembered(&self) -> usize {
+        self.known.len()
     }
 
     fn drop_queue(&mut self, node: NodeId) -> usize {
@@ -572,7 +628,7 @@ impl Relay {
         let remembered = self
             .known
             .get(&to)
-            .is_some_and(|gone| gone.saturating_add(self.config.remember_ms) > now);
+            .is_some_and(|gone| gone.at_ms.saturating_add(self.config.remember_ms) > now);
         if !remembered {
             return ForwardResult::UnknownDestination;
         }
@@ -662,11 +718,11 @@ impl Relay {
         let gone: Vec<NodeId> = self
             .known
             .iter()
-            .filter(|(_, at)| at.saturating_add(remember_ms) <= now)
+            .filter(|(_, gone)| gone.at_ms.saturating_add(remember_ms) <= now)
             .map(|(n, _)| *n)
             .collect();
         for node in gone {
-            self.known.remove(&node);
+            self.unremember(&node);
             let dropped = self.drop_queue(node);
             if dropped > 0 {
                 self.stats.expired += dropped as u64;

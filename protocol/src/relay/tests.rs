@@ -435,3 +435,68 @@ fn snapshot_round_trips() {
     let bytes = postcard::to_allocvec(&r).unwrap();
     assert_eq!(postcard::from_bytes::<Relay>(&bytes).unwrap(), r);
 }
+
+#[test]
+fn fresh_identities_leaving_do_not_evict_a_settled_node() {
+    let (a, honest) = (key(1), key(2));
+    let cfg = RelayConfig {
+        remember_max: 8,
+        settled_ms: 1_000,
+        rate_burst: 0,
+        ..RelayConfig::default()
+    };
+    let mut r = Relay::new(cfg);
+    connect(&mut r, 0, 1, &a, 1000);
+    // The honest node stays registered past `settled_ms`, leaves, and mail waits for it.
+    connect(&mut r, 0, 2, &honest, 2000);
+    r.handle(5_000, RelayInput::Disconnected { conn: 2 });
+    assert_eq!(
+        answer(&forward(&mut r, 5_001, 1, env(&a, &honest, 1))),
+        ForwardResult::Queued
+    );
+
+    // A thousand fresh identities connect and leave at once.
+    for i in 0..1_000u64 {
+        let mut secret = [7u8; 32];
+        secret[..8].copy_from_slice(&i.to_le_bytes());
+        let stranger = NodeKey::from_secret(&Zeroizing::new(secret));
+        let conn = 100 + i;
+        connect(&mut r, 6_000 + i, conn, &stranger, 3000);
+        r.handle(6_000 + i, RelayInput::Disconnected { conn });
+        assert!(r.remembered() <= 8, "memory stays bounded");
+    }
+    assert_eq!(r.queued_for(&honest.node_id()), 1, "its queue survived");
+    assert_eq!(
+        answer(&forward(&mut r, 7_001, 1, env(&a, &honest, 2))),
+        ForwardResult::Queued,
+        "it is still remembered"
+    );
+    let out = connect(&mut r, 7_002, 3, &honest, 2000);
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, RelayOutput::Push { conn: 3, .. }))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn strangers_still_push_out_strangers_gone_longest() {
+    let (a, b, c) = (key(1), key(2), key(3));
+    let cfg = RelayConfig {
+        remember_max: 2,
+        settled_ms: 1_000,
+        ..RelayConfig::default()
+    };
+    let mut r = Relay::new(cfg);
+    for (i, k) in [&a, &b, &c].into_iter().enumerate() {
+        let conn = i as u64 + 1;
+        connect(&mut r, 10 * conn, conn, k, 1000 + conn as u16);
+        r.handle(10 * conn, RelayInput::Disconnected { conn });
+    }
+    assert_eq!(r.remembered(), 2);
+    connect(&mut r, 100, 9, &key(9), 9000);
+    let fwd = |r: &mut Relay, to: &NodeKey| answer(&forward(r, 100, 9, env(&key(9), to, 1)));
+    assert_eq!(fwd(&mut r, &a), ForwardResult::UnknownDestination);
+    assert_eq!(fwd(&mut r, &c), ForwardResult::Queued);
+}
