@@ -286,6 +286,17 @@ impl Inner {
                             );
                         }
                     }
+                    RelayOutput::Dropped {
+                        conn,
+                        to,
+                        nonce,
+                        reason,
+                    } => {
+                        if let Some(conn) = conn.and_then(|c| state.conns.get(&c)) {
+                            let notice = RelayNotice::Dropped { to, nonce, reason };
+                            notices.push((conn.clone(), notice));
+                        }
+                    }
                     RelayOutput::Expired { to, count } => {
                         debug!(%to, count, "queued envelopes expired");
                         let relay = &state.relay;

@@ -8,8 +8,8 @@ use kith_keys::{NodeId, NodeKey};
 use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
-use kith_protocol::relay::{ForwardResult, RelayConfig, RelayRefusal};
-use kith_protocol::wire::{Body, Envelope, Kind, MAX_REACH_ADDRS, Message, Reach};
+use kith_protocol::relay::{DropReason, ForwardResult, RelayConfig, RelayRefusal};
+use kith_protocol::wire::{Body, Envelope, Kind, MAX_REACH_ADDRS, Message, Reach, RelayNotice};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -148,5 +148,44 @@ async fn an_oversized_reply_hint_is_refused_not_stored() {
         ForwardResult::Queued
     );
     assert_eq!(relay.snapshot().queued, 1);
+    sender.close().await;
+}
+
+/// The next message the relay opens a stream for on `client`'s connection.
+async fn next_pushed(client: &Client) -> Message {
+    let (_send, mut recv) = tokio::time::timeout(Duration::from_secs(10), client.conn.accept_bi())
+        .await
+        .expect("the relay opens a stream")
+        .unwrap();
+    let bytes = recv.read_to_end(MAX_FRAME_LEN + 4).await.unwrap();
+    decode_frame::<Message>(&bytes).unwrap().unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_hears_when_its_queued_envelope_expires_and_quotas_refuse_in_words() {
+    let relay = relay(RelayConfig {
+        queue_ttl_ms: 300,
+        queue_per_sender_destination: 1,
+        ..RelayConfig::default()
+    })
+    .await;
+    let offline = offline_node(&relay).await;
+    let sender = Client::connect(&relay).await;
+    assert_eq!(
+        sender.forward(offline, 1, Reach::default()).await,
+        ForwardResult::Queued
+    );
+    assert_eq!(
+        sender.forward(offline, 2, Reach::default()).await,
+        ForwardResult::Refused(RelayRefusal::SenderQuota)
+    );
+    assert_eq!(
+        next_pushed(&sender).await,
+        Message::RelayNotice(RelayNotice::Dropped {
+            to: offline,
+            nonce: [1; 16],
+            reason: DropReason::Expired,
+        })
+    );
     sender.close().await;
 }

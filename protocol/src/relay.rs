@@ -70,6 +70,11 @@ pub struct RelayConfig {
     pub queue_per_destination: usize,
     /// Most envelopes queued in all.
     pub queue_total: usize,
+    /// Most envelopes one sender may have queued, for all destinations together.
+    pub queue_per_sender: usize,
+    /// Most envelopes one sender may have queued for one destination, so that no
+    /// sender can take a destination's whole queue.
+    pub queue_per_sender_destination: usize,
     /// How long a queued envelope waits for its destination. Keep it below the
     /// destinations' skew window ([`DEFAULT_SKEW_MS`]).
     pub queue_ttl_ms: u64,
@@ -104,6 +109,8 @@ impl Default for RelayConfig {
             max_clients: 4096,
             queue_per_destination: 64,
             queue_total: 4096,
+            queue_per_sender: 256,
+            queue_per_sender_destination: 8,
             queue_ttl_ms: DEFAULT_QUEUE_TTL_MS,
             rate_burst: 128,
             rate_per_sec: 32,
@@ -171,6 +178,34 @@ pub enum RelayOutput {
     Close { conn: ConnId },
     /// `count` envelopes queued for `to` expired undelivered.
     Expired { to: NodeId, count: usize },
+    /// A queued envelope was dropped undelivered: tell its sender, connected on
+    /// `conn` (`None`: not connected now), so it knows not to count on it.
+    Dropped {
+        conn: Option<ConnId>,
+        to: NodeId,
+        nonce: [u8; 16],
+        reason: DropReason,
+    },
+}
+
+/// Why a queued envelope was dropped.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DropReason {
+    /// Its destination did not come back within the queue TTL.
+    Expired,
+    /// The relay forgot its destination (gone too long, or to make room for others).
+    Forgotten,
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DropReason::Expired => "its destination did not come back in time",
+            DropReason::Forgotten => "the relay forgot its destination",
+        })
+    }
 }
 
 /// What became of a forwarded envelope, as told to its sender.
@@ -219,6 +254,8 @@ pub enum RelayRefusal {
     /// Unknown version or over-long text (every destination would refuse it), or a
     /// reply hint beyond the bounds every destination accepts.
     Malformed,
+    /// The sender has as many envelopes queued as it may, in all or for this destination.
+    SenderQuota,
 }
 
 impl fmt::Display for RelayRefusal {
@@ -231,6 +268,7 @@ impl fmt::Display for RelayRefusal {
             RelayRefusal::SenderMismatch => "the envelope is not from the node on this connection",
             RelayRefusal::UnknownConnection => "the connection is not a client of the relay",
             RelayRefusal::Malformed => "the envelope or its reply hint is malformed",
+            RelayRefusal::SenderQuota => "the sender has too many envelopes queued at the relay",
         })
     }
 }
@@ -295,6 +333,11 @@ pub struct Relay {
     forget_order: BTreeSet<(bool, u64, NodeId)>,
     queues: BTreeMap<NodeId, VecDeque<Queued>>,
     queued_total: usize,
+    /// Envelopes queued per sender (senders with none are not listed).
+    queued_by: BTreeMap<NodeId, usize>,
+    /// Drops noted while handling one input, output at its end.
+    #[serde(skip)]
+    dropped: Vec<(NodeId, NodeId, [u8; 16], DropReason)>,
     /// (expiry of the queue's front, destination), one per non-empty queue.
     expiries: BTreeSet<(u64, NodeId)>,
     buckets: BTreeMap<NodeId, Bucket>,
@@ -313,6 +356,8 @@ impl Relay {
             forget_order: BTreeSet::new(),
             queues: BTreeMap::new(),
             queued_total: 0,
+            queued_by: BTreeMap::new(),
+            dropped: Vec::new(),
             expiries: BTreeSet::new(),
             buckets: BTreeMap::new(),
             probes: BTreeMap::new(),
@@ -391,7 +436,35 @@ impl Relay {
             RelayInput::Alive { conn } => self.on_alive(conn, &mut out),
             RelayInput::Tick => self.on_tick(now_ms, &mut out),
         }
+        for (from, to, nonce, reason) in std::mem::take(&mut self.dropped) {
+            let conn = self.route(&from).or_else(|| {
+                self.clients
+                    .iter()
+                    .find(|(_, c)| c.node == from)
+                    .map(|(id, _)| *id)
+            });
+            out.push(RelayOutput::Dropped {
+                conn,
+                to,
+                nonce,
+                reason,
+            });
+        }
         out
+    }
+
+    /// Accounts for `q` leaving the queue of `to`; `dropped`: undelivered, for this reason.
+    fn release(&mut self, to: NodeId, q: &Queued, dropped: Option<DropReason>) {
+        let from = q.envelope.body.from;
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.queued_by.entry(from) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        if let Some(reason) = dropped {
+            self.dropped.push((from, to, q.envelope.body.nonce, reason));
+        }
     }
 
     fn on_connected(
@@ -481,9 +554,11 @@ impl Relay {
             self.queued_total -= queue.len();
             for q in queue {
                 if q.expires_ms <= now {
+                    self.release(node, &q, Some(DropReason::Expired));
                     self.stats.expired += 1;
                     continue;
                 }
+                self.release(node, &q, None);
                 self.stats.delivered_from_queue += 1;
                 out.push(RelayOutput::Push {
                     conn,
@@ -576,6 +651,9 @@ impl Relay {
             self.expiries.remove(&(front.expires_ms, node));
         }
         self.queued_total -= queue.len();
+        for q in &queue {
+            self.release(node, q, Some(DropReason::Forgotten));
+        }
         queue.len()
     }
 
@@ -641,11 +719,21 @@ impl Relay {
         }) {
             return ForwardResult::Queued;
         }
+        let from_sender = queue.map_or(0, |q| {
+            q.iter().filter(|e| e.envelope.body.from == sender).count()
+        });
+        let by_sender = self.queued_by.get(&sender).copied().unwrap_or(0);
+        if from_sender >= self.config.queue_per_sender_destination
+            || by_sender >= self.config.queue_per_sender
+        {
+            return ForwardResult::Refused(RelayRefusal::SenderQuota);
+        }
         if queue.map_or(0, VecDeque::len) >= self.config.queue_per_destination
             || self.queued_total >= self.config.queue_total
         {
             return ForwardResult::Refused(RelayRefusal::QueueFull);
         }
+        *self.queued_by.entry(sender).or_default() += 1;
         let expires_ms = now.saturating_add(self.config.queue_ttl_ms);
         let queue = self.queues.entry(to).or_default();
         if queue.is_empty() {
@@ -691,11 +779,10 @@ impl Relay {
                 break;
             }
             self.expiries.remove(&(at, node));
-            let mut count = 0;
+            let mut expired = Vec::new();
             if let Some(queue) = self.queues.get_mut(&node) {
                 while queue.front().is_some_and(|q| q.expires_ms <= now) {
-                    queue.pop_front();
-                    count += 1;
+                    expired.extend(queue.pop_front());
                 }
                 match queue.front() {
                     Some(front) => {
@@ -705,6 +792,10 @@ impl Relay {
                         self.queues.remove(&node);
                     }
                 }
+            }
+            let count = expired.len();
+            for q in &expired {
+                self.release(node, q, Some(DropReason::Expired));
             }
             self.queued_total -= count;
             self.stats.expired += count as u64;

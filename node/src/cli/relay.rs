@@ -65,6 +65,10 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().queue_total)]
     queue_total: usize,
 
+    /// Most envelopes one sender may have queued, for all nodes together.
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().queue_per_sender)]
+    queue_per_sender: usize,
+
     /// How long a queued envelope waits for its node (below 5 minutes: older ones would be refused).
     #[arg(long, value_parser = parse_duration, default_value = "4m", value_name = "DURATION")]
     queue_ttl: Duration,
@@ -143,6 +147,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         max_clients: args.max_clients,
         queue_per_destination: args.queue_per_destination,
         queue_total: args.queue_total,
+        queue_per_sender: args.queue_per_sender,
         queue_ttl_ms: args.queue_ttl.as_millis() as u64,
         rate_burst: args.burst,
         rate_per_sec: args.rate,

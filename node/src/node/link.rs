@@ -556,6 +556,11 @@ fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
             shared.update_status(|s| s.conflict = Some(info));
             shared.relay_event(relay.node_id, RelayEventKind::Conflict { others });
         }
+        RelayNotice::Dropped { to, reason, .. } => {
+            // Only information: the envelope stays owed until `to` acknowledges it,
+            // and the resender sends it again.
+            info!(relay = %relay.node_id, %to, %reason, "the relay dropped an envelope it had queued for a peer");
+        }
         other => debug!(relay = %relay.node_id, ?other, "relay notice"),
     }
 }

@@ -167,10 +167,19 @@ fn queued_envelopes_expire() {
     assert_eq!(r.handle(999, RelayInput::Tick), vec![]);
     assert_eq!(
         r.handle(1000, RelayInput::Tick),
-        vec![RelayOutput::Expired {
-            to: b.node_id(),
-            count: 1
-        }]
+        vec![
+            RelayOutput::Expired {
+                to: b.node_id(),
+                count: 1
+            },
+            // The sender, still connected, is told.
+            RelayOutput::Dropped {
+                conn: Some(1),
+                to: b.node_id(),
+                nonce: [1; 16],
+                reason: DropReason::Expired
+            }
+        ]
     );
     assert_eq!(r.queued(), 1);
     assert_eq!(r.next_deadline(), Some(1500));
@@ -499,4 +508,77 @@ fn strangers_still_push_out_strangers_gone_longest() {
     let fwd = |r: &mut Relay, to: &NodeKey| answer(&forward(r, 100, 9, env(&key(9), to, 1)));
     assert_eq!(fwd(&mut r, &a), ForwardResult::UnknownDestination);
     assert_eq!(fwd(&mut r, &c), ForwardResult::Queued);
+}
+
+#[test]
+fn one_sender_cannot_fill_a_destination_or_the_relay() {
+    let (a, b, c, d) = (key(1), key(2), key(3), key(4));
+    let cfg = RelayConfig {
+        queue_per_sender: 3,
+        queue_per_sender_destination: 2,
+        rate_burst: 0,
+        ..RelayConfig::default()
+    };
+    let mut r = Relay::new(cfg);
+    connect(&mut r, 0, 1, &a, 1000);
+    for (conn, k) in [(2, &b), (3, &c)] {
+        connect(&mut r, 0, conn, k, 2000 + conn as u16);
+        r.handle(0, RelayInput::Disconnected { conn });
+    }
+    connect(&mut r, 0, 4, &d, 4000);
+    let fwd = |r: &mut Relay, conn, from: &NodeKey, to: &NodeKey, n: u8| {
+        answer(&forward(r, 1, conn, env(from, to, n)))
+    };
+    assert_eq!(fwd(&mut r, 1, &a, &b, 1), ForwardResult::Queued);
+    assert_eq!(fwd(&mut r, 1, &a, &b, 2), ForwardResult::Queued);
+    assert_eq!(
+        fwd(&mut r, 1, &a, &b, 3),
+        ForwardResult::Refused(RelayRefusal::SenderQuota),
+        "a sender's share of one destination's queue"
+    );
+    assert_eq!(
+        fwd(&mut r, 4, &d, &b, 1),
+        ForwardResult::Queued,
+        "another sender still gets through to b"
+    );
+    assert_eq!(fwd(&mut r, 1, &a, &c, 4), ForwardResult::Queued);
+    assert_eq!(
+        fwd(&mut r, 1, &a, &c, 5),
+        ForwardResult::Refused(RelayRefusal::SenderQuota),
+        "a sender's quota over all destinations"
+    );
+    assert_eq!(r.queued(), 4);
+    // Delivered envelopes give the quota back.
+    connect(&mut r, 2, 5, &b, 2002);
+    assert_eq!(fwd(&mut r, 1, &a, &c, 6), ForwardResult::Queued);
+}
+
+#[test]
+fn a_sender_is_told_when_its_queued_envelope_is_forgotten() {
+    let (a, b, c) = (key(1), key(2), key(3));
+    let cfg = RelayConfig {
+        remember_max: 1,
+        ..RelayConfig::default()
+    };
+    let mut r = Relay::new(cfg);
+    connect(&mut r, 0, 1, &a, 1000);
+    connect(&mut r, 0, 2, &b, 2000);
+    r.handle(1, RelayInput::Disconnected { conn: 2 });
+    assert_eq!(
+        answer(&forward(&mut r, 2, 1, env(&a, &b, 7))),
+        ForwardResult::Queued
+    );
+    // c leaving makes the relay forget b (both unsettled; b gone longer).
+    connect(&mut r, 3, 3, &c, 3000);
+    let out = r.handle(4, RelayInput::Disconnected { conn: 3 });
+    assert_eq!(
+        out,
+        vec![RelayOutput::Dropped {
+            conn: Some(1),
+            to: b.node_id(),
+            nonce: [7; 16],
+            reason: DropReason::Forgotten
+        }]
+    );
+    assert_eq!(r.queued(), 0);
 }
