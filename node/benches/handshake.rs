@@ -762,6 +762,8 @@ fn start_relay(relay_rt: &Runtime, config: RelayConfig) -> RelayServer {
                 listen: loopback(),
                 advertise: Vec::new(),
                 config,
+                // Every bench client dials from loopback.
+                max_per_address: usize::MAX,
             },
         )
         .await

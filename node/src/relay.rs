@@ -19,6 +19,8 @@
 //! destination), hold the state lock across an await, or keep anything on disk:
 //! its queue is memory only, bounded by the state machine.
 
+mod slots;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,7 +57,13 @@ pub struct RelayOptions {
     /// Addresses for the ticket instead of the local interfaces'.
     pub advertise: Vec<SocketAddr>,
     pub config: RelayConfig,
+    /// Most connections (handshaking or established) from one address (an IPv6
+    /// /64) at once; more are refused before the handshake.
+    pub max_per_address: usize,
 }
+
+/// Default of [`RelayOptions::max_per_address`].
+pub const MAX_PER_ADDRESS: usize = 32;
 
 /// A running relay.
 pub struct RelayServer {
@@ -79,6 +87,7 @@ struct Inner {
     wake: Notify,
     next_conn: AtomicU64,
     probe_timeout: Duration,
+    slots: Arc<slots::AddressSlots>,
 }
 
 struct State {
@@ -145,6 +154,7 @@ impl RelayServer {
             wake: Notify::new(),
             next_conn: AtomicU64::new(1),
             probe_timeout,
+            slots: slots::AddressSlots::new(options.max_per_address),
         });
         let accept = tokio::spawn(accept_loop(inner.clone()));
         let ticker = tokio::spawn(tick_loop(inner.clone()));
@@ -479,9 +489,16 @@ async fn tick_loop(inner: Arc<Inner>) {
 
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
+        let remote = incoming.remote_address();
+        // Before any handshake work: one host gets a bounded share of the relay.
+        let Some(slot) = inner.slots.claim(remote.ip()) else {
+            debug!(%remote, "refused: too many connections from this address");
+            incoming.refuse();
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
+            let _slot = slot;
             match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
                 Ok(Ok(conn)) => serve_connection(inner, conn).await,
                 Ok(Err(e)) => debug!(%remote, error = %e, "inbound handshake failed"),

@@ -25,6 +25,7 @@ async fn relay() -> RelayServer {
             listen: loopback(),
             advertise: Vec::new(),
             config: RelayConfig::default(),
+            max_per_address: kith_node::relay::MAX_PER_ADDRESS,
         },
     )
     .await

@@ -29,6 +29,7 @@ async fn relay(config: RelayConfig) -> RelayServer {
             listen: loopback(),
             advertise: Vec::new(),
             config,
+            max_per_address: kith_node::relay::MAX_PER_ADDRESS,
         },
     )
     .await

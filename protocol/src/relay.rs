@@ -63,9 +63,16 @@ pub const DEFAULT_QUEUE_TTL_MS: u64 = 4 * 60 * 1000;
 /// Tunables of a relay. Everything has a sensible [`Default`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayConfig {
-    /// Most clients (registered or not) connected at once; more are refused
-    /// with [`RelayRefusal::TooManyClients`].
+    /// Most registered connections at once; more are refused with
+    /// [`RelayRefusal::TooManyClients`]. Clients that may not register (not on the
+    /// allow list) do not count here: they have their own pool, `max_guests`.
     pub max_clients: usize,
+    /// Of `max_clients`, how many only settled nodes (see `settled_ms`; every
+    /// allow-listed node is settled) may take: fresh identities cannot fill them.
+    pub reserved_for_settled: usize,
+    /// Most connections at once of clients that may not register (they may only
+    /// forward to registered nodes).
+    pub max_guests: usize,
     /// Most envelopes queued for one offline destination.
     pub queue_per_destination: usize,
     /// Most envelopes queued in all.
@@ -107,6 +114,8 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             max_clients: 4096,
+            reserved_for_settled: 512,
+            max_guests: 1024,
             queue_per_destination: 64,
             queue_total: 4096,
             queue_per_sender: 256,
@@ -324,6 +333,8 @@ struct Bucket {
 pub struct Relay {
     config: RelayConfig,
     clients: BTreeMap<ConnId, ClientInfo>,
+    /// Registered connections among `clients` (the rest are guests).
+    members: usize,
     /// Registered connections per node, oldest first; the last one is the route.
     routes: BTreeMap<NodeId, Vec<ConnId>>,
     /// Registered nodes now offline: when they left, and whether they were settled.
@@ -351,6 +362,7 @@ impl Relay {
         Relay {
             config,
             clients: BTreeMap::new(),
+            members: 0,
             routes: BTreeMap::new(),
             known: BTreeMap::new(),
             forget_order: BTreeSet::new(),
@@ -479,18 +491,19 @@ impl Relay {
             // The caller reused a live id: a caller bug. Keep the first.
             return;
         }
-        if self.clients.len() >= self.config.max_clients {
+        let allowed = self
+            .config
+            .allow
+            .as_ref()
+            .is_none_or(|allow| allow.contains(&node));
+        if !self.has_room(node, addr, allowed) {
             out.push(RelayOutput::Refused {
                 conn,
                 reason: RelayRefusal::TooManyClients,
             });
             return;
         }
-        let allowed = self
-            .config
-            .allow
-            .as_ref()
-            .is_none_or(|allow| allow.contains(&node));
+        self.members += usize::from(allowed);
         self.clients.insert(
             conn,
             ClientInfo {
@@ -568,6 +581,36 @@ impl Relay {
         }
     }
 
+    /// Whether a new connection of `node` from `addr` fits: guests in their own
+    /// pool, members in `max_clients`, the last `reserved_for_settled` of which
+    /// only for settled nodes. A reconnect from the same address replaces the old
+    /// connection, so it always fits.
+    fn has_room(&self, node: NodeId, addr: SocketAddr, member: bool) -> bool {
+        if !member {
+            return self.clients.len() - self.members < self.config.max_guests;
+        }
+        let conns = self.routes.get(&node).map_or(&[][..], Vec::as_slice);
+        if conns
+            .iter()
+            .any(|c| self.clients.get(c).is_some_and(|c| c.addr == addr))
+        {
+            return true;
+        }
+        if self.members >= self.config.max_clients {
+            return false;
+        }
+        let open = self
+            .config
+            .max_clients
+            .saturating_sub(self.config.reserved_for_settled);
+        self.members < open
+            || self.is_allow_listed(&node)
+            || self.known.get(&node).is_some_and(|g| g.settled)
+            || conns
+                .iter()
+                .any(|c| self.clients.get(c).is_some_and(|c| c.settled))
+    }
+
     fn on_disconnected(&mut self, now: u64, conn: ConnId) {
         self.forget_conn(now, conn);
     }
@@ -579,6 +622,7 @@ impl Relay {
         let Some(client) = self.clients.remove(&conn) else {
             return;
         };
+        self.members -= usize::from(client.registered);
         let node = client.node;
         if let Some(conns) = self.routes.get_mut(&node) {
             conns.retain(|c| *c != conn);

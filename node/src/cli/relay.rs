@@ -53,9 +53,15 @@ pub struct RelayArgs {
     #[arg(long, value_name = "FILE")]
     allow: Option<PathBuf>,
 
-    /// Most clients connected at once.
+    /// Most nodes registered at once (nodes not on the allow list, which may only
+    /// forward, have a pool of their own).
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().max_clients)]
     max_clients: usize,
+
+    /// Most connections from one address (an IPv6 /64) at once; more are refused
+    /// before the handshake.
+    #[arg(long, value_name = "N", default_value_t = crate::relay::MAX_PER_ADDRESS)]
+    max_per_address: usize,
 
     /// Most envelopes queued for one offline node.
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().queue_per_destination)]
@@ -155,6 +161,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         ..RelayConfig::default()
     };
     let options = RelayOptions {
+        max_per_address: args.max_per_address,
         listen: args.listen,
         advertise: args.advertise,
         config,

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{
-    DIAL_TIMEOUT, ExchangeError, Learn, NodeError, STREAM_TIMEOUT, Shared, error_chain,
+    DIAL_TIMEOUT, ExchangeError, Learn, NodeError, STREAM_TIMEOUT, Shared, close_code, error_chain,
     exchange_on, now_ms,
 };
 use crate::reach::PathKind;
@@ -250,6 +250,10 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
             Ok(Some(Ok((addr, Err(e))))) if refused_relay_protocol(&e) => failures.push(format!(
                 "{addr}: it is not a relay (it does not speak the relay protocol)"
             )),
+            Ok(Some(Ok((addr, Err(e))))) if refused_connection(&e) => failures.push(format!(
+                "{addr}: the relay refused the connection (it is full, or holds as many \
+                 connections from this address as it allows)"
+            )),
             Ok(Some(Ok((addr, Err(e))))) => failures.push(format!("{addr}: {}", error_chain(&e))),
             Ok(Some(Err(_))) => {}
             Ok(None) => break,
@@ -270,6 +274,16 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
 /// (TLS alert 120, no_application_protocol): a node, not a relay.
 fn refused_relay_protocol(e: &tls::TlsError) -> bool {
     matches!(e, tls::TlsError::Connection(e) if super::app::refused_protocol(e))
+}
+
+/// Whether the relay refused the connection before the handshake (QUIC
+/// CONNECTION_REFUSED): it is full, or has too many connections from our address.
+fn refused_connection(e: &tls::TlsError) -> bool {
+    matches!(
+        e,
+        tls::TlsError::Connection(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
 }
 
 /// Keeps the home relay connection up for as long as the node runs.
@@ -318,7 +332,8 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
         s.connects += 1;
         s.observed = None;
         s.direct = None;
-        s.refusal = None;
+        // A refusal (e.g. "relay full") stands until a registration succeeds, so
+        // the status says why between attempts.
         s.conflict = None;
     });
     shared.relay_event(id, RelayEventKind::Connected { addr });
@@ -337,6 +352,7 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
                 s.since_ms = now_ms();
                 s.observed = Some(observed);
                 s.direct = direct;
+                s.refusal = None;
                 s.last_error = None;
             });
             shared.relay_event(id, RelayEventKind::Registered { observed, direct });
@@ -360,12 +376,29 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
             };
             warn!(relay = %id, %reason, "home relay registration failed");
             shared.update_status(|s| s.last_error = Some(reason.clone()));
-            conn.close(0u32.into(), b"not a relay");
+            // If the relay closed the connection, its reason is read below.
+            if conn.close_reason().is_none() {
+                conn.close(0u32.into(), b"not a relay");
+            }
         }
     }
-    let reason = conn.closed().await;
+    let closed = conn.closed().await;
     shared.forget_link(&id, &conn);
-    let reason = reason.to_string();
+    let full = matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+        if c.error_code == quinn::VarInt::from_u32(close_code::RELAY_FULL));
+    let reason = if full {
+        // Said in words (and as a refusal), not as a bare "closed".
+        shared.update_status(|s| s.refusal = Some(RelayRefusal::TooManyClients));
+        shared.relay_event(
+            id,
+            RelayEventKind::Refused {
+                reason: RelayRefusal::TooManyClients,
+            },
+        );
+        "the relay is full (it serves as many nodes as it may); retrying".to_string()
+    } else {
+        closed.to_string()
+    };
     info!(relay = %id, %reason, "home relay connection closed; reconnecting");
     shared.update_status(|s| {
         s.state = LinkState::Disconnected;

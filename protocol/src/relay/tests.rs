@@ -282,10 +282,11 @@ fn rate_limit_is_per_sender_and_refills() {
 
 #[test]
 fn client_cap_and_allow_list() {
-    let (a, b, c) = (key(1), key(2), key(3));
+    let (a, b, c, m) = (key(1), key(2), key(3), key(4));
     let cfg = RelayConfig {
         max_clients: 2,
-        allow: Some([a.node_id()].into()),
+        max_guests: 1,
+        allow: Some([a.node_id(), m.node_id()].into()),
         ..RelayConfig::default()
     };
     let mut r = Relay::new(cfg);
@@ -305,6 +306,7 @@ fn client_cap_and_allow_list() {
     assert_eq!(answer(&out), ForwardResult::Delivered);
     let out = forward(&mut r, 0, 1, env(&a, &b, 1));
     assert_eq!(answer(&out), ForwardResult::UnknownDestination);
+    // The guests' pool is full...
     assert_eq!(
         connect(&mut r, 0, 3, &c, 3000),
         vec![RelayOutput::Refused {
@@ -312,8 +314,49 @@ fn client_cap_and_allow_list() {
             reason: RelayRefusal::TooManyClients
         }]
     );
-    assert_eq!(r.clients(), 2);
     assert!(r.client(3).is_none(), "a refused connection is forgotten");
+    // ...but guests hold no member's slot: the second member still registers.
+    assert!(matches!(
+        connect(&mut r, 0, 4, &m, 4000)[..],
+        [RelayOutput::Registered { .. }]
+    ));
+    assert_eq!(r.clients(), 3);
+    assert_eq!(
+        connect(&mut r, 0, 5, &key(5), 5000),
+        vec![RelayOutput::Refused {
+            conn: 5,
+            reason: RelayRefusal::TooManyClients
+        }]
+    );
+}
+
+#[test]
+fn fresh_identities_cannot_take_the_slots_reserved_for_settled_nodes() {
+    let honest = key(1);
+    let cfg = RelayConfig {
+        max_clients: 4,
+        reserved_for_settled: 2,
+        settled_ms: 1_000,
+        ..RelayConfig::default()
+    };
+    let mut r = Relay::new(cfg);
+    // The honest node settles, then drops off (a NAT timeout, say).
+    connect(&mut r, 0, 1, &honest, 1000);
+    r.handle(2_000, RelayInput::Disconnected { conn: 1 });
+    // Strangers fill what is not reserved, and no more.
+    let registered = (10..20u8)
+        .filter(|&i| {
+            matches!(
+                connect(&mut r, 3_000, i.into(), &key(i), 2000 + u16::from(i))[..],
+                [RelayOutput::Registered { .. }]
+            )
+        })
+        .count();
+    assert_eq!(registered, 2);
+    assert!(matches!(
+        connect(&mut r, 3_001, 2, &honest, 1001)[..],
+        [RelayOutput::Registered { .. }, ..]
+    ));
 }
 
 #[test]
