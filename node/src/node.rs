@@ -229,6 +229,7 @@ impl NodeBuilder {
             addr: self.listen,
             source,
         })?;
+        let advertise_given = !self.advertise.is_empty();
         let advertise = if self.private {
             Vec::new()
         } else if self.advertise.is_empty() {
@@ -270,6 +271,7 @@ impl NodeBuilder {
             endpoint: endpoint.clone(),
             local_addr,
             advertise,
+            advertise_given,
             private: self.private,
             home: self.relay.clone(),
             core,
@@ -331,6 +333,8 @@ struct Shared {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     advertise: Vec<SocketAddr>,
+    /// `advertise` was given by the operator (not found on interfaces).
+    advertise_given: bool,
     /// Refuse inbound connections; advertise no direct address.
     private: bool,
     /// The home relay, if any.
@@ -549,17 +553,21 @@ impl Shared {
         } else {
             self.advertise.clone()
         };
+        // The home relay's notices are unsigned claims: they change the hint only
+        // where the node corroborates them (see link::verify_observed).
         if let Some(status) = &status {
-            match status.direct {
-                Some(false) => direct.clear(),
-                Some(true) => {
-                    if let Some(observed) = status.observed {
-                        if !self.private && !direct.contains(&observed) {
-                            direct.insert(0, observed);
-                        }
-                    }
+            // "Not reachable directly" hides only addresses the node found on its
+            // interfaces and that are not global anyway: never an address the operator
+            // gave, nor a public one.
+            let doubtful =
+                self.advertise_given || direct.iter().any(|a| crate::addrs::is_global(a.ip()));
+            if status.direct == Some(false) && !doubtful {
+                direct.clear();
+            }
+            if let Some(observed) = status.verified_observed {
+                if !self.private && !direct.contains(&observed) {
+                    direct.insert(0, observed);
                 }
-                None => {}
             }
         }
         direct.truncate(crate::ticket::MAX_ADDRS);

@@ -11,8 +11,10 @@ use kith_keys::NodeKey;
 use kith_node::node::{Delivery, LinkState, Node, NodeBuilder, RelayStatus};
 use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::ticket::Ticket;
-use kith_protocol::relay::RelayConfig;
-use kith_protocol::wire::{AckStatus, MAX_REACH_ADDRS, RelayRef};
+use kith_node::tls;
+use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use kith_protocol::relay::{ForwardResult, RelayConfig};
+use kith_protocol::wire::{AckStatus, MAX_REACH_ADDRS, Message, Reach, RelayNotice, RelayRef};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -181,4 +183,113 @@ async fn a_link_to_a_relay_that_is_not_home_is_closed_when_idle() {
 
     // The closed link is redialled when needed again.
     assert!(delivered(&public.request(&ticket, "again").await.unwrap()));
+}
+
+/// A home relay played by the test: it answers `Register` with the given claim
+/// (`observed: None`: the address it really sees) and reports the reply hint of
+/// every envelope the node forwards through it.
+async fn claiming_relay(
+    observed: Option<SocketAddr>,
+    direct: Option<bool>,
+) -> (
+    quinn::Endpoint,
+    RelayRef,
+    tokio::sync::mpsc::UnboundedReceiver<Reach>,
+) {
+    let key = NodeKey::generate();
+    let endpoint =
+        tls::make_relay_endpoint(&tls::Identity::new(&key).unwrap(), loopback()).unwrap();
+    let relay = RelayRef {
+        node_id: key.node_id(),
+        addrs: vec![endpoint.local_addr().unwrap()],
+    };
+    let (hints, rx) = tokio::sync::mpsc::unbounded_channel();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let hints = hints.clone();
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let bytes = recv.read_to_end(MAX_FRAME_LEN + 4).await.unwrap();
+                    let answer = match decode_frame::<Message>(&bytes).unwrap().unwrap().0 {
+                        Message::Register { .. } => Message::RelayNotice(RelayNotice::Registered {
+                            observed: observed.unwrap_or(conn.remote_address()),
+                            direct,
+                        }),
+                        Message::Forward { reach, .. } => {
+                            let _ = hints.send(reach);
+                            Message::Forwarded {
+                                result: ForwardResult::Queued,
+                                ack: None,
+                            }
+                        }
+                        _ => Message::Pong { id: 0 },
+                    };
+                    let _ = send.write_all(&encode_frame(&answer).unwrap()).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+    (endpoint, relay, rx)
+}
+
+/// The hint `node` sends with an envelope through its home relay.
+async fn hint_through(
+    node: &Node,
+    relay: &RelayRef,
+    hints: &mut tokio::sync::mpsc::UnboundedReceiver<Reach>,
+) -> Reach {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.relay_status().map(|s| s.state) != Some(LinkState::Registered) {
+        assert!(Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.request(&ticket_via(relay.clone()), "hi")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), hints.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_relays_claims_change_the_hint_only_once_corroborated() {
+    let given: SocketAddr = "198.51.100.1:7444".parse().unwrap();
+    let builder = || NodeBuilder::new(NodeKey::generate()).advertise(vec![given]);
+
+    // "Not reachable directly" does not hide the address the operator gave.
+    let (_e1, relay, mut hints) = claiming_relay(None, Some(false)).await;
+    let n = node(builder().relay(relay.clone())).await;
+    let hint = hint_through(&n, &relay, &mut hints).await;
+    assert_eq!(hint.direct, vec![given]);
+    n.shutdown().await;
+
+    // "Reachable at an address of my choosing": the node's own dial there fails,
+    // so it is never advertised.
+    let bogus: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (_e2, relay, mut hints) = claiming_relay(Some(bogus), Some(true)).await;
+    let n = node(builder().relay(relay.clone())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hint = hint_through(&n, &relay, &mut hints).await;
+    assert_eq!(hint.direct, vec![given]);
+    assert_eq!(n.relay_status().unwrap().verified_observed, None);
+    n.shutdown().await;
+
+    // The truth, once the node reached itself there, is advertised first.
+    let (_e3, relay, mut hints) = claiming_relay(None, Some(true)).await;
+    let n = node(builder().relay(relay.clone())).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.relay_status().and_then(|s| s.verified_observed).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the true address was never verified"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hint = hint_through(&n, &relay, &mut hints).await;
+    assert_eq!(hint.direct, vec![n.local_addr(), given]);
+    n.shutdown().await;
 }

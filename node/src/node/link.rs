@@ -109,7 +109,11 @@ pub struct RelayStatus {
     /// The address the relay sees this node at.
     pub observed: Option<SocketAddr>,
     /// The relay's dial-back: could it dial this node directly? `None`: not tested.
+    /// The relay's unsigned claim: shown, never acted on unless corroborated.
     pub direct: Option<bool>,
+    /// `observed`, once this node reached itself there (its own dial, proving its
+    /// own key): only then is it put in the node's hints.
+    pub verified_observed: Option<SocketAddr>,
     pub refusal: Option<RelayRefusal>,
     /// An identity conflict reported since the last registration.
     pub conflict: Option<ConflictInfo>,
@@ -127,6 +131,7 @@ impl RelayStatus {
             since_ms: now_ms(),
             observed: None,
             direct: None,
+            verified_observed: None,
             refusal: None,
             conflict: None,
             last_error: None,
@@ -332,6 +337,7 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
         s.connects += 1;
         s.observed = None;
         s.direct = None;
+        s.verified_observed = None;
         // A refusal (e.g. "relay full") stands until a registration succeeds, so
         // the status says why between attempts.
         s.conflict = None;
@@ -356,6 +362,9 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
                 s.last_error = None;
             });
             shared.relay_event(id, RelayEventKind::Registered { observed, direct });
+            if direct == Some(true) && !shared.private {
+                tokio::spawn(verify_observed(shared.clone(), conn.clone(), observed));
+            }
         }
         Ok(Message::RelayNotice(RelayNotice::Refused(reason))) => {
             warn!(relay = %id, %reason, "the home relay refused to register this node");
@@ -406,6 +415,43 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
         s.last_error = Some(reason.clone());
     });
     shared.relay_event(id, RelayEventKind::Disconnected { reason });
+}
+
+/// How long the node's own dial to the address its relay says it sees may take.
+const SELF_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Checks the home relay's claim that this node is reachable at `observed` by
+/// dialling itself there from a fresh port: only if the handshake proves this node's
+/// own key does `observed` go into its hints. A relay naming an address of its
+/// choosing gets nothing advertised.
+async fn verify_observed(shared: Arc<Shared>, home: quinn::Connection, observed: SocketAddr) {
+    let any = match observed {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let verified = async {
+        let endpoint = tls::make_endpoint(&shared.identity, any).ok()?;
+        endpoint.set_server_config(None);
+        let dial = tls::dial(&endpoint, &shared.identity, observed, shared.node_id);
+        let result = tokio::time::timeout(SELF_DIAL_TIMEOUT, dial).await;
+        let ok = matches!(result, Ok(Ok(_)));
+        if let Ok(Ok(conn)) = result {
+            conn.close(0u32.into(), b"self check");
+        }
+        endpoint.close(0u32.into(), b"");
+        ok.then_some(())
+    }
+    .await
+    .is_some();
+    debug!(%observed, verified, "checked the address the home relay sees us at");
+    // Only for the same connection: a newer registration starts its own check.
+    if verified && home.close_reason().is_none() {
+        shared.update_status(|s| {
+            if s.observed == Some(observed) {
+                s.verified_observed = Some(observed);
+            }
+        });
+    }
 }
 
 /// The connection to `relay`: the open one, or (for a relay other than our home
