@@ -100,7 +100,7 @@ fn a_relay_that_alters_or_replays_an_envelope_gets_it_refused_and_changes_nothin
     let relay_key = NodeKey::generate();
     let endpoint = runtime
         .block_on(async {
-            tls::make_endpoint(
+            tls::make_relay_endpoint(
                 &tls::Identity::new(&relay_key).unwrap(),
                 "127.0.0.1:0".parse().unwrap(),
             )

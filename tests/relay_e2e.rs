@@ -295,11 +295,20 @@ fn one_identity_connected_twice_is_reported_to_both_as_a_conflict() {
             advice.contains("kith fork") && advice.contains("kith adopt"),
             "{advice}"
         );
+        // An unsigned notice: shown as the relay's claim, naming the relay.
+        let claim = format!(
+            "relay {} says this node's id is also connected",
+            relay.node_id
+        );
         let human = node.run_ok(&["status"]);
-        assert!(human.contains("IDENTITY CONFLICT"), "{human}");
+        assert!(human.contains(&claim), "{human}");
+        assert!(!human.contains("IDENTITY CONFLICT"), "{human}");
+        assert!(human.contains("has not verified it"), "{human}");
+        assert_eq!(status["relay"]["conflict"]["reported_by"], relay.node_id);
         let events = events(node);
         assert!(
-            events.iter().any(|e| e["kind"] == "identity_conflict"),
+            events.iter().any(|e| e["kind"] == "identity_conflict"
+                && e["detail"].as_str().unwrap().contains(&claim)),
             "{events:?}"
         );
     }
@@ -334,4 +343,59 @@ fn private_with_advertise_is_a_usage_error() {
         "{stderr}"
     );
     assert!(!node.data_dir().join("control.sock").exists());
+}
+
+/// One host opens connection after connection to an allow-listed relay, each with a
+/// fresh identity, and holds them. An allowed private node still registers; a second
+/// member, over the relay's member limit, is told in `kith status` that the relay is full.
+#[test]
+fn one_host_with_fresh_identities_cannot_keep_members_out_of_a_relay() {
+    let mut relay = TestNode::init();
+    let mut member = TestNode::init();
+    let mut second = TestNode::init();
+    let allow = relay.data_dir().join("allow");
+    std::fs::write(&allow, format!("{}\n{}\n", member.node_id, second.node_id)).unwrap();
+    relay.start_relay(&["--allow", allow.to_str().unwrap(), "--max-clients", "1"]);
+    let ticket: Ticket = relay.ticket().parse().unwrap();
+    let addr = ticket.addrs[0];
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The attacker: another loopback address, one endpoint, 60 identities.
+    let (endpoint, held) = runtime.block_on(async {
+        let bind = tls::Identity::new(&NodeKey::generate()).unwrap();
+        let endpoint = tls::make_endpoint(&bind, "127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..60 {
+            let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
+            let dial = tls::dial_relay(&endpoint, &identity, addr, ticket.node_id);
+            if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(3), dial).await {
+                held.push(conn);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        held.retain(|c| c.close_reason().is_none());
+        (endpoint, held)
+    });
+    assert!(
+        held.len() <= kith_node::relay::MAX_PER_ADDRESS,
+        "one address holds {} connections",
+        held.len()
+    );
+
+    member.start_private(&relay);
+    member.wait_registered(1);
+
+    second.start_private(&relay);
+    second.wait_until("the relay saying it is full", |n| {
+        n.status()["relay"]["refusal"] == "the relay has too many clients"
+    });
+    let human = second.run_ok(&["status"]);
+    assert!(human.contains("the relay is full"), "{human}");
+
+    drop(held);
+    endpoint.close(0u32.into(), b"done");
 }

@@ -138,8 +138,16 @@ impl Hostile {
             .build()
             .unwrap();
         let identity = tls::Identity::new(&key).unwrap();
+        // A relay speaks only the relay protocol: a node dials its relay with it.
         let endpoint = runtime
-            .block_on(async { tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()) })
+            .block_on(async {
+                let listen = "127.0.0.1:0".parse().unwrap();
+                if as_relay {
+                    tls::make_relay_endpoint(&identity, listen)
+                } else {
+                    tls::make_endpoint(&identity, listen)
+                }
+            })
             .unwrap();
         let addr = endpoint.local_addr().unwrap();
         let server = endpoint.clone();

@@ -26,6 +26,32 @@ pub fn advertised(bound: SocketAddr) -> Vec<SocketAddr> {
     addrs
 }
 
+/// Whether `ip` can be reached from the internet at large: not private, loopback,
+/// link-local, shared (CGNAT), unique-local or a documentation address. Conservative:
+/// it decides only whether the node itself sees a reason to doubt a relay's claim.
+pub fn is_global(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8))
+        }
+    }
+}
+
 fn is_link_local(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
@@ -36,6 +62,36 @@ fn is_link_local(ip: &IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn global_addresses() {
+        for ip in [
+            "203.0.113.9",
+            "198.51.100.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "100.64.0.1",
+        ] {
+            assert!(!is_global(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "fd00::1",
+            "fe80::1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_global(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+            "100.128.0.1",
+        ] {
+            assert!(is_global(ip.parse().unwrap()), "{ip}");
+        }
+    }
 
     #[test]
     fn a_specific_address_is_advertised_as_is() {

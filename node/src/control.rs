@@ -373,9 +373,12 @@ pub struct RelayLinkView {
     pub connects: u64,
 }
 
-/// An identity conflict: the same node id connected to the relay from other addresses.
+/// A relay's claim of an identity conflict: the same node id connected to it from
+/// other addresses. Unsigned: information from that relay, not a fact.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConflictView {
+    /// The relay that made the claim.
+    pub reported_by: String,
     pub others: Vec<String>,
     pub at_ms: u64,
     /// What the operator should do.

@@ -639,11 +639,12 @@ impl Daemon {
     }
 }
 
-/// What an operator should do about an identity conflict.
+/// What an operator should do about a relay's report of an identity conflict. The
+/// report is the relay's unsigned claim, so the advice is conditional.
 pub const CONFLICT_ADVICE: &str = concat!(
-    "this node's id is connected to its relay from another place too: two running copies of ",
-    "one identity. If this data dir was copied (a cloned VM, a restored backup), run `kith fork` ",
-    "on the copy to make it a new node; if the node moved here, stop the old copy (and run ",
+    "this node has not verified it. If it is true, two copies of one identity are running: ",
+    "if this data dir was copied (a cloned VM, a restored backup), run `kith fork` on the ",
+    "copy to make it a new node; if the node moved here, stop the old copy (and run ",
     "`kith adopt` here if asked to)"
 );
 
@@ -657,6 +658,7 @@ fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
         direct: s.direct,
         refusal: s.refusal.map(|r| r.to_string()),
         conflict: s.conflict.as_ref().map(|c| ConflictView {
+            reported_by: s.relay.to_string(),
             others: c.others.iter().map(|a| a.to_string()).collect(),
             at_ms: c.at_ms,
             advice: CONFLICT_ADVICE.to_string(),
@@ -686,7 +688,8 @@ pub fn relay_event_view(event: &RelayEvent) -> EventView {
         RelayEventKind::Conflict { others } => (
             "identity_conflict",
             Some(format!(
-                "also connected from {}: {CONFLICT_ADVICE}",
+                "relay {} says this node's id is also connected to it from {}; {CONFLICT_ADVICE}",
+                event.relay,
                 others
                     .iter()
                     .map(|a| a.to_string())

@@ -202,6 +202,7 @@ pub async fn run() -> Result<(), NodeError> {
             listen: loopback(),
             advertise: Vec::new(),
             config: RelayConfig::default(),
+            max_per_address: crate::relay::MAX_PER_ADDRESS,
         },
     )
     .await

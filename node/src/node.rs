@@ -31,7 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use app::{Accepted, ConnectError};
 pub use link::{
-    BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LinkState, RelayEvent, RelayEventKind, RelayStatus,
+    BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LINK_IDLE, LinkState, RelayEvent, RelayEventKind,
+    RelayStatus,
 };
 
 use kith_keys::{NodeId, NodeKey};
@@ -151,6 +152,7 @@ pub struct NodeBuilder {
     relay: Option<RelayRef>,
     private: bool,
     protocols: Vec<Vec<u8>>,
+    link_idle: Duration,
 }
 
 impl NodeBuilder {
@@ -165,6 +167,7 @@ impl NodeBuilder {
             relay: None,
             private: false,
             protocols: Vec::new(),
+            link_idle: link::LINK_IDLE,
         }
     }
 
@@ -175,6 +178,13 @@ impl NodeBuilder {
         if !self.protocols.contains(&alpn) {
             self.protocols.push(alpn);
         }
+        self
+    }
+
+    /// How long a link to a relay other than the home relay may carry nothing
+    /// before it is closed (default [`link::LINK_IDLE`]).
+    pub fn link_idle(mut self, idle: Duration) -> Self {
+        self.link_idle = idle;
         self
     }
 
@@ -240,6 +250,7 @@ impl NodeBuilder {
             addr: self.listen,
             source,
         })?;
+        let advertise_given = !self.advertise.is_empty();
         let advertise = if self.private {
             Vec::new()
         } else if self.advertise.is_empty() {
@@ -281,6 +292,7 @@ impl NodeBuilder {
             endpoint: endpoint.clone(),
             local_addr,
             advertise,
+            advertise_given,
             private: self.private,
             home: self.relay.clone(),
             core,
@@ -290,7 +302,8 @@ impl NodeBuilder {
             reach: reach.clone(),
             unacked: unacked.clone(),
             links: Mutex::new(HashMap::new()),
-            link_dial: tokio::sync::Mutex::new(()),
+            link_dial: Mutex::new(HashMap::new()),
+            link_idle: self.link_idle,
             relay_status: Mutex::new(self.relay.as_ref().map(link::RelayStatus::new)),
             relay_events,
             first_relay_subscriber: Mutex::new(Some(first_relay_subscriber)),
@@ -343,6 +356,8 @@ struct Shared {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     advertise: Vec<SocketAddr>,
+    /// `advertise` was given by the operator (not found on interfaces).
+    advertise_given: bool,
     /// Refuse inbound connections; advertise no direct address.
     private: bool,
     /// The home relay, if any.
@@ -359,9 +374,12 @@ struct Shared {
     unacked: UnackedMap,
     /// Connections to relays (the home relay's and ones dialled to reach a peer), by relay.
     links: Mutex<HashMap<NodeId, quinn::Connection>>,
-    /// Held while dialling a relay, so two deliveries never open two connections to
-    /// one relay (the relay would close the older one as replaced).
-    link_dial: tokio::sync::Mutex<()>,
+    /// One lock per relay being dialled, held while dialling it, so two deliveries
+    /// never open two connections to one relay (the relay would close the older one
+    /// as replaced) while dials to different relays proceed side by side.
+    link_dial: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// How long a link to a relay other than the home relay may stay unused.
+    link_idle: Duration,
     /// The home relay connection's state, for `kith status`.
     relay_status: Mutex<Option<link::RelayStatus>>,
     relay_events: broadcast::Sender<RelayEvent>,
@@ -562,17 +580,21 @@ impl Shared {
         } else {
             self.advertise.clone()
         };
+        // The home relay's notices are unsigned claims: they change the hint only
+        // where the node corroborates them (see link::verify_observed).
         if let Some(status) = &status {
-            match status.direct {
-                Some(false) => direct.clear(),
-                Some(true) => {
-                    if let Some(observed) = status.observed {
-                        if !self.private && !direct.contains(&observed) {
-                            direct.insert(0, observed);
-                        }
-                    }
+            // "Not reachable directly" hides only addresses the node found on its
+            // interfaces and that are not global anyway: never an address the operator
+            // gave, nor a public one.
+            let doubtful =
+                self.advertise_given || direct.iter().any(|a| crate::addrs::is_global(a.ip()));
+            if status.direct == Some(false) && !doubtful {
+                direct.clear();
+            }
+            if let Some(observed) = status.verified_observed {
+                if !self.private && !direct.contains(&observed) {
+                    direct.insert(0, observed);
                 }
-                None => {}
             }
         }
         direct.truncate(crate::ticket::MAX_ADDRS);

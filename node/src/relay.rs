@@ -19,6 +19,8 @@
 //! destination), hold the state lock across an await, or keep anything on disk:
 //! its queue is memory only, bounded by the state machine.
 
+mod slots;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,7 +57,13 @@ pub struct RelayOptions {
     /// Addresses for the ticket instead of the local interfaces'.
     pub advertise: Vec<SocketAddr>,
     pub config: RelayConfig,
+    /// Most connections (handshaking or established) from one address (an IPv6
+    /// /64) at once; more are refused before the handshake.
+    pub max_per_address: usize,
 }
+
+/// Default of [`RelayOptions::max_per_address`].
+pub const MAX_PER_ADDRESS: usize = 32;
 
 /// A running relay.
 pub struct RelayServer {
@@ -79,6 +87,7 @@ struct Inner {
     wake: Notify,
     next_conn: AtomicU64,
     probe_timeout: Duration,
+    slots: Arc<slots::AddressSlots>,
 }
 
 struct State {
@@ -115,7 +124,7 @@ impl RelayServer {
     /// Binds the endpoint and starts serving. Must be called within a Tokio runtime.
     pub async fn spawn(key: NodeKey, options: RelayOptions) -> Result<RelayServer, TlsError> {
         let identity = tls::Identity::new(&key)?;
-        let endpoint = tls::make_endpoint(&identity, options.listen)?;
+        let endpoint = tls::make_relay_endpoint(&identity, options.listen)?;
         let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
             addr: options.listen,
             source,
@@ -145,6 +154,7 @@ impl RelayServer {
             wake: Notify::new(),
             next_conn: AtomicU64::new(1),
             probe_timeout,
+            slots: slots::AddressSlots::new(options.max_per_address),
         });
         let accept = tokio::spawn(accept_loop(inner.clone()));
         let ticker = tokio::spawn(tick_loop(inner.clone()));
@@ -286,6 +296,17 @@ impl Inner {
                             );
                         }
                     }
+                    RelayOutput::Dropped {
+                        conn,
+                        to,
+                        nonce,
+                        reason,
+                    } => {
+                        if let Some(conn) = conn.and_then(|c| state.conns.get(&c)) {
+                            let notice = RelayNotice::Dropped { to, nonce, reason };
+                            notices.push((conn.clone(), notice));
+                        }
+                    }
                     RelayOutput::Expired { to, count } => {
                         debug!(%to, count, "queued envelopes expired");
                         let relay = &state.relay;
@@ -352,6 +373,14 @@ impl Inner {
 
     /// A forward from connection `id`: route it, push it, answer with what happened.
     async fn forward(self: &Arc<Self>, id: ConnId, envelope: Envelope, reach: Reach) -> Message {
+        // The hint is kept next to a queued envelope: held to the bounds a receiver
+        // accepts, as the envelope is to its own, or it could fill the relay's memory.
+        if !reach.is_bounded() {
+            return Message::Forwarded {
+                result: ForwardResult::Refused(RelayRefusal::Malformed),
+                ack: None,
+            };
+        }
         let mut retried = false;
         loop {
             let (pushes, answer) = self.step(
@@ -460,9 +489,16 @@ async fn tick_loop(inner: Arc<Inner>) {
 
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
+        let remote = incoming.remote_address();
+        // Before any handshake work: one host gets a bounded share of the relay.
+        let Some(slot) = inner.slots.claim(remote.ip()) else {
+            debug!(%remote, "refused: too many connections from this address");
+            incoming.refuse();
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
+            let _slot = slot;
             match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
                 Ok(Ok(conn)) => serve_connection(inner, conn).await,
                 Ok(Err(e)) => debug!(%remote, error = %e, "inbound handshake failed"),

@@ -44,6 +44,13 @@ use rustls::{
 /// (or nothing) is refused by the TLS layer: QUIC requires an ALPN match.
 pub const ALPN: &[u8] = b"kith/1";
 
+/// The application protocol of a relay link. A relay's endpoint offers only this and
+/// a node dials a relay only with this, so the TLS handshake itself proves the far
+/// side is a relay: a node named as a relay by a ticket or hint fails the handshake
+/// (no ALPN match) instead of becoming a link, and relay and peer traffic never
+/// share a connection.
+pub const RELAY_ALPN: &[u8] = b"kith-relay/1";
+
 /// The server name a dialler sends. It is the same for every node on purpose: SNI
 /// travels in clear text, so an id-based name would tell every on-path observer
 /// which node is being dialled. Verification never looks at names.
@@ -197,6 +204,16 @@ pub fn server_config_with(
     identity: &Identity,
     apps: &[Vec<u8>],
 ) -> Result<quinn::ServerConfig, TlsError> {
+    let alpns = std::iter::once(ALPN.to_vec())
+        .chain(apps.iter().cloned())
+        .collect();
+    server_config_offering(identity, alpns)
+}
+
+fn server_config_offering(
+    identity: &Identity,
+    alpns: Vec<Vec<u8>>,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = ring_provider();
     let verifier = Arc::new(AnyNodeClientVerifier {
         algorithms: provider.signature_verification_algorithms,
@@ -205,9 +222,7 @@ pub fn server_config_with(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity.certified.clone());
-    tls.alpn_protocols = std::iter::once(ALPN.to_vec())
-        .chain(apps.iter().cloned())
-        .collect();
+    tls.alpn_protocols = alpns;
     // No session tickets or session cache: a resumed TLS 1.3 session skips the
     // certificate exchange, so the peer would not prove its key on that connection.
     tls.send_tls13_tickets = 0;
@@ -264,6 +279,24 @@ pub fn make_endpoint_with(
     listen: SocketAddr,
     apps: &[Vec<u8>],
 ) -> Result<quinn::Endpoint, TlsError> {
+    bind_endpoint(listen, server_config_with(identity, apps)?)
+}
+
+/// [`make_endpoint`] for a relay: it accepts only relay links ([`RELAY_ALPN`]).
+pub fn make_relay_endpoint(
+    identity: &Identity,
+    listen: SocketAddr,
+) -> Result<quinn::Endpoint, TlsError> {
+    bind_endpoint(
+        listen,
+        server_config_offering(identity, vec![RELAY_ALPN.to_vec()])?,
+    )
+}
+
+fn bind_endpoint(
+    listen: SocketAddr,
+    server: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, TlsError> {
     let bind_err = |source| TlsError::Bind {
         addr: listen,
         source,
@@ -273,7 +306,7 @@ pub fn make_endpoint_with(
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime is running")))?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server_config_with(identity, apps)?),
+        Some(server),
         socket,
         runtime,
     )
@@ -314,6 +347,19 @@ pub async fn dial(
 ) -> Result<quinn::Connection, TlsError> {
     let (config, refused) =
         client_config_reporting(identity, expected, ALPN, transport_config(true))?;
+    dial_with(endpoint, config, refused, addr, expected).await
+}
+
+/// [`dial`] for a relay link: the handshake fails unless the server is `expected`
+/// *and* a relay ([`RELAY_ALPN`]).
+pub async fn dial_relay(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    addr: SocketAddr,
+    expected: NodeId,
+) -> Result<quinn::Connection, TlsError> {
+    let (config, refused) =
+        client_config_reporting(identity, expected, RELAY_ALPN, transport_config(true))?;
     dial_with(endpoint, config, refused, addr, expected).await
 }
 

@@ -41,215 +41,25 @@
 //! `probe_ms == 0` the conflict is reported at once, without a probe.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 
 use kith_keys::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::machine::DEFAULT_SKEW_MS;
 use crate::validate::check_text;
 use crate::wire::{Envelope, MAX_TEXT_CHARS, PROTOCOL_VERSION};
+mod types;
 
-/// The caller's name for one connection to the relay. Never reused while the
-/// connection lives.
-pub type ConnId = u64;
+pub use types::{
+    ClientInfo, ConnId, DEFAULT_QUEUE_TTL_MS, DropReason, ForwardResult, RelayConfig, RelayInput,
+    RelayOutput, RelayRefusal, RelayStats,
+};
 
-/// Default lifetime of a queued envelope: four minutes, below the five-minute
-/// skew window (an envelope older than that would be refused by its
-/// destination anyway).
-pub const DEFAULT_QUEUE_TTL_MS: u64 = 4 * 60 * 1000;
-
-/// Tunables of a relay. Everything has a sensible [`Default`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayConfig {
-    /// Most clients (registered or not) connected at once; more are refused
-    /// with [`RelayRefusal::TooManyClients`].
-    pub max_clients: usize,
-    /// Most envelopes queued for one offline destination.
-    pub queue_per_destination: usize,
-    /// Most envelopes queued in all.
-    pub queue_total: usize,
-    /// How long a queued envelope waits for its destination. Keep it below the
-    /// destinations' skew window ([`DEFAULT_SKEW_MS`]).
-    pub queue_ttl_ms: u64,
-    /// Token bucket per sender: most envelopes forwarded in a burst. `0` turns
-    /// rate limiting off.
-    pub rate_burst: u32,
-    /// Token bucket per sender: sustained envelopes per second.
-    pub rate_per_sec: u32,
-    /// If set, only these NodeIds may register (be routed to). Others may still
-    /// connect and forward — so strangers can ask members for trust — but
-    /// nothing is routed or queued for them.
-    pub allow: Option<BTreeSet<NodeId>>,
-    /// How long an older connection of a NodeId that registered again from
-    /// another address has to answer a probe before it is closed as stale.
-    /// `0`: report the conflict at once without probing.
-    pub probe_ms: u64,
-    /// How long after a registered node disconnects envelopes to it are still
-    /// queued (rather than answered with [`ForwardResult::UnknownDestination`]).
-    pub remember_ms: u64,
-    /// Most offline nodes remembered for queueing; the longest gone is forgotten first.
-    pub remember_max: usize,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        RelayConfig {
-            max_clients: 4096,
-            queue_per_destination: 64,
-            queue_total: 4096,
-            queue_ttl_ms: DEFAULT_QUEUE_TTL_MS,
-            rate_burst: 128,
-            rate_per_sec: 32,
-            allow: None,
-            probe_ms: 5_000,
-            remember_ms: 24 * 60 * 60 * 1000,
-            remember_max: 16 * 1024,
-        }
-    }
-}
-
-impl RelayConfig {
-    /// Whether the queue TTL leaves queued envelopes acceptable to a
-    /// destination with the default skew window.
-    pub fn ttl_within_skew(&self) -> bool {
-        self.queue_ttl_ms < DEFAULT_SKEW_MS
-    }
-}
-
-/// One thing for the relay to process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RelayInput {
-    /// A connection finished its handshake; `node` is the TLS-authenticated
-    /// NodeId and `addr` the address the relay sees it from.
-    Connected {
-        conn: ConnId,
-        node: NodeId,
-        addr: SocketAddr,
-    },
-    /// A connection closed (or was closed after a [`RelayOutput::Close`]).
-    Disconnected { conn: ConnId },
-    /// A client asks for `envelope` to be carried to `envelope.body.to`.
-    /// Always answered by exactly one [`RelayOutput::Answer`] in the same output.
-    Forward { conn: ConnId, envelope: Envelope },
-    /// A connection that was [probed](RelayOutput::Probe) answered.
-    Alive { conn: ConnId },
-    /// Time passed: expire queues and probes. Call at [`Relay::next_deadline`].
-    Tick,
-}
-
-/// Something for the caller to do, in the order given.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RelayOutput {
-    /// Send `envelope` to the client on `conn` (its destination).
-    Push { conn: ConnId, envelope: Envelope },
-    /// Tell the sender on `conn` what became of its envelope to `to`.
-    Answer {
-        conn: ConnId,
-        to: NodeId,
-        result: ForwardResult,
-    },
-    /// `conn` is registered: tell it the address the relay sees (`observed`).
-    Registered { conn: ConnId, observed: SocketAddr },
-    /// `conn` may not register. After [`RelayRefusal::TooManyClients`] the relay
-    /// forgot the connection: close it. After [`RelayRefusal::NotAllowed`] the
-    /// connection may still forward; nothing is routed to it.
-    Refused { conn: ConnId, reason: RelayRefusal },
-    /// `node` is connected from several live connections: tell each of `conns`.
-    Conflict { node: NodeId, conns: Vec<ConnId> },
-    /// Check that `conn` is still alive (e.g. a ping); report
-    /// [`RelayInput::Alive`] if it answers, or nothing.
-    Probe { conn: ConnId },
-    /// Close `conn`: the relay has forgotten it (a stale registration).
-    Close { conn: ConnId },
-    /// `count` envelopes queued for `to` expired undelivered.
-    Expired { to: NodeId, count: usize },
-}
-
-/// What became of a forwarded envelope, as told to its sender.
-///
-/// Variant order is wire format: append only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ForwardResult {
-    /// Pushed at once over the destination's connection.
-    Delivered,
-    /// The destination is offline; the envelope waits for it (up to the queue TTL).
-    Queued,
-    /// The relay does not know the destination (never registered, or gone too long).
-    UnknownDestination,
-    /// The relay would not take it.
-    Refused(RelayRefusal),
-}
-
-impl fmt::Display for ForwardResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ForwardResult::Delivered => f.write_str("delivered"),
-            ForwardResult::Queued => f.write_str("queued"),
-            ForwardResult::UnknownDestination => f.write_str("unknown destination"),
-            ForwardResult::Refused(r) => write!(f, "refused: {r}"),
-        }
-    }
-}
-
-/// Why a relay refused a registration or a forward.
-///
-/// Variant order is wire format: append only.
+/// A registered node now offline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RelayRefusal {
-    /// The sender exceeded its rate limit.
-    RateLimited,
-    /// The destination's queue, or the relay's, is full.
-    QueueFull,
-    /// The node is not on the relay's allow list.
-    NotAllowed,
-    /// The relay serves as many clients as it may.
-    TooManyClients,
-    /// The envelope's `from` is not the connection's authenticated node.
-    SenderMismatch,
-    /// The connection is not a client of the relay.
-    UnknownConnection,
-    /// Unknown version or over-long text: every destination would refuse it.
-    Malformed,
-}
-
-impl fmt::Display for RelayRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RelayRefusal::RateLimited => "rate limited",
-            RelayRefusal::QueueFull => "the relay's queue is full",
-            RelayRefusal::NotAllowed => "not on the relay's allow list",
-            RelayRefusal::TooManyClients => "the relay has too many clients",
-            RelayRefusal::SenderMismatch => "the envelope is not from the node on this connection",
-            RelayRefusal::UnknownConnection => "the connection is not a client of the relay",
-            RelayRefusal::Malformed => "the envelope is malformed",
-        })
-    }
-}
-
-/// Counters, for status and benchmarks.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayStats {
-    pub forwarded: u64,
-    pub delivered: u64,
-    pub queued: u64,
-    /// Queued envelopes pushed when their destination registered.
-    pub delivered_from_queue: u64,
-    pub expired: u64,
-    pub unknown_destination: u64,
-    pub refused: u64,
-    pub conflicts: u64,
-}
-
-/// What the relay knows about one connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientInfo {
-    pub node: NodeId,
-    pub addr: SocketAddr,
-    /// Whether envelopes are routed to it (false: may only forward).
-    pub registered: bool,
-    pub since_ms: u64,
+struct Gone {
+    at_ms: u64,
+    settled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,12 +80,22 @@ struct Bucket {
 pub struct Relay {
     config: RelayConfig,
     clients: BTreeMap<ConnId, ClientInfo>,
+    /// Registered connections among `clients` (the rest are guests).
+    members: usize,
     /// Registered connections per node, oldest first; the last one is the route.
     routes: BTreeMap<NodeId, Vec<ConnId>>,
-    /// Registered nodes now offline: when they left.
-    known: BTreeMap<NodeId, u64>,
+    /// Registered nodes now offline: when they left, and whether they were settled.
+    known: BTreeMap<NodeId, Gone>,
+    /// The same, in the order they are forgotten when too many are remembered:
+    /// unsettled before settled, then longest gone first.
+    forget_order: BTreeSet<(bool, u64, NodeId)>,
     queues: BTreeMap<NodeId, VecDeque<Queued>>,
     queued_total: usize,
+    /// Envelopes queued per sender (senders with none are not listed).
+    queued_by: BTreeMap<NodeId, usize>,
+    /// Drops noted while handling one input, output at its end.
+    #[serde(skip)]
+    dropped: Vec<(NodeId, NodeId, [u8; 16], DropReason)>,
     /// (expiry of the queue's front, destination), one per non-empty queue.
     expiries: BTreeSet<(u64, NodeId)>,
     buckets: BTreeMap<NodeId, Bucket>,
@@ -289,10 +109,14 @@ impl Relay {
         Relay {
             config,
             clients: BTreeMap::new(),
+            members: 0,
             routes: BTreeMap::new(),
             known: BTreeMap::new(),
+            forget_order: BTreeSet::new(),
             queues: BTreeMap::new(),
             queued_total: 0,
+            queued_by: BTreeMap::new(),
+            dropped: Vec::new(),
             expiries: BTreeSet::new(),
             buckets: BTreeMap::new(),
             probes: BTreeMap::new(),
@@ -371,7 +195,35 @@ impl Relay {
             RelayInput::Alive { conn } => self.on_alive(conn, &mut out),
             RelayInput::Tick => self.on_tick(now_ms, &mut out),
         }
+        for (from, to, nonce, reason) in std::mem::take(&mut self.dropped) {
+            let conn = self.route(&from).or_else(|| {
+                self.clients
+                    .iter()
+                    .find(|(_, c)| c.node == from)
+                    .map(|(id, _)| *id)
+            });
+            out.push(RelayOutput::Dropped {
+                conn,
+                to,
+                nonce,
+                reason,
+            });
+        }
         out
+    }
+
+    /// Accounts for `q` leaving the queue of `to`; `dropped`: undelivered, for this reason.
+    fn release(&mut self, to: NodeId, q: &Queued, dropped: Option<DropReason>) {
+        let from = q.envelope.body.from;
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.queued_by.entry(from) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        if let Some(reason) = dropped {
+            self.dropped.push((from, to, q.envelope.body.nonce, reason));
+        }
     }
 
     fn on_connected(
@@ -386,18 +238,19 @@ impl Relay {
             // The caller reused a live id: a caller bug. Keep the first.
             return;
         }
-        if self.clients.len() >= self.config.max_clients {
+        let allowed = self
+            .config
+            .allow
+            .as_ref()
+            .is_none_or(|allow| allow.contains(&node));
+        if !self.has_room(node, addr, allowed) {
             out.push(RelayOutput::Refused {
                 conn,
                 reason: RelayRefusal::TooManyClients,
             });
             return;
         }
-        let allowed = self
-            .config
-            .allow
-            .as_ref()
-            .is_none_or(|allow| allow.contains(&node));
+        self.members += usize::from(allowed);
         self.clients.insert(
             conn,
             ClientInfo {
@@ -405,6 +258,7 @@ impl Relay {
                 addr,
                 registered: allowed,
                 since_ms: now,
+                settled: false,
             },
         );
         if !allowed {
@@ -427,7 +281,13 @@ impl Relay {
             }
         }
         self.routes.entry(node).or_default().push(conn);
-        self.known.remove(&node);
+        let settled = self.unremember(&node).is_some_and(|g| g.settled)
+            || self.routes[&node]
+                .iter()
+                .any(|c| self.clients.get(c).is_some_and(|c| c.settled));
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.settled = settled;
+        }
         out.push(RelayOutput::Registered {
             conn,
             observed: addr,
@@ -454,9 +314,11 @@ impl Relay {
             self.queued_total -= queue.len();
             for q in queue {
                 if q.expires_ms <= now {
+                    self.release(node, &q, Some(DropReason::Expired));
                     self.stats.expired += 1;
                     continue;
                 }
+                self.release(node, &q, None);
                 self.stats.delivered_from_queue += 1;
                 out.push(RelayOutput::Push {
                     conn,
@@ -464,6 +326,36 @@ impl Relay {
                 });
             }
         }
+    }
+
+    /// Whether a new connection of `node` from `addr` fits: guests in their own
+    /// pool, members in `max_clients`, the last `reserved_for_settled` of which
+    /// only for settled nodes. A reconnect from the same address replaces the old
+    /// connection, so it always fits.
+    fn has_room(&self, node: NodeId, addr: SocketAddr, member: bool) -> bool {
+        if !member {
+            return self.clients.len() - self.members < self.config.max_guests;
+        }
+        let conns = self.routes.get(&node).map_or(&[][..], Vec::as_slice);
+        if conns
+            .iter()
+            .any(|c| self.clients.get(c).is_some_and(|c| c.addr == addr))
+        {
+            return true;
+        }
+        if self.members >= self.config.max_clients {
+            return false;
+        }
+        let open = self
+            .config
+            .max_clients
+            .saturating_sub(self.config.reserved_for_settled);
+        self.members < open
+            || self.is_allow_listed(&node)
+            || self.known.get(&node).is_some_and(|g| g.settled)
+            || conns
+                .iter()
+                .any(|c| self.clients.get(c).is_some_and(|c| c.settled))
     }
 
     fn on_disconnected(&mut self, now: u64, conn: ConnId) {
@@ -477,12 +369,16 @@ impl Relay {
         let Some(client) = self.clients.remove(&conn) else {
             return;
         };
+        self.members -= usize::from(client.registered);
         let node = client.node;
         if let Some(conns) = self.routes.get_mut(&node) {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
                 self.routes.remove(&node);
-                self.remember(now, node);
+                let settled = client.settled
+                    || self.is_allow_listed(&node)
+                    || now.saturating_sub(client.since_ms) >= self.config.settled_ms;
+                self.remember(now, node, settled);
             }
         }
         let still_connected = self.clients.values().any(|c| c.node == node);
@@ -499,16 +395,43 @@ impl Relay {
         }
     }
 
-    fn remember(&mut self, now: u64, node: NodeId) {
-        self.known.insert(node, now);
+    fn is_allow_listed(&self, node: &NodeId) -> bool {
+        self.config
+            .allow
+            .as_ref()
+            .is_some_and(|allow| allow.contains(node))
+    }
+
+    fn remember(&mut self, now: u64, node: NodeId, settled: bool) {
+        self.unremember(&node);
+        self.known.insert(
+            node,
+            Gone {
+                at_ms: now,
+                settled,
+            },
+        );
+        self.forget_order.insert((settled, now, node));
         while self.known.len() > self.config.remember_max {
-            // Forget the node gone longest, with its queue.
-            let Some((&oldest, _)) = self.known.iter().min_by_key(|(_, at)| **at) else {
+            // Forget the unsettled node gone longest (possibly the one just added),
+            // with its queue; a settled one only if every remembered node is settled.
+            let Some(&(_, _, first)) = self.forget_order.first() else {
                 break;
             };
-            self.known.remove(&oldest);
-            self.drop_queue(oldest);
+            self.unremember(&first);
+            self.drop_queue(first);
         }
+    }
+
+    fn unremember(&mut self, node: &NodeId) -> Option<Gone> {
+        let gone = self.known.remove(node)?;
+        self.forget_order.remove(&(gone.settled, gone.at_ms, *node));
+        Some(gone)
+    }
+
+    /// Offline nodes remembered (envelopes to them are queued).
+    pub fn remembered(&self) -> usize {
+        self.known.len()
     }
 
     fn drop_queue(&mut self, node: NodeId) -> usize {
@@ -519,6 +442,9 @@ impl Relay {
             self.expiries.remove(&(front.expires_ms, node));
         }
         self.queued_total -= queue.len();
+        for q in &queue {
+            self.release(node, q, Some(DropReason::Forgotten));
+        }
         queue.len()
     }
 
@@ -571,7 +497,7 @@ impl Relay {
         let remembered = self
             .known
             .get(&to)
-            .is_some_and(|gone| gone.saturating_add(self.config.remember_ms) > now);
+            .is_some_and(|gone| gone.at_ms.saturating_add(self.config.remember_ms) > now);
         if !remembered {
             return ForwardResult::UnknownDestination;
         }
@@ -584,11 +510,21 @@ impl Relay {
         }) {
             return ForwardResult::Queued;
         }
+        let from_sender = queue.map_or(0, |q| {
+            q.iter().filter(|e| e.envelope.body.from == sender).count()
+        });
+        let by_sender = self.queued_by.get(&sender).copied().unwrap_or(0);
+        if from_sender >= self.config.queue_per_sender_destination
+            || by_sender >= self.config.queue_per_sender
+        {
+            return ForwardResult::Refused(RelayRefusal::SenderQuota);
+        }
         if queue.map_or(0, VecDeque::len) >= self.config.queue_per_destination
             || self.queued_total >= self.config.queue_total
         {
             return ForwardResult::Refused(RelayRefusal::QueueFull);
         }
+        *self.queued_by.entry(sender).or_default() += 1;
         let expires_ms = now.saturating_add(self.config.queue_ttl_ms);
         let queue = self.queues.entry(to).or_default();
         if queue.is_empty() {
@@ -634,11 +570,10 @@ impl Relay {
                 break;
             }
             self.expiries.remove(&(at, node));
-            let mut count = 0;
+            let mut expired = Vec::new();
             if let Some(queue) = self.queues.get_mut(&node) {
                 while queue.front().is_some_and(|q| q.expires_ms <= now) {
-                    queue.pop_front();
-                    count += 1;
+                    expired.extend(queue.pop_front());
                 }
                 match queue.front() {
                     Some(front) => {
@@ -648,6 +583,10 @@ impl Relay {
                         self.queues.remove(&node);
                     }
                 }
+            }
+            let count = expired.len();
+            for q in &expired {
+                self.release(node, q, Some(DropReason::Expired));
             }
             self.queued_total -= count;
             self.stats.expired += count as u64;
@@ -661,11 +600,11 @@ impl Relay {
         let gone: Vec<NodeId> = self
             .known
             .iter()
-            .filter(|(_, at)| at.saturating_add(remember_ms) <= now)
+            .filter(|(_, gone)| gone.at_ms.saturating_add(remember_ms) <= now)
             .map(|(n, _)| *n)
             .collect();
         for node in gone {
-            self.known.remove(&node);
+            self.unremember(&node);
             let dropped = self.drop_queue(node);
             if dropped > 0 {
                 self.stats.expired += dropped as u64;
@@ -729,441 +668,4 @@ fn well_formed(envelope: &Envelope) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::{Body, Kind};
-    use kith_keys::NodeKey;
-    use zeroize::Zeroizing;
-
-    fn key(seed: u8) -> NodeKey {
-        NodeKey::from_secret(&Zeroizing::new([seed; 32]))
-    }
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 1], port))
-    }
-
-    fn env(from: &NodeKey, to: &NodeKey, n: u8) -> Envelope {
-        Envelope::sign(
-            Body {
-                kind: Kind::Request {
-                    justification: "hi".into(),
-                },
-                from: from.node_id(),
-                to: to.node_id(),
-                nonce: [n; 16],
-                timestamp_ms: 1_000 + n as u64,
-            },
-            from,
-        )
-    }
-
-    fn connect(r: &mut Relay, now: u64, conn: ConnId, k: &NodeKey, port: u16) -> Vec<RelayOutput> {
-        r.handle(
-            now,
-            RelayInput::Connected {
-                conn,
-                node: k.node_id(),
-                addr: addr(port),
-            },
-        )
-    }
-
-    fn forward(r: &mut Relay, now: u64, conn: ConnId, envelope: Envelope) -> Vec<RelayOutput> {
-        r.handle(now, RelayInput::Forward { conn, envelope })
-    }
-
-    fn answer(out: &[RelayOutput]) -> ForwardResult {
-        let answers: Vec<_> = out
-            .iter()
-            .filter_map(|o| match o {
-                RelayOutput::Answer { result, .. } => Some(result.clone()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(answers.len(), 1, "exactly one answer per forward: {out:?}");
-        answers[0].clone()
-    }
-
-    #[test]
-    fn registers_and_pushes_at_once() {
-        let (a, b) = (key(1), key(2));
-        let mut r = Relay::new(RelayConfig::default());
-        assert_eq!(
-            connect(&mut r, 0, 1, &a, 1000),
-            vec![RelayOutput::Registered {
-                conn: 1,
-                observed: addr(1000)
-            }]
-        );
-        connect(&mut r, 0, 2, &b, 2000);
-        let e = env(&a, &b, 1);
-        let out = forward(&mut r, 5, 1, e.clone());
-        assert_eq!(
-            out,
-            vec![
-                RelayOutput::Push {
-                    conn: 2,
-                    envelope: e
-                },
-                RelayOutput::Answer {
-                    conn: 1,
-                    to: b.node_id(),
-                    result: ForwardResult::Delivered
-                }
-            ]
-        );
-        assert_eq!(r.stats().delivered, 1);
-        assert_eq!(r.next_deadline(), None);
-    }
-
-    #[test]
-    fn unknown_destination_and_sender_mismatch() {
-        let (a, b, c) = (key(1), key(2), key(3));
-        let mut r = Relay::new(RelayConfig::default());
-        connect(&mut r, 0, 1, &a, 1000);
-        let out = forward(&mut r, 0, 1, env(&a, &b, 1));
-        assert_eq!(answer(&out), ForwardResult::UnknownDestination);
-        // Signed by c, sent on a's connection: the relay will not carry it.
-        let out = forward(&mut r, 0, 1, env(&c, &b, 1));
-        assert_eq!(
-            answer(&out),
-            ForwardResult::Refused(RelayRefusal::SenderMismatch)
-        );
-        let out = forward(&mut r, 0, 9, env(&a, &b, 2));
-        assert_eq!(
-            answer(&out),
-            ForwardResult::Refused(RelayRefusal::UnknownConnection)
-        );
-        let mut bad = env(&a, &b, 3);
-        bad.version = 99;
-        let out = forward(&mut r, 0, 1, bad);
-        assert_eq!(
-            answer(&out),
-            ForwardResult::Refused(RelayRefusal::Malformed)
-        );
-    }
-
-    #[test]
-    fn queues_for_an_offline_node_and_pushes_on_return() {
-        let (a, b) = (key(1), key(2));
-        let mut r = Relay::new(RelayConfig::default());
-        connect(&mut r, 0, 1, &a, 1000);
-        connect(&mut r, 0, 2, &b, 2000);
-        r.handle(10, RelayInput::Disconnected { conn: 2 });
-        let (e1, e2) = (env(&a, &b, 1), env(&a, &b, 2));
-        for (i, e) in [&e1, &e2, &e1].into_iter().enumerate() {
-            let out = forward(&mut r, 20 + i as u64, 1, e.clone());
-            assert_eq!(answer(&out), ForwardResult::Queued);
-        }
-        assert_eq!(r.queued(), 2, "a retried envelope is queued once");
-        assert_eq!(r.next_deadline(), Some(20 + DEFAULT_QUEUE_TTL_MS));
-        let out = connect(&mut r, 100, 3, &b, 2001);
-        assert_eq!(
-            out,
-            vec![
-                RelayOutput::Registered {
-                    conn: 3,
-                    observed: addr(2001)
-                },
-                RelayOutput::Push {
-                    conn: 3,
-                    envelope: e1
-                },
-                RelayOutput::Push {
-                    conn: 3,
-                    envelope: e2
-                },
-            ]
-        );
-        assert_eq!(r.queued(), 0);
-        assert_eq!(r.next_deadline(), None);
-        assert_eq!(r.stats().delivered_from_queue, 2);
-    }
-
-    #[test]
-    fn queued_envelopes_expire() {
-        let (a, b) = (key(1), key(2));
-        let cfg = RelayConfig {
-            queue_ttl_ms: 1000,
-            ..RelayConfig::default()
-        };
-        let mut r = Relay::new(cfg);
-        connect(&mut r, 0, 1, &a, 1000);
-        connect(&mut r, 0, 2, &b, 2000);
-        r.handle(0, RelayInput::Disconnected { conn: 2 });
-        forward(&mut r, 0, 1, env(&a, &b, 1));
-        forward(&mut r, 500, 1, env(&a, &b, 2));
-        assert_eq!(r.next_deadline(), Some(1000));
-        assert_eq!(r.handle(999, RelayInput::Tick), vec![]);
-        assert_eq!(
-            r.handle(1000, RelayInput::Tick),
-            vec![RelayOutput::Expired {
-                to: b.node_id(),
-                count: 1
-            }]
-        );
-        assert_eq!(r.queued(), 1);
-        assert_eq!(r.next_deadline(), Some(1500));
-        r.handle(1500, RelayInput::Tick);
-        assert_eq!(r.queued(), 0);
-        assert_eq!(r.next_deadline(), None);
-        // Returning later, nothing is pushed.
-        let out = connect(&mut r, 2000, 3, &b, 2000);
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn queue_bounds_per_destination_and_total() {
-        let (a, b, c) = (key(1), key(2), key(3));
-        let cfg = RelayConfig {
-            queue_per_destination: 2,
-            queue_total: 3,
-            rate_burst: 0,
-            ..RelayConfig::default()
-        };
-        let mut r = Relay::new(cfg);
-        connect(&mut r, 0, 1, &a, 1000);
-        connect(&mut r, 0, 2, &b, 2000);
-        connect(&mut r, 0, 3, &c, 3000);
-        r.handle(0, RelayInput::Disconnected { conn: 2 });
-        r.handle(0, RelayInput::Disconnected { conn: 3 });
-        let fwd = |r: &mut Relay, to: &NodeKey, n: u8| answer(&forward(r, 1, 1, env(&a, to, n)));
-        assert_eq!(fwd(&mut r, &b, 1), ForwardResult::Queued);
-        assert_eq!(fwd(&mut r, &b, 2), ForwardResult::Queued);
-        assert_eq!(
-            fwd(&mut r, &b, 3),
-            ForwardResult::Refused(RelayRefusal::QueueFull)
-        );
-        assert_eq!(fwd(&mut r, &c, 4), ForwardResult::Queued);
-        assert_eq!(
-            fwd(&mut r, &c, 5),
-            ForwardResult::Refused(RelayRefusal::QueueFull),
-            "the total bound"
-        );
-        assert_eq!(r.queued(), 3);
-    }
-
-    #[test]
-    fn forgets_offline_nodes_after_remember_ms() {
-        let (a, b) = (key(1), key(2));
-        let cfg = RelayConfig {
-            remember_ms: 100,
-            ..RelayConfig::default()
-        };
-        let mut r = Relay::new(cfg);
-        connect(&mut r, 0, 1, &a, 1000);
-        connect(&mut r, 0, 2, &b, 2000);
-        r.handle(0, RelayInput::Disconnected { conn: 2 });
-        let out = forward(&mut r, 100, 1, env(&a, &b, 1));
-        assert_eq!(answer(&out), ForwardResult::UnknownDestination);
-    }
-
-    #[test]
-    fn rate_limit_is_per_sender_and_refills() {
-        let (a, b, c) = (key(1), key(2), key(3));
-        let cfg = RelayConfig {
-            rate_burst: 3,
-            rate_per_sec: 2,
-            ..RelayConfig::default()
-        };
-        let mut r = Relay::new(cfg);
-        connect(&mut r, 0, 1, &a, 1000);
-        connect(&mut r, 0, 2, &b, 2000);
-        connect(&mut r, 0, 3, &c, 3000);
-        let mut n = 0u8;
-        let mut fwd = |r: &mut Relay, now: u64, conn: ConnId, from: &NodeKey| {
-            n += 1;
-            answer(&forward(r, now, conn, env(from, &b, n)))
-        };
-        for _ in 0..3 {
-            assert_eq!(fwd(&mut r, 0, 1, &a), ForwardResult::Delivered);
-        }
-        assert_eq!(
-            fwd(&mut r, 0, 1, &a),
-            ForwardResult::Refused(RelayRefusal::RateLimited)
-        );
-        assert_eq!(
-            fwd(&mut r, 0, 3, &c),
-            ForwardResult::Delivered,
-            "per sender"
-        );
-        assert_eq!(
-            fwd(&mut r, 499, 1, &a),
-            ForwardResult::Refused(RelayRefusal::RateLimited)
-        );
-        assert_eq!(fwd(&mut r, 500, 1, &a), ForwardResult::Delivered);
-        // A reconnect does not reset a partly spent bucket.
-        r.handle(500, RelayInput::Disconnected { conn: 1 });
-        connect(&mut r, 500, 4, &a, 1001);
-        assert_eq!(
-            fwd(&mut r, 500, 4, &a),
-            ForwardResult::Refused(RelayRefusal::RateLimited)
-        );
-    }
-
-    #[test]
-    fn client_cap_and_allow_list() {
-        let (a, b, c) = (key(1), key(2), key(3));
-        let cfg = RelayConfig {
-            max_clients: 2,
-            allow: Some([a.node_id()].into()),
-            ..RelayConfig::default()
-        };
-        let mut r = Relay::new(cfg);
-        assert!(matches!(
-            connect(&mut r, 0, 1, &a, 1000)[..],
-            [RelayOutput::Registered { .. }]
-        ));
-        assert_eq!(
-            connect(&mut r, 0, 2, &b, 2000),
-            vec![RelayOutput::Refused {
-                conn: 2,
-                reason: RelayRefusal::NotAllowed
-            }]
-        );
-        // b may still forward to a member, but nothing is routed to b.
-        let out = forward(&mut r, 0, 2, env(&b, &a, 1));
-        assert_eq!(answer(&out), ForwardResult::Delivered);
-        let out = forward(&mut r, 0, 1, env(&a, &b, 1));
-        assert_eq!(answer(&out), ForwardResult::UnknownDestination);
-        assert_eq!(
-            connect(&mut r, 0, 3, &c, 3000),
-            vec![RelayOutput::Refused {
-                conn: 3,
-                reason: RelayRefusal::TooManyClients
-            }]
-        );
-        assert_eq!(r.clients(), 2);
-        assert!(r.client(3).is_none(), "a refused connection is forgotten");
-    }
-
-    #[test]
-    fn reconnect_from_the_same_address_replaces_the_old_connection() {
-        let a = key(1);
-        let mut r = Relay::new(RelayConfig::default());
-        connect(&mut r, 0, 1, &a, 1000);
-        let out = connect(&mut r, 5, 2, &a, 1000);
-        assert_eq!(
-            out,
-            vec![
-                RelayOutput::Close { conn: 1 },
-                RelayOutput::Registered {
-                    conn: 2,
-                    observed: addr(1000)
-                }
-            ]
-        );
-        assert_eq!(r.route(&a.node_id()), Some(2));
-        assert_eq!(r.clients(), 1);
-        // The late Disconnected of the old connection changes nothing.
-        r.handle(6, RelayInput::Disconnected { conn: 1 });
-        assert_eq!(r.route(&a.node_id()), Some(2));
-    }
-
-    #[test]
-    fn second_address_is_probed_then_reported_as_conflict() {
-        let (a, b) = (key(1), key(2));
-        let mut r = Relay::new(RelayConfig::default());
-        connect(&mut r, 0, 1, &a, 1000);
-        let out = connect(&mut r, 10, 2, &a, 1999);
-        assert_eq!(
-            out,
-            vec![
-                RelayOutput::Registered {
-                    conn: 2,
-                    observed: addr(1999)
-                },
-                RelayOutput::Probe { conn: 1 }
-            ]
-        );
-        assert_eq!(r.route(&a.node_id()), Some(2), "the newest is the route");
-        assert_eq!(r.next_deadline(), Some(5_010));
-        assert_eq!(
-            r.handle(20, RelayInput::Alive { conn: 1 }),
-            vec![RelayOutput::Conflict {
-                node: a.node_id(),
-                conns: vec![1, 2]
-            }]
-        );
-        assert_eq!(r.next_deadline(), None);
-        assert_eq!(r.stats().conflicts, 1);
-        // Both stay connected; envelopes go to the newest.
-        connect(&mut r, 20, 3, &b, 3000);
-        let out = forward(&mut r, 30, 3, env(&b, &a, 1));
-        assert!(matches!(out[0], RelayOutput::Push { conn: 2, .. }));
-        // The newest leaves: the older one is the route again.
-        r.handle(40, RelayInput::Disconnected { conn: 2 });
-        assert_eq!(r.route(&a.node_id()), Some(1));
-    }
-
-    #[test]
-    fn unanswered_probe_closes_the_stale_connection() {
-        let a = key(1);
-        let mut r = Relay::new(RelayConfig::default());
-        connect(&mut r, 0, 1, &a, 1000);
-        connect(&mut r, 10, 2, &a, 1999);
-        assert_eq!(r.handle(5_009, RelayInput::Tick), vec![]);
-        assert_eq!(
-            r.handle(5_010, RelayInput::Tick),
-            vec![RelayOutput::Close { conn: 1 }]
-        );
-        assert_eq!(r.clients(), 1);
-        assert_eq!(r.route(&a.node_id()), Some(2));
-        // An Alive arriving after the close changes nothing.
-        assert_eq!(r.handle(5_020, RelayInput::Alive { conn: 1 }), vec![]);
-    }
-
-    #[test]
-    fn probe_ms_zero_reports_at_once() {
-        let a = key(1);
-        let mut r = Relay::new(RelayConfig {
-            probe_ms: 0,
-            ..RelayConfig::default()
-        });
-        connect(&mut r, 0, 1, &a, 1000);
-        let out = connect(&mut r, 0, 2, &a, 1999);
-        assert_eq!(
-            out[1],
-            RelayOutput::Conflict {
-                node: a.node_id(),
-                conns: vec![1, 2]
-            }
-        );
-    }
-
-    #[test]
-    fn default_ttl_is_inside_the_skew_window() {
-        assert!(RelayConfig::default().ttl_within_skew());
-    }
-
-    #[test]
-    fn wire_enums_round_trip() {
-        for r in [
-            ForwardResult::Delivered,
-            ForwardResult::Queued,
-            ForwardResult::UnknownDestination,
-            ForwardResult::Refused(RelayRefusal::Malformed),
-        ] {
-            let bytes = postcard::to_allocvec(&r).unwrap();
-            assert_eq!(postcard::from_bytes::<ForwardResult>(&bytes).unwrap(), r);
-            assert!(!r.to_string().is_empty());
-        }
-        assert_eq!(
-            postcard::to_allocvec(&ForwardResult::Refused(RelayRefusal::SenderMismatch)).unwrap(),
-            vec![3, 4]
-        );
-    }
-
-    #[test]
-    fn snapshot_round_trips() {
-        let (a, b) = (key(1), key(2));
-        let mut r = Relay::new(RelayConfig::default());
-        connect(&mut r, 0, 1, &a, 1000);
-        connect(&mut r, 0, 2, &b, 2000);
-        r.handle(0, RelayInput::Disconnected { conn: 2 });
-        forward(&mut r, 1, 1, env(&a, &b, 1));
-        let bytes = postcard::to_allocvec(&r).unwrap();
-        assert_eq!(postcard::from_bytes::<Relay>(&bytes).unwrap(), r);
-    }
-}
+mod tests;

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use kith_keys::{NodeId, NodeKey, Signature, SignatureError};
 use serde::{Deserialize, Serialize};
 
-use crate::relay::{ForwardResult, RelayRefusal};
+use crate::relay::{DropReason, ForwardResult, RelayRefusal};
 use crate::validate::Refusal;
 
 /// The only protocol version this crate speaks. Envelopes carrying any other
@@ -234,6 +234,13 @@ pub enum RelayNotice {
     /// The same NodeId is connected to the relay from these other live
     /// addresses too: two running copies of one identity.
     Conflict { others: Vec<SocketAddr> },
+    /// An envelope this node forwarded, which the relay answered `Queued`, was
+    /// dropped undelivered (identified by destination and nonce).
+    Dropped {
+        to: NodeId,
+        nonce: [u8; 16],
+        reason: DropReason,
+    },
 }
 
 /// Everything that travels on a kith stream, one per frame.

@@ -1442,6 +1442,8 @@ impl<'s> Sim<'s> {
                         }
                     }
                 }
+                // The real relay tells a connected sender; simulated senders resend anyway.
+                RelayOutput::Dropped { .. } => {}
                 RelayOutput::Expired { count, .. } => {
                     self.relay_rep.expired += *count as u64;
                     self.trace(

@@ -181,6 +181,8 @@ async fn run_async(scenario: &Scenario, seed: u64, progress: bool) -> anyhow::Re
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 advertise: Vec::new(),
                 config: crate::engine::relay_config(&sc, n),
+                // Every simulated node dials from loopback.
+                max_per_address: usize::MAX,
             },
         )
         .await

@@ -289,9 +289,10 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
         println!("relay     {line}");
         if let Some(conflict) = &relay.conflict {
             println!(
-                "\nIDENTITY CONFLICT (reported {}): also connected from {}.\n{}",
-                ago(conflict.at_ms),
+                "\nrelay {} says this node's id is also connected to it from {} ({}).\n{}",
+                conflict.reported_by,
                 conflict.others.join(", "),
+                ago(conflict.at_ms),
                 conflict.advice
             );
         }

@@ -53,9 +53,15 @@ pub struct RelayArgs {
     #[arg(long, value_name = "FILE")]
     allow: Option<PathBuf>,
 
-    /// Most clients connected at once.
+    /// Most nodes registered at once (nodes not on the allow list, which may only
+    /// forward, have a pool of their own).
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().max_clients)]
     max_clients: usize,
+
+    /// Most connections from one address (an IPv6 /64) at once; more are refused
+    /// before the handshake.
+    #[arg(long, value_name = "N", default_value_t = crate::relay::MAX_PER_ADDRESS)]
+    max_per_address: usize,
 
     /// Most envelopes queued for one offline node.
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().queue_per_destination)]
@@ -64,6 +70,10 @@ pub struct RelayArgs {
     /// Most envelopes queued in all.
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().queue_total)]
     queue_total: usize,
+
+    /// Most envelopes one sender may have queued, for all nodes together.
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().queue_per_sender)]
+    queue_per_sender: usize,
 
     /// How long a queued envelope waits for its node (below 5 minutes: older ones would be refused).
     #[arg(long, value_parser = parse_duration, default_value = "4m", value_name = "DURATION")]
@@ -143,6 +153,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         max_clients: args.max_clients,
         queue_per_destination: args.queue_per_destination,
         queue_total: args.queue_total,
+        queue_per_sender: args.queue_per_sender,
         queue_ttl_ms: args.queue_ttl.as_millis() as u64,
         rate_burst: args.burst,
         rate_per_sec: args.rate,
@@ -150,6 +161,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         ..RelayConfig::default()
     };
     let options = RelayOptions {
+        max_per_address: args.max_per_address,
         listen: args.listen,
         advertise: args.advertise,
         config,

@@ -74,7 +74,9 @@ pub enum ConnectError {
     NoAddress(NodeId),
     #[error("cannot reach {peer}: {reason}")]
     Unreachable { peer: NodeId, reason: String },
-    #[error("the protocol name must be 1 to 255 bytes and not kith's own `kith/1`")]
+    #[error(
+        "the protocol name must be 1 to 255 bytes and not kith's own `kith/1` or `kith-relay/1`"
+    )]
     BadProtocol,
     #[error("the node is shutting down")]
     Stopped,
@@ -166,7 +168,8 @@ impl Apps {
 
 /// Checks an application protocol name before it is registered or dialled.
 pub(super) fn check_alpn(alpn: &[u8]) -> Result<(), ConnectError> {
-    if alpn.is_empty() || alpn.len() > MAX_ALPN_LEN || alpn == tls::ALPN {
+    if alpn.is_empty() || alpn.len() > MAX_ALPN_LEN || alpn == tls::ALPN || alpn == tls::RELAY_ALPN
+    {
         return Err(ConnectError::BadProtocol);
     }
     Ok(())
@@ -339,7 +342,7 @@ impl Shared {
 
 /// Whether a failed handshake was the server refusing our ALPN (TLS alert 120,
 /// no_application_protocol, carried as QUIC crypto error 0x100 + 120).
-fn refused_protocol(e: &ConnectionError) -> bool {
+pub(super) fn refused_protocol(e: &ConnectionError) -> bool {
     matches!(e, ConnectionError::ConnectionClosed(close)
         if close.error_code == quinn::TransportErrorCode::crypto(120))
 }

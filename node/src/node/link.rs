@@ -1,5 +1,9 @@
 //! Relay links: this node's side of relaying.
 //!
+//! A relay link is negotiated with the relay ALPN ([`tls::RELAY_ALPN`]): only a
+//! relay's endpoint offers it, so a ticket or hint naming an ordinary node as a
+//! relay cannot make our connection to that node a link.
+//!
 //! A node with a home relay keeps one QUIC connection to it ([`run_home`]): dial,
 //! register (asking for a dial-back unless private), serve what the relay pushes,
 //! and when the connection drops, reconnect with exponential backoff and jitter —
@@ -28,13 +32,15 @@ use kith_protocol::frame::decode_frame;
 use kith_protocol::machine::{Input, Reply};
 use kith_protocol::relay::{ForwardResult, RelayRefusal};
 use kith_protocol::validate::Refusal;
-use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayNotice, RelayRef};
+use kith_protocol::wire::{
+    Ack, AckStatus, Envelope, MAX_REACH_ADDRS, Message, Reach, RelayNotice, RelayRef,
+};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{
-    DIAL_TIMEOUT, ExchangeError, Learn, NodeError, STREAM_TIMEOUT, Shared, error_chain,
+    DIAL_TIMEOUT, ExchangeError, Learn, NodeError, STREAM_TIMEOUT, Shared, close_code, error_chain,
     exchange_on, now_ms,
 };
 use crate::reach::PathKind;
@@ -46,6 +52,15 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A link to a relay other than the home relay that carried no stream for this long
+/// is closed: it was opened to reach one peer, and a hint naming many relays must
+/// not leave a connection (and its keep-alives) open to each for good.
+pub const LINK_IDLE: Duration = Duration::from_secs(120);
+/// A relay's addresses are dialled this far apart, first answer wins.
+const DIAL_STAGGER: Duration = Duration::from_millis(250);
+/// Longest a relay dial may take over all its addresses, however many a ticket or
+/// hint lists.
+const LINK_DIAL_BOUND: Duration = DIAL_TIMEOUT;
 /// Registration includes the relay's dial-back (up to a few seconds behind a NAT
 /// that drops it).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,7 +109,11 @@ pub struct RelayStatus {
     /// The address the relay sees this node at.
     pub observed: Option<SocketAddr>,
     /// The relay's dial-back: could it dial this node directly? `None`: not tested.
+    /// The relay's unsigned claim: shown, never acted on unless corroborated.
     pub direct: Option<bool>,
+    /// `observed`, once this node reached itself there (its own dial, proving its
+    /// own key): only then is it put in the node's hints.
+    pub verified_observed: Option<SocketAddr>,
     pub refusal: Option<RelayRefusal>,
     /// An identity conflict reported since the last registration.
     pub conflict: Option<ConflictInfo>,
@@ -112,6 +131,7 @@ impl RelayStatus {
             since_ms: now_ms(),
             observed: None,
             direct: None,
+            verified_observed: None,
             refusal: None,
             conflict: None,
             last_error: None,
@@ -183,6 +203,14 @@ impl Shared {
         }
     }
 
+    /// The lock held while dialling `relay`. Locks nobody holds or waits for are
+    /// dropped here, so the map stays as small as the dials in flight.
+    fn dial_lock(&self, relay: &NodeId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.link_dial.lock().unwrap();
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(*relay).or_default().clone()
+    }
+
     fn is_home(&self, relay: &NodeId) -> bool {
         self.home.as_ref().is_some_and(|h| h.node_id == *relay)
     }
@@ -195,28 +223,72 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + r * 0.5)
 }
 
-/// Dials `relay` at each of its addresses in turn.
+/// Dials `relay` at its addresses, a new one every [`DIAL_STAGGER`] until one answers,
+/// all within [`LINK_DIAL_BOUND`]: a ticket or hint naming a relay with many silent
+/// addresses costs one bounded wait, never one timeout per address.
 async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connection, NodeError> {
+    let failed = |reason: String| NodeError::Relay {
+        relay: relay.node_id,
+        reason: format!("cannot connect: {reason}"),
+    };
+    if relay.addrs.is_empty() {
+        return Err(failed("the relay has no address".into()));
+    }
+    let mut dials = tokio::task::JoinSet::new();
+    for (i, &addr) in relay.addrs.iter().take(MAX_REACH_ADDRS).enumerate() {
+        let (endpoint, identity, id) = (
+            shared.endpoint.clone(),
+            shared.identity.clone(),
+            relay.node_id,
+        );
+        let stagger = DIAL_STAGGER * i as u32;
+        dials.spawn(async move {
+            tokio::time::sleep(stagger).await;
+            (addr, tls::dial_relay(&endpoint, &identity, addr, id).await)
+        });
+    }
     let mut failures = Vec::new();
-    for &addr in &relay.addrs {
-        match tokio::time::timeout(
-            DIAL_TIMEOUT,
-            tls::dial(&shared.endpoint, &shared.identity, addr, relay.node_id),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => failures.push(format!("{addr}: {}", error_chain(&e))),
-            Err(_) => failures.push(format!("{addr}: no answer within {DIAL_TIMEOUT:?}")),
+    let deadline = tokio::time::Instant::now() + LINK_DIAL_BOUND;
+    loop {
+        match tokio::time::timeout_at(deadline, dials.join_next()).await {
+            Ok(Some(Ok((_, Ok(conn))))) => return Ok(conn),
+            Ok(Some(Ok((addr, Err(e))))) if refused_relay_protocol(&e) => failures.push(format!(
+                "{addr}: it is not a relay (it does not speak the relay protocol)"
+            )),
+            Ok(Some(Ok((addr, Err(e))))) if refused_connection(&e) => failures.push(format!(
+                "{addr}: the relay refused the connection (it is full, or holds as many \
+                 connections from this address as it allows)"
+            )),
+            Ok(Some(Ok((addr, Err(e))))) => failures.push(format!("{addr}: {}", error_chain(&e))),
+            Ok(Some(Err(_))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                failures.push(format!(
+                    "{} address(es) gave no answer within {LINK_DIAL_BOUND:?}",
+                    dials.len()
+                ));
+                break;
+            }
         }
     }
-    if failures.is_empty() {
-        failures.push("the relay has no address".into());
-    }
-    Err(NodeError::Relay {
-        relay: relay.node_id,
-        reason: format!("cannot connect: {}", failures.join("; ")),
-    })
+    // Dropping the set aborts the dials still running.
+    Err(failed(failures.join("; ")))
+}
+
+/// Whether a dial failed because the server does not offer the relay protocol
+/// (TLS alert 120, no_application_protocol): a node, not a relay.
+fn refused_relay_protocol(e: &tls::TlsError) -> bool {
+    matches!(e, tls::TlsError::Connection(e) if super::app::refused_protocol(e))
+}
+
+/// Whether the relay refused the connection before the handshake (QUIC
+/// CONNECTION_REFUSED): it is full, or has too many connections from our address.
+fn refused_connection(e: &tls::TlsError) -> bool {
+    matches!(
+        e,
+        tls::TlsError::Connection(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
 }
 
 /// Keeps the home relay connection up for as long as the node runs.
@@ -228,7 +300,8 @@ pub(super) async fn run_home(shared: Arc<Shared>, relay: RelayRef) {
             s.since_ms = now_ms();
         });
         let dialled = {
-            let _dialling = shared.link_dial.lock().await;
+            let lock = shared.dial_lock(&relay.node_id);
+            let _dialling = lock.lock().await;
             dial_relay(&shared, &relay).await
         };
         match dialled {
@@ -264,7 +337,9 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
         s.connects += 1;
         s.observed = None;
         s.direct = None;
-        s.refusal = None;
+        s.verified_observed = None;
+        // A refusal (e.g. "relay full") stands until a registration succeeds, so
+        // the status says why between attempts.
         s.conflict = None;
     });
     shared.relay_event(id, RelayEventKind::Connected { addr });
@@ -283,9 +358,13 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
                 s.since_ms = now_ms();
                 s.observed = Some(observed);
                 s.direct = direct;
+                s.refusal = None;
                 s.last_error = None;
             });
             shared.relay_event(id, RelayEventKind::Registered { observed, direct });
+            if direct == Some(true) && !shared.private {
+                tokio::spawn(verify_observed(shared.clone(), conn.clone(), observed));
+            }
         }
         Ok(Message::RelayNotice(RelayNotice::Refused(reason))) => {
             warn!(relay = %id, %reason, "the home relay refused to register this node");
@@ -306,12 +385,29 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
             };
             warn!(relay = %id, %reason, "home relay registration failed");
             shared.update_status(|s| s.last_error = Some(reason.clone()));
-            conn.close(0u32.into(), b"not a relay");
+            // If the relay closed the connection, its reason is read below.
+            if conn.close_reason().is_none() {
+                conn.close(0u32.into(), b"not a relay");
+            }
         }
     }
-    let reason = conn.closed().await;
+    let closed = conn.closed().await;
     shared.forget_link(&id, &conn);
-    let reason = reason.to_string();
+    let full = matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+        if c.error_code == quinn::VarInt::from_u32(close_code::RELAY_FULL));
+    let reason = if full {
+        // Said in words (and as a refusal), not as a bare "closed".
+        shared.update_status(|s| s.refusal = Some(RelayRefusal::TooManyClients));
+        shared.relay_event(
+            id,
+            RelayEventKind::Refused {
+                reason: RelayRefusal::TooManyClients,
+            },
+        );
+        "the relay is full (it serves as many nodes as it may); retrying".to_string()
+    } else {
+        closed.to_string()
+    };
     info!(relay = %id, %reason, "home relay connection closed; reconnecting");
     shared.update_status(|s| {
         s.state = LinkState::Disconnected;
@@ -319,6 +415,43 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
         s.last_error = Some(reason.clone());
     });
     shared.relay_event(id, RelayEventKind::Disconnected { reason });
+}
+
+/// How long the node's own dial to the address its relay says it sees may take.
+const SELF_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Checks the home relay's claim that this node is reachable at `observed` by
+/// dialling itself there from a fresh port: only if the handshake proves this node's
+/// own key does `observed` go into its hints. A relay naming an address of its
+/// choosing gets nothing advertised.
+async fn verify_observed(shared: Arc<Shared>, home: quinn::Connection, observed: SocketAddr) {
+    let any = match observed {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let verified = async {
+        let endpoint = tls::make_endpoint(&shared.identity, any).ok()?;
+        endpoint.set_server_config(None);
+        let dial = tls::dial(&endpoint, &shared.identity, observed, shared.node_id);
+        let result = tokio::time::timeout(SELF_DIAL_TIMEOUT, dial).await;
+        let ok = matches!(result, Ok(Ok(_)));
+        if let Ok(Ok(conn)) = result {
+            conn.close(0u32.into(), b"self check");
+        }
+        endpoint.close(0u32.into(), b"");
+        ok.then_some(())
+    }
+    .await
+    .is_some();
+    debug!(%observed, verified, "checked the address the home relay sees us at");
+    // Only for the same connection: a newer registration starts its own check.
+    if verified && home.close_reason().is_none() {
+        shared.update_status(|s| {
+            if s.observed == Some(observed) {
+                s.verified_observed = Some(observed);
+            }
+        });
+    }
 }
 
 /// The connection to `relay`: the open one, or (for a relay other than our home
@@ -333,7 +466,10 @@ async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connectio
             reason: "not connected to the home relay right now (reconnecting)".into(),
         });
     }
-    let _dialling = shared.link_dial.lock().await;
+    // One dial per relay at a time (a second connection would replace the first at
+    // the relay); dials to different relays never wait for each other.
+    let lock = shared.dial_lock(&relay.node_id);
+    let _dialling = lock.lock().await;
     if let Some(conn) = shared.live_link(&relay.node_id) {
         return Ok(conn);
     }
@@ -344,7 +480,36 @@ async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connectio
         .unwrap()
         .insert(relay.node_id, conn.clone());
     tokio::spawn(serve_link(shared.clone(), conn.clone(), relay.clone()));
+    tokio::spawn(close_when_idle(shared.clone(), conn.clone(), relay.node_id));
     Ok(conn)
+}
+
+/// Closes a link to a relay that is not our home relay once no stream crossed it
+/// (in either direction) for [`Shared::link_idle`]. QUIC keep-alives are no use.
+async fn close_when_idle(shared: Arc<Shared>, conn: quinn::Connection, relay: NodeId) {
+    let streams = |c: &quinn::Connection| {
+        let stats = c.stats();
+        stats.frame_rx.stream + stats.frame_tx.stream
+    };
+    let idle = shared.link_idle;
+    let mut seen = streams(&conn);
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            () = tokio::time::sleep(idle / 4) => {}
+        }
+        let now = streams(&conn);
+        if now != seen {
+            seen = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= idle {
+            debug!(%relay, "closing an idle relay link");
+            shared.forget_link(&relay, &conn);
+            conn.close(0u32.into(), b"idle");
+            return;
+        }
+    }
 }
 
 /// Asks `relay` to carry `envelope`; its answer, with the destination's ack when
@@ -363,15 +528,21 @@ pub(super) async fn forward(
         relay: relay.node_id,
         reason,
     };
+    // A link whose far side answers as no relay would is dropped, not reused.
+    let drop_link = |reason: String| {
+        conn.close(0u32.into(), b"not a relay");
+        shared.forget_link(&relay.node_id, &conn);
+        failed(reason)
+    };
     match exchange_on(&conn, &message, STREAM_TIMEOUT).await {
         Ok(Message::Forwarded { result, ack }) => Ok((result, ack)),
         Ok(Message::Ack(Ack {
             status: AckStatus::Refused(refusal),
-        })) => Err(failed(format!("not a relay (it answered: {refusal})"))),
-        Ok(_) => Err(failed(
+        })) => Err(drop_link(format!("not a relay (it answered: {refusal})"))),
+        Ok(_) => Err(drop_link(
             "answered with something other than a relay answer".into(),
         )),
-        Err(ExchangeError::Garbled) => Err(failed("sent an answer that does not decode".into())),
+        Err(ExchangeError::Garbled) => Err(drop_link("sent an answer that does not decode".into())),
         Err(ExchangeError::Io(reason)) => {
             if conn.close_reason().is_some() {
                 shared.forget_link(&relay.node_id, &conn);
@@ -455,7 +626,7 @@ fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
             warn!(
                 relay = %relay.node_id,
                 ?others,
-                "IDENTITY CONFLICT: this node's id is also connected to the relay from elsewhere"
+                "the home relay says this node's id is also connected to it from elsewhere (its unverified claim)"
             );
             let info = ConflictInfo {
                 others: others.clone(),
@@ -463,6 +634,11 @@ fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
             };
             shared.update_status(|s| s.conflict = Some(info));
             shared.relay_event(relay.node_id, RelayEventKind::Conflict { others });
+        }
+        RelayNotice::Dropped { to, reason, .. } => {
+            // Only information: the envelope stays owed until `to` acknowledges it,
+            // and the resender sends it again.
+            info!(relay = %relay.node_id, %to, %reason, "the relay dropped an envelope it had queued for a peer");
         }
         other => debug!(relay = %relay.node_id, ?other, "relay notice"),
     }

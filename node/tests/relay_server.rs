@@ -1,0 +1,192 @@
+//! The relay server (`kith relay`'s) against scripted clients: a real relay in process,
+//! clients speaking the relay wire messages over real QUIC on loopback.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kith_keys::{NodeId, NodeKey};
+use kith_node::relay::{RelayOptions, RelayServer};
+use kith_node::tls;
+use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use kith_protocol::relay::{DropReason, ForwardResult, RelayConfig, RelayRefusal};
+use kith_protocol::wire::{Body, Envelope, Kind, MAX_REACH_ADDRS, Message, Reach, RelayNotice};
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn relay(config: RelayConfig) -> RelayServer {
+    RelayServer::spawn(
+        NodeKey::generate(),
+        RelayOptions {
+            listen: loopback(),
+            advertise: Vec::new(),
+            config,
+            max_per_address: kith_node::relay::MAX_PER_ADDRESS,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A scripted client: its key, its endpoint and its connection to the relay.
+struct Client {
+    key: NodeKey,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+impl Client {
+    async fn connect(relay: &RelayServer) -> Client {
+        Client::connect_as(NodeKey::generate(), relay).await
+    }
+
+    async fn connect_as(key: NodeKey, relay: &RelayServer) -> Client {
+        let identity = tls::Identity::new(&key).unwrap();
+        let endpoint = tls::make_endpoint(&identity, loopback()).unwrap();
+        let conn = tls::dial_relay(&endpoint, &identity, relay.local_addr(), relay.node_id())
+            .await
+            .unwrap();
+        Client {
+            key,
+            endpoint,
+            conn,
+        }
+    }
+
+    fn id(&self) -> NodeId {
+        self.key.node_id()
+    }
+
+    async fn exchange(&self, message: &Message) -> Message {
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+            send.write_all(&encode_frame(message).unwrap())
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            let bytes = recv.read_to_end(MAX_FRAME_LEN + 4).await.unwrap();
+            decode_frame::<Message>(&bytes).unwrap().unwrap().0
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the relay answers")
+    }
+
+    /// Forwards a request to `to` with `reach` as its hint; the relay's result.
+    async fn forward(&self, to: NodeId, nonce: u8, reach: Reach) -> ForwardResult {
+        let envelope = Envelope::sign(
+            Body {
+                kind: Kind::Request {
+                    justification: "hello".into(),
+                },
+                from: self.id(),
+                to,
+                nonce: [nonce; 16],
+                timestamp_ms: now_ms(),
+            },
+            &self.key,
+        );
+        match self.exchange(&Message::Forward { envelope, reach }).await {
+            Message::Forwarded { result, .. } => result,
+            other => panic!("expected a relay answer, got {other:?}"),
+        }
+    }
+
+    async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// A node that registered and left: the relay queues envelopes for it.
+async fn offline_node(relay: &RelayServer) -> NodeId {
+    let client = Client::connect(relay).await;
+    let id = client.id();
+    let _ = client.exchange(&Message::Ping { id: 1 }).await;
+    client.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while relay.snapshot().clients > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_reply_hint_is_refused_not_stored() {
+    let relay = relay(RelayConfig::default()).await;
+    let offline = offline_node(&relay).await;
+    let sender = Client::connect(&relay).await;
+    let addr: SocketAddr = "192.0.2.1:7444".parse().unwrap();
+
+    let huge = Reach {
+        direct: vec![addr; 3_000],
+        relay: None,
+    };
+    assert_eq!(
+        sender.forward(offline, 1, huge).await,
+        ForwardResult::Refused(RelayRefusal::Malformed)
+    );
+    assert_eq!(relay.snapshot().queued, 0, "nothing was queued");
+
+    let bounded = Reach {
+        direct: vec![addr; MAX_REACH_ADDRS],
+        relay: None,
+    };
+    assert_eq!(
+        sender.forward(offline, 2, bounded).await,
+        ForwardResult::Queued
+    );
+    assert_eq!(relay.snapshot().queued, 1);
+    sender.close().await;
+}
+
+/// The next message the relay opens a stream for on `client`'s connection.
+async fn next_pushed(client: &Client) -> Message {
+    let (_send, mut recv) = tokio::time::timeout(Duration::from_secs(10), client.conn.accept_bi())
+        .await
+        .expect("the relay opens a stream")
+        .unwrap();
+    let bytes = recv.read_to_end(MAX_FRAME_LEN + 4).await.unwrap();
+    decode_frame::<Message>(&bytes).unwrap().unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_hears_when_its_queued_envelope_expires_and_quotas_refuse_in_words() {
+    let relay = relay(RelayConfig {
+        queue_ttl_ms: 300,
+        queue_per_sender_destination: 1,
+        ..RelayConfig::default()
+    })
+    .await;
+    let offline = offline_node(&relay).await;
+    let sender = Client::connect(&relay).await;
+    assert_eq!(
+        sender.forward(offline, 1, Reach::default()).await,
+        ForwardResult::Queued
+    );
+    assert_eq!(
+        sender.forward(offline, 2, Reach::default()).await,
+        ForwardResult::Refused(RelayRefusal::SenderQuota)
+    );
+    assert_eq!(
+        next_pushed(&sender).await,
+        Message::RelayNotice(RelayNotice::Dropped {
+            to: offline,
+            nonce: [1; 16],
+            reason: DropReason::Expired,
+        })
+    );
+    sender.close().await;
+}

@@ -1,0 +1,270 @@
+//! The relay state machine's vocabulary: its configuration, inputs, outputs and
+//! answers (see [the machine](super)). Data only: no decisions here, and, like the
+//! whole crate, no I/O.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use kith_keys::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::machine::DEFAULT_SKEW_MS;
+use crate::wire::Envelope;
+
+/// The caller's name for one connection to the relay. Never reused while the
+/// connection lives.
+pub type ConnId = u64;
+
+/// Default lifetime of a queued envelope: four minutes, below the five-minute
+/// skew window (an envelope older than that would be refused by its
+/// destination anyway).
+pub const DEFAULT_QUEUE_TTL_MS: u64 = 4 * 60 * 1000;
+
+/// Tunables of a relay. Everything has a sensible [`Default`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayConfig {
+    /// Most registered connections at once; more are refused with
+    /// [`RelayRefusal::TooManyClients`]. Clients that may not register (not on the
+    /// allow list) do not count here: they have their own pool, `max_guests`.
+    pub max_clients: usize,
+    /// Of `max_clients`, how many only settled nodes (see `settled_ms`; every
+    /// allow-listed node is settled) may take: fresh identities cannot fill them.
+    pub reserved_for_settled: usize,
+    /// Most connections at once of clients that may not register (they may only
+    /// forward to registered nodes).
+    pub max_guests: usize,
+    /// Most envelopes queued for one offline destination.
+    pub queue_per_destination: usize,
+    /// Most envelopes queued in all.
+    pub queue_total: usize,
+    /// Most envelopes one sender may have queued, for all destinations together.
+    pub queue_per_sender: usize,
+    /// Most envelopes one sender may have queued for one destination, so that no
+    /// sender can take a destination's whole queue.
+    pub queue_per_sender_destination: usize,
+    /// How long a queued envelope waits for its destination. Keep it below the
+    /// destinations' skew window ([`DEFAULT_SKEW_MS`]).
+    pub queue_ttl_ms: u64,
+    /// Token bucket per sender: most envelopes forwarded in a burst. `0` turns
+    /// rate limiting off.
+    pub rate_burst: u32,
+    /// Token bucket per sender: sustained envelopes per second.
+    pub rate_per_sec: u32,
+    /// If set, only these NodeIds may register (be routed to). Others may still
+    /// connect and forward — so strangers can ask members for trust — but
+    /// nothing is routed or queued for them.
+    pub allow: Option<BTreeSet<NodeId>>,
+    /// How long an older connection of a NodeId that registered again from
+    /// another address has to answer a probe before it is closed as stale.
+    /// `0`: report the conflict at once without probing.
+    pub probe_ms: u64,
+    /// How long after a registered node disconnects envelopes to it are still
+    /// queued (rather than answered with [`ForwardResult::UnknownDestination`]).
+    pub remember_ms: u64,
+    /// Most offline nodes remembered for queueing. Past it the unsettled node gone
+    /// longest is forgotten first; a settled one only when no unsettled one is left.
+    pub remember_max: usize,
+    /// A node that stayed registered this long on one connection (or is on the allow
+    /// list) is *settled*: fresh identities connecting and leaving cannot push it out
+    /// of the remembered nodes (and so drop its queue).
+    pub settled_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_clients: 4096,
+            reserved_for_settled: 512,
+            max_guests: 1024,
+            queue_per_destination: 64,
+            queue_total: 4096,
+            queue_per_sender: 256,
+            queue_per_sender_destination: 8,
+            queue_ttl_ms: DEFAULT_QUEUE_TTL_MS,
+            rate_burst: 128,
+            rate_per_sec: 32,
+            allow: None,
+            probe_ms: 5_000,
+            remember_ms: 24 * 60 * 60 * 1000,
+            remember_max: 16 * 1024,
+            settled_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Whether the queue TTL leaves queued envelopes acceptable to a
+    /// destination with the default skew window.
+    pub fn ttl_within_skew(&self) -> bool {
+        self.queue_ttl_ms < DEFAULT_SKEW_MS
+    }
+}
+
+/// One thing for the relay to process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayInput {
+    /// A connection finished its handshake; `node` is the TLS-authenticated
+    /// NodeId and `addr` the address the relay sees it from.
+    Connected {
+        conn: ConnId,
+        node: NodeId,
+        addr: SocketAddr,
+    },
+    /// A connection closed (or was closed after a [`RelayOutput::Close`]).
+    Disconnected { conn: ConnId },
+    /// A client asks for `envelope` to be carried to `envelope.body.to`.
+    /// Always answered by exactly one [`RelayOutput::Answer`] in the same output.
+    Forward { conn: ConnId, envelope: Envelope },
+    /// A connection that was [probed](RelayOutput::Probe) answered.
+    Alive { conn: ConnId },
+    /// Time passed: expire queues and probes. Call at [`Relay::next_deadline`](super::Relay::next_deadline).
+    Tick,
+}
+
+/// Something for the caller to do, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayOutput {
+    /// Send `envelope` to the client on `conn` (its destination).
+    Push { conn: ConnId, envelope: Envelope },
+    /// Tell the sender on `conn` what became of its envelope to `to`.
+    Answer {
+        conn: ConnId,
+        to: NodeId,
+        result: ForwardResult,
+    },
+    /// `conn` is registered: tell it the address the relay sees (`observed`).
+    Registered { conn: ConnId, observed: SocketAddr },
+    /// `conn` may not register. After [`RelayRefusal::TooManyClients`] the relay
+    /// forgot the connection: close it. After [`RelayRefusal::NotAllowed`] the
+    /// connection may still forward; nothing is routed to it.
+    Refused { conn: ConnId, reason: RelayRefusal },
+    /// `node` is connected from several live connections: tell each of `conns`.
+    Conflict { node: NodeId, conns: Vec<ConnId> },
+    /// Check that `conn` is still alive (e.g. a ping); report
+    /// [`RelayInput::Alive`] if it answers, or nothing.
+    Probe { conn: ConnId },
+    /// Close `conn`: the relay has forgotten it (a stale registration).
+    Close { conn: ConnId },
+    /// `count` envelopes queued for `to` expired undelivered.
+    Expired { to: NodeId, count: usize },
+    /// A queued envelope was dropped undelivered: tell its sender, connected on
+    /// `conn` (`None`: not connected now), so it knows not to count on it.
+    Dropped {
+        conn: Option<ConnId>,
+        to: NodeId,
+        nonce: [u8; 16],
+        reason: DropReason,
+    },
+}
+
+/// Why a queued envelope was dropped.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DropReason {
+    /// Its destination did not come back within the queue TTL.
+    Expired,
+    /// The relay forgot its destination (gone too long, or to make room for others).
+    Forgotten,
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DropReason::Expired => "its destination did not come back in time",
+            DropReason::Forgotten => "the relay forgot its destination",
+        })
+    }
+}
+
+/// What became of a forwarded envelope, as told to its sender.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardResult {
+    /// Pushed at once over the destination's connection.
+    Delivered,
+    /// The destination is offline; the envelope waits for it (up to the queue TTL).
+    Queued,
+    /// The relay does not know the destination (never registered, or gone too long).
+    UnknownDestination,
+    /// The relay would not take it.
+    Refused(RelayRefusal),
+}
+
+impl fmt::Display for ForwardResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardResult::Delivered => f.write_str("delivered"),
+            ForwardResult::Queued => f.write_str("queued"),
+            ForwardResult::UnknownDestination => f.write_str("unknown destination"),
+            ForwardResult::Refused(r) => write!(f, "refused: {r}"),
+        }
+    }
+}
+
+/// Why a relay refused a registration or a forward.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayRefusal {
+    /// The sender exceeded its rate limit.
+    RateLimited,
+    /// The destination's queue, or the relay's, is full.
+    QueueFull,
+    /// The node is not on the relay's allow list.
+    NotAllowed,
+    /// The relay serves as many clients as it may.
+    TooManyClients,
+    /// The envelope's `from` is not the connection's authenticated node.
+    SenderMismatch,
+    /// The connection is not a client of the relay.
+    UnknownConnection,
+    /// Unknown version or over-long text (every destination would refuse it), or a
+    /// reply hint beyond the bounds every destination accepts.
+    Malformed,
+    /// The sender has as many envelopes queued as it may, in all or for this destination.
+    SenderQuota,
+}
+
+impl fmt::Display for RelayRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RelayRefusal::RateLimited => "rate limited",
+            RelayRefusal::QueueFull => "the relay's queue is full",
+            RelayRefusal::NotAllowed => "not on the relay's allow list",
+            RelayRefusal::TooManyClients => "the relay has too many clients",
+            RelayRefusal::SenderMismatch => "the envelope is not from the node on this connection",
+            RelayRefusal::UnknownConnection => "the connection is not a client of the relay",
+            RelayRefusal::Malformed => "the envelope or its reply hint is malformed",
+            RelayRefusal::SenderQuota => "the sender has too many envelopes queued at the relay",
+        })
+    }
+}
+
+/// Counters, for status and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStats {
+    pub forwarded: u64,
+    pub delivered: u64,
+    pub queued: u64,
+    /// Queued envelopes pushed when their destination registered.
+    pub delivered_from_queue: u64,
+    pub expired: u64,
+    pub unknown_destination: u64,
+    pub refused: u64,
+    pub conflicts: u64,
+}
+
+/// What the relay knows about one connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub node: NodeId,
+    pub addr: SocketAddr,
+    /// Whether envelopes are routed to it (false: may only forward).
+    pub registered: bool,
+    pub since_ms: u64,
+    /// Settled before this connection (see [`RelayConfig::settled_ms`]).
+    pub settled: bool,
+}
