@@ -189,6 +189,7 @@ pub struct RelayMetrics {
     registry: Registry,
     clients: Family<State, Gauge>,
     queued: Gauge,
+    queued_bytes: Gauge,
     envelopes: Family<Outcome, Gauge>,
 }
 
@@ -207,6 +208,12 @@ impl Default for RelayMetrics {
             "Envelopes queued for offline nodes",
             queued.clone(),
         );
+        let queued_bytes = Gauge::default();
+        registry.register(
+            "queue_bytes",
+            "Bytes of the envelopes queued for offline nodes",
+            queued_bytes.clone(),
+        );
         let envelopes = Family::<Outcome, Gauge>::default();
         registry.register(
             "envelopes",
@@ -217,6 +224,7 @@ impl Default for RelayMetrics {
             registry,
             clients,
             queued,
+            queued_bytes,
             envelopes,
         }
     }
@@ -237,6 +245,7 @@ impl RelayMetrics {
             })
             .set(snapshot.clients as i64 - registered);
         self.queued.set(snapshot.queued as i64);
+        self.queued_bytes.set(snapshot.queued_bytes as i64);
         let s = &snapshot.stats;
         for (outcome, n) in [
             ("forwarded", s.forwarded),
@@ -245,7 +254,8 @@ impl RelayMetrics {
             ("delivered_from_queue", s.delivered_from_queue),
             ("dropped_expired", s.expired),
             ("dropped_unknown_destination", s.unknown_destination),
-            ("refused", s.refused),
+            ("refused", s.refused - s.sender_quota),
+            ("refused_sender_quota", s.sender_quota),
         ] {
             self.envelopes
                 .get_or_create(&Outcome { outcome })

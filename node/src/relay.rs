@@ -115,6 +115,8 @@ pub struct RelaySnapshot {
     pub clients: usize,
     pub registered: usize,
     pub queued: usize,
+    /// Bytes of the queued envelopes, as encoded.
+    pub queued_bytes: usize,
     pub stats: RelayStats,
     pub max_clients: usize,
     pub allow: Option<usize>,
@@ -186,6 +188,7 @@ impl RelayServer {
             clients: r.clients(),
             registered: r.registered(),
             queued: r.queued(),
+            queued_bytes: r.queued_bytes(),
             stats: r.stats().clone(),
             max_clients: r.config().max_clients,
             allow: r.config().allow.as_ref().map(|a| a.len()),

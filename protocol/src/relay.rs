@@ -133,6 +133,15 @@ impl Relay {
         self.queued_total
     }
 
+    /// Bytes of the envelopes queued in all, as encoded (for metrics; walks the queues).
+    pub fn queued_bytes(&self) -> usize {
+        self.queues
+            .values()
+            .flatten()
+            .map(|q| postcard::to_allocvec(&q.envelope).map_or(0, |b| b.len()))
+            .sum()
+    }
+
     /// Envelopes queued for `node`.
     pub fn queued_for(&self, node: &NodeId) -> usize {
         self.queues.get(node).map_or(0, VecDeque::len)
@@ -461,7 +470,12 @@ impl Relay {
             ForwardResult::Delivered => self.stats.delivered += 1,
             ForwardResult::Queued => self.stats.queued += 1,
             ForwardResult::UnknownDestination => self.stats.unknown_destination += 1,
-            ForwardResult::Refused(_) => self.stats.refused += 1,
+            ForwardResult::Refused(refusal) => {
+                self.stats.refused += 1;
+                if *refusal == RelayRefusal::SenderQuota {
+                    self.stats.sender_quota += 1;
+                }
+            }
         }
         self.stats.forwarded += 1;
         out.push(RelayOutput::Answer { conn, to, result });

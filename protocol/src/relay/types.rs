@@ -255,6 +255,9 @@ pub struct RelayStats {
     pub unknown_destination: u64,
     pub refused: u64,
     pub conflicts: u64,
+    /// Of `refused`: forwards refused because their sender had its queue quota full.
+    #[serde(default)]
+    pub sender_quota: u64,
 }
 
 /// What the relay knows about one connection.
