@@ -219,7 +219,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(m.nonce_cache_len() <= config.nonce_cache_capacity);
         for r in m.peers() {
             if r.state == TrustState::Trusted {
-                assert!(r.consent, "trusted without our consent");
+                assert!(r.consent.is_some(), "trusted without our consent");
             }
             if r.state == TrustState::IncomingPending {
                 assert!(!m.denylist().any(|d| *d == r.id), "pending from a denied peer");

@@ -776,6 +776,7 @@ pub fn event_view(event: &Event) -> EventView {
         EventKind::Revoked => ("revoked", None, None),
         EventKind::RevokedByPeer { reason } => ("revoked_by_peer", Some(reason.clone()), None),
         EventKind::TrustExpired => ("trust_expired", None, None),
+        EventKind::ExpiredByPeer => ("expired_by_peer", None, None),
         EventKind::PendingExpired => ("pending_expired", None, None),
         EventKind::PendingEvicted => ("pending_evicted", None, None),
         EventKind::Ignored => ("ignored", None, None),

@@ -828,13 +828,7 @@ impl Shared {
 }
 
 fn kind_name(envelope: &Envelope) -> &'static str {
-    use kith_protocol::wire::Kind;
-    match envelope.body.kind {
-        Kind::Request { .. } => "request",
-        Kind::Accept => "accept",
-        Kind::Reject { .. } => "reject",
-        Kind::Revoke { .. } => "revoke",
-    }
+    envelope.body.kind.name()
 }
 
 /// Why one exchange on a connection failed.

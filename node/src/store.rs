@@ -32,8 +32,11 @@ const OUTBOX: TableDefinition<&[u8], u64> = TableDefinition::new("outbox");
 /// Services this node exposes to trusted peers, by name.
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 
-/// Bumped when a table's encoding changes; a newer file is refused, not misread.
-const SCHEMA_VERSION: u32 = 1;
+mod migrate;
+
+/// Bumped when a table's encoding changes; a newer file is refused, not misread,
+/// and an older one is upgraded on open (see [`migrate`]). 2: peer consent by origin.
+const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -201,7 +204,13 @@ impl Store {
                 .transpose()?;
             match found {
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema { found: v }),
-                Some(_) => {}
+                Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    migrate::peers_v1_to_v2(&txn)?;
+                    meta.insert("schema", encode(&SCHEMA_VERSION).as_slice())
+                        .map_err(db_err)?;
+                }
+                Some(v) => return Err(StoreError::NewerSchema { found: v }),
                 None => {
                     meta.insert("schema", encode(&SCHEMA_VERSION).as_slice())
                         .map_err(db_err)?;

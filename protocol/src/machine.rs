@@ -40,10 +40,17 @@ use crate::replay::NonceCache;
 use crate::validate::{Refusal, TextError, check_envelope, check_text};
 use crate::wire::{Ack, AckStatus, Body, Envelope, Kind, MAX_TEXT_CHARS};
 
+mod consent;
+pub use consent::Consent;
+
 /// Default clock-skew window: five minutes either way.
 pub const DEFAULT_SKEW_MS: u64 = 5 * 60 * 1000;
 /// Default lifetime of an incoming request nobody decided on: seven days.
 pub const DEFAULT_PENDING_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// The accept we send; `send` fills in what of the peer's we have seen.
+const ACCEPT: Kind = Kind::AcceptOf { seen_ms: 0 };
+/// The reason a withdrawn request of ours (`cancel`, `ignore`) carries to the peer.
+pub const WITHDRAWN_REASON: &str = "request withdrawn";
 /// Longest local name for a peer, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
 
@@ -203,10 +210,11 @@ pub struct PeerRecord {
     /// Our last timestamp to them, so ours stay strictly increasing.
     pub last_sent_ms: u64,
     pub decided_by: Option<Decider>,
-    /// Whether our side currently consents to trust: we requested or approved
-    /// them and have not since rejected, revoked or let an approval expire. An
-    /// `Accept` from them is honoured only while this holds.
-    pub consent: bool,
+    /// Where our side's consent to trust comes from (`None`: we do not consent):
+    /// a request of ours that stands, or an approval. Withdrawn by our reject,
+    /// revoke, cancel or an expiry, and spent by their reject or revoke. An
+    /// `Accept` from them is honoured only while a request of ours stands.
+    pub consent: Option<Consent>,
 }
 
 impl PeerRecord {
@@ -226,7 +234,7 @@ impl PeerRecord {
             high_water_ms: 0,
             last_sent_ms: 0,
             decided_by: None,
-            consent: false,
+            consent: None,
         }
     }
 
@@ -288,6 +296,8 @@ pub enum AuditAction {
     Forked,
     /// This node's data dir was confirmed at a new machine or path (`kith adopt`).
     Adopted,
+    /// The peer's time-limited approval of us expired (it told us).
+    ExpiredByPeer,
 }
 
 /// One line of the append-only audit log of trust decisions.
@@ -343,6 +353,9 @@ pub enum EventKind {
     Refused {
         refusal: Refusal,
     },
+    /// The peer's time-limited approval of us expired: we are no longer trusted
+    /// there, and our request stands again for it to renew (or for us to resend).
+    ExpiredByPeer,
 }
 
 /// A durable change. The node applies all of an output's writes in one
@@ -523,13 +536,15 @@ impl fmt::Display for TextField {
 pub enum CommandError {
     #[error("no record of peer {0}")]
     UnknownPeer(NodeId),
-    #[error("{0} has no request waiting for a decision")]
+    #[error(
+        "{0} has no request waiting for a decision (it may ask again, or ask it with `kith request`)"
+    )]
     NotPending(NodeId),
     #[error("there is no request of ours to {0} to withdraw")]
     NoOutgoingRequest(NodeId),
     #[error("{0} is not trusted")]
     NotTrusted(NodeId),
-    #[error("{0} is already trusted")]
+    #[error("{0} is already trusted (end it with `kith revoke`)")]
     AlreadyTrusted(NodeId),
     #[error("that is this node's own id")]
     SelfPeer,
@@ -551,6 +566,12 @@ pub enum CommandError {
     ExpiryInPast { expires_at_ms: u64, now_ms: u64 },
     #[error("nothing to resend to {0} in its current state")]
     NothingToResend(NodeId),
+    #[error("{0} is trusted: end it with `kith revoke` first, so that it is told")]
+    ForgetTrusted(NodeId),
+    #[error(
+        "a request of ours to {0} is waiting: withdraw it with `kith cancel` first, so that it is told"
+    )]
+    ForgetAsked(NodeId),
 }
 
 /// Source network of a request, for the per-source bound: an IPv4 address, or
@@ -662,6 +683,8 @@ impl RecordIndex {
 /// Per-call context: the clock, the signing key, the RNG, and the output being built.
 struct Cx<'a, R: ?Sized> {
     now: u64,
+    /// The sender and timestamp of the envelope being handled, if any.
+    seen: Option<(NodeId, u64)>,
     key: &'a NodeKey,
     rng: &'a mut R,
     out: Output,
@@ -835,8 +858,15 @@ impl TrustMachine {
         rng: &mut R,
     ) -> Output {
         debug_assert_eq!(key.node_id(), self.local, "handle() needs the local key");
+        let seen = match &input {
+            Input::Envelope { envelope, .. } => {
+                Some((envelope.body.from, envelope.body.timestamp_ms))
+            }
+            _ => None,
+        };
         let mut cx = Cx {
             now: now_ms,
+            seen,
             key,
             rng,
             out: Output::new(Reply::None),
@@ -952,9 +982,12 @@ impl TrustMachine {
             Kind::Request { justification } => {
                 self.on_request(cx, from, justification.clone(), source)
             }
-            Kind::Accept => self.on_accept(cx, from),
+            // An old node's accept names nothing: honoured as before (see on_accept).
+            Kind::Accept => self.on_accept(cx, from, u64::MAX),
+            Kind::AcceptOf { seen_ms } => self.on_accept(cx, from, *seen_ms),
             Kind::Reject { reason } => self.on_decline(cx, from, reason.clone(), false),
             Kind::Revoke { reason } => self.on_decline(cx, from, reason.clone(), true),
+            Kind::Expire => self.on_expire(cx, from),
         }
     }
 
@@ -980,24 +1013,18 @@ impl TrustMachine {
         match state {
             Some(TrustState::Trusted) => {
                 // They may have lost our accept: say it again. No state change.
-                self.send(cx, from, Kind::Accept);
+                self.send(cx, from, ACCEPT);
                 Ok(Applied::Yes(AckStatus::Trusted))
             }
-            Some(
-                TrustState::OutgoingPending
-                | TrustState::RejectedByPeer
-                | TrustState::RevokedByPeer,
-            ) if self.peers[&from].consent => {
-                // Crossed requests: both asked, so both consent. This includes
-                // our request that they declined earlier and we never withdrew:
-                // their asking now is their latest word, ours still stands, and
-                // dropping our consent here would leave them trusting us (after
-                // the accept they may send next) while we wait on our operator.
+            Some(TrustState::OutgoingPending) if self.peers[&from].consent.is_some() => {
+                // Crossed requests: both asked, so both consent. A request of ours
+                // they declined no longer stands (their decline spent it), so this
+                // arm is only for a request still waiting for their answer.
                 let rec = self.peers.get_mut(&from).expect("record exists");
                 // A consent that was an approval keeps its expiry (an ask has none).
                 let expires_at_ms = rec.expires_at_ms;
                 grant(rec, now, Decider::Mutual, expires_at_ms);
-                self.send(cx, from, Kind::Accept);
+                self.send(cx, from, ACCEPT);
                 cx.event(from, EventKind::MutualTrust);
                 cx.audit(
                     Some(from),
@@ -1036,7 +1063,7 @@ impl TrustMachine {
                     if rec.name.is_none() {
                         rec.name = allow_name;
                     }
-                    self.send(cx, from, Kind::Accept);
+                    self.send(cx, from, ACCEPT);
                     cx.event(from, EventKind::AutoApproved { by });
                     cx.audit(
                         Some(from),
@@ -1077,7 +1104,7 @@ impl TrustMachine {
                 rec.expires_at_ms = None;
                 rec.decided_by = None;
                 // Their asking is not our consent: our operator decides.
-                rec.consent = false;
+                rec.consent = None;
                 cx.event(
                     from,
                     EventKind::RequestReceived {
@@ -1116,10 +1143,14 @@ impl TrustMachine {
         self.index.oldest()
     }
 
+    /// `seen_ms`: the newest of our timestamps the accepter had applied when it
+    /// sent this, so that an accept of an earlier request of ours (one we since
+    /// revoked or withdrew before asking again) is not taken for an answer.
     fn on_accept<R: RngCore + CryptoRng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,
         from: NodeId,
+        seen_ms: u64,
     ) -> Result<Applied, Refusal> {
         let now = cx.now;
         let Some(rec) = self.peers.get_mut(&from) else {
@@ -1133,20 +1164,24 @@ impl TrustMachine {
             // Crossed requests, or a renewed accept: nothing to change.
             TrustState::Trusted => Ok(Applied::Yes(AckStatus::Trusted)),
             TrustState::OutgoingPending
-            | TrustState::RejectedByPeer
-            | TrustState::RevokedByPeer
-                if rec.consent =>
+                if rec.consent.is_some_and(|c| consent::answers(c, seen_ms)) =>
             {
-                // Their latest word is yes and ours still stands (a decline that
-                // crossed a renewed request is superseded by this newer accept).
-                // A consent that was an approval keeps its expiry: the peer's word
-                // cannot extend what our operator granted (an ask has no expiry).
+                // Their answer to a request of ours that still stands. A consent
+                // that was an approval keeps its expiry: the peer's word cannot
+                // extend what our operator granted (an ask has no expiry).
                 let expires_at_ms = rec.expires_at_ms;
                 grant(rec, now, Decider::Peer, expires_at_ms);
                 cx.event(from, EventKind::AcceptedByPeer);
                 cx.audit(Some(from), AuditAction::AcceptedByPeer, None);
                 Ok(Applied::Yes(AckStatus::Trusted))
             }
+            // They trust us, but no request of ours stands: their decline spent it
+            // (and the accept crossed that), or they answered a request of ours
+            // after asking us themselves. No trust here; tell them so, so that
+            // both ends agree.
+            TrustState::RejectedByPeer
+            | TrustState::RevokedByPeer
+            | TrustState::IncomingPending => Ok(Applied::Yes(self.refuse_spent_accept(cx, from))),
             // We never asked, or withdrew: no trust. It is still applied (the
             // mark advances) so that nothing older from them can be applied
             // after it: their messages take effect in their order or not at all.
@@ -1178,8 +1213,10 @@ impl TrustMachine {
                 rec.since_ms = now;
                 rec.reason = Some(reason.clone());
                 rec.decided_by = Some(Decider::Peer);
-                // The expiry stays: it belongs to our consent, which a peer's decline
-                // does not withdraw, and must bound any trust the peer revives.
+                // Their no spends our consent, whatever its origin: trust comes back
+                // only through a new decision of ours (a request, an approval).
+                rec.consent = None;
+                rec.expires_at_ms = None;
                 let status = rec.state.ack_status();
                 if revoke {
                     cx.event(
@@ -1240,7 +1277,7 @@ impl TrustMachine {
                         if address.is_some() {
                             rec.address = address;
                         }
-                        self.send(cx, to, Kind::Accept);
+                        self.send(cx, to, ACCEPT);
                         cx.event(to, EventKind::MutualTrust);
                         cx.audit(
                             Some(to),
@@ -1267,7 +1304,14 @@ impl TrustMachine {
                         rec.reason = None;
                         rec.expires_at_ms = None;
                         rec.decided_by = Some(Decider::Operator);
-                        rec.consent = true;
+                        // A request that already stands keeps its start: an accept
+                        // of any of its envelopes answers it.
+                        if !matches!(rec.consent, Some(Consent::Asked { .. })) {
+                            // Our request's first envelope is timestamped above this.
+                            rec.consent = Some(Consent::Asked {
+                                at_ms: now.max(rec.last_sent_ms.saturating_add(1)),
+                            });
+                        }
                         if address.is_some() {
                             rec.address = address;
                         }
@@ -1301,7 +1345,17 @@ impl TrustMachine {
                         });
                     }
                 }
-                let rec = self.pending_incoming_mut(&peer)?;
+                // An expired approval is renewed the same way: the peer's request
+                // stood again since our expiry notice, so our accept answers it.
+                let lapsed = self.peers.get(&peer).is_some_and(|r| r.lapsed(now));
+                match self.peers.get(&peer).map(|r| r.state) {
+                    Some(TrustState::Expired) => {}
+                    Some(TrustState::Trusted) if lapsed => self.expire_trust(cx, peer),
+                    _ => {
+                        self.pending_incoming_mut(&peer)?;
+                    }
+                }
+                let rec = self.peers.get_mut(&peer).expect("record exists");
                 grant(rec, now, Decider::Operator, expires_at_ms);
                 if name.is_some() {
                     rec.name = name;
@@ -1310,7 +1364,7 @@ impl TrustMachine {
                     rec.note = note;
                 }
                 let detail = rec.justification.clone();
-                self.send(cx, peer, Kind::Accept);
+                self.send(cx, peer, ACCEPT);
                 cx.event(peer, EventKind::Approved);
                 cx.audit(
                     Some(peer),
@@ -1368,21 +1422,9 @@ impl TrustMachine {
                 Ok(())
             }
             Command::Cancel { peer } => {
-                match self.peers.get_mut(&peer) {
+                match self.peers.get(&peer) {
                     Some(r) if r.state == TrustState::OutgoingPending => {
-                        self.remove_peer(cx, peer);
-                    }
-                    // A declined request of ours still stands (a later accept
-                    // would be honoured); withdrawing it keeps the record.
-                    Some(r)
-                        if r.consent
-                            && matches!(
-                                r.state,
-                                TrustState::RejectedByPeer | TrustState::RevokedByPeer
-                            ) =>
-                    {
-                        r.consent = false;
-                        self.put_peer(cx, peer);
+                        self.withdraw_request(cx, peer);
                     }
                     _ => return Err(CommandError::NoOutgoingRequest(peer)),
                 }
@@ -1403,20 +1445,11 @@ impl TrustMachine {
                     cx.out.writes.push(StoreWrite::Disallow(peer));
                 }
                 // Ignoring someone means wanting nothing from them either way:
-                // pending requests go, and a request of ours stops standing.
-                match self.peers.get_mut(&peer) {
-                    Some(r)
-                        if matches!(
-                            r.state,
-                            TrustState::IncomingPending | TrustState::OutgoingPending
-                        ) =>
-                    {
-                        self.remove_peer(cx, peer);
-                    }
-                    Some(r) if r.consent => {
-                        r.consent = false;
-                        self.put_peer(cx, peer);
-                    }
+                // their pending request goes quietly, and a request of ours is
+                // withdrawn (they are told, as for `cancel`).
+                match self.peers.get(&peer).map(|r| r.state) {
+                    Some(TrustState::IncomingPending) => self.remove_peer(cx, peer),
+                    Some(TrustState::OutgoingPending) => self.withdraw_request(cx, peer),
                     _ => {}
                 }
                 cx.audit(Some(peer), AuditAction::Ignored, None);
@@ -1450,7 +1483,7 @@ impl TrustMachine {
                             rec.name = name;
                         }
                         let detail = rec.justification.clone();
-                        self.send(cx, peer, Kind::Accept);
+                        self.send(cx, peer, ACCEPT);
                         cx.event(
                             peer,
                             EventKind::AutoApproved {
@@ -1494,8 +1527,15 @@ impl TrustMachine {
                 Ok(())
             }
             Command::Forget { peer } => {
-                if !self.peers.contains_key(&peer) {
-                    return Err(CommandError::UnknownPeer(peer));
+                // A peer that trusts us, or waits on a request of ours, must be
+                // told before the record (and with it what is owed them) goes.
+                match self.peers.get(&peer) {
+                    None => return Err(CommandError::UnknownPeer(peer)),
+                    Some(r) if r.is_trusted(now) => return Err(CommandError::ForgetTrusted(peer)),
+                    Some(r) if r.state == TrustState::OutgoingPending => {
+                        return Err(CommandError::ForgetAsked(peer));
+                    }
+                    Some(_) => {}
                 }
                 self.remove_peer(cx, peer);
                 cx.event(peer, EventKind::Forgotten);
@@ -1519,13 +1559,14 @@ impl TrustMachine {
                     TrustState::OutgoingPending => Kind::Request {
                         justification: rec.justification.clone().unwrap_or_default(),
                     },
-                    TrustState::Trusted if !rec.lapsed(now) => Kind::Accept,
+                    TrustState::Trusted if !rec.lapsed(now) => ACCEPT,
                     TrustState::Rejected => Kind::Reject {
                         reason: rec.reason.clone().unwrap_or_default(),
                     },
                     TrustState::Revoked => Kind::Revoke {
                         reason: rec.reason.clone().unwrap_or_default(),
                     },
+                    TrustState::Expired => Kind::Expire,
                     _ => return Err(CommandError::NothingToResend(peer)),
                 };
                 self.send(cx, peer, kind);
@@ -1533,6 +1574,31 @@ impl TrustMachine {
                 Ok(())
             }
         }
+    }
+
+    /// Our request to `peer` stops standing, and the peer is told: the record
+    /// becomes `Revoked` (its message is re-sent until acknowledged), so a crossed
+    /// accept or request of theirs can never build trust on it.
+    fn withdraw_request<R: RngCore + CryptoRng + ?Sized>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        peer: NodeId,
+    ) {
+        let rec = self.peers.get_mut(&peer).expect("record exists");
+        decline(
+            rec,
+            cx.now,
+            TrustState::Revoked,
+            WITHDRAWN_REASON.to_string(),
+        );
+        self.send(
+            cx,
+            peer,
+            Kind::Revoke {
+                reason: WITHDRAWN_REASON.to_string(),
+            },
+        );
+        self.put_peer(cx, peer);
     }
 
     fn pending_incoming_mut(&mut self, peer: &NodeId) -> Result<&mut PeerRecord, CommandError> {
@@ -1547,7 +1613,7 @@ impl TrustMachine {
 
     // ----- time ------------------------------------------------------------
 
-    fn on_tick<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+    fn on_tick<R: RngCore + CryptoRng + ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
         let now = cx.now;
         let ttl = self.config.pending_ttl_ms;
         let stale: Vec<NodeId> = self
@@ -1576,12 +1642,14 @@ impl TrustMachine {
     }
 
     /// Trusted → Expired: our consent lapsed with our approval.
-    fn expire_trust<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
+    fn expire_trust<R: RngCore + CryptoRng + ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
         let now = cx.now;
         let rec = self.peers.get_mut(&id).expect("record exists");
         rec.state = TrustState::Expired;
         rec.since_ms = now;
-        rec.consent = false;
+        rec.consent = None;
+        // The peer is told, so that both ends agree (it stops trusting us too).
+        self.send(cx, id, Kind::Expire);
         cx.event(id, EventKind::TrustExpired);
         cx.audit(Some(id), AuditAction::TrustExpired, None);
         self.put_peer(cx, id);
@@ -1598,6 +1666,14 @@ impl TrustMachine {
         kind: Kind,
     ) {
         let rec = self.peers.get_mut(&to).expect("sending needs a record");
+        let mut kind = kind;
+        if let Kind::AcceptOf { seen_ms } = &mut kind {
+            // What of theirs we have seen, including the envelope being handled
+            // (its mark advances only once it is applied).
+            *seen_ms = rec
+                .high_water_ms
+                .max(cx.seen.filter(|(id, _)| *id == to).map_or(0, |(_, ts)| ts));
+        }
         let timestamp_ms = cx.now.max(rec.last_sent_ms.saturating_add(1));
         rec.last_sent_ms = timestamp_ms;
         let mut nonce = [0u8; 16];
@@ -1644,7 +1720,10 @@ fn grant(rec: &mut PeerRecord, now: u64, by: Decider, expires_at_ms: Option<u64>
     rec.decided_by = Some(by);
     rec.expires_at_ms = expires_at_ms;
     rec.reason = None;
-    rec.consent = true;
+    // An accept of theirs answers our request: the consent stays what it was.
+    if by != Decider::Peer {
+        rec.consent = Some(Consent::Approved { by, at_ms: now });
+    }
 }
 
 /// Our side says no (reject or revoke).
@@ -1654,7 +1733,7 @@ fn decline(rec: &mut PeerRecord, now: u64, state: TrustState, reason: String) {
     rec.decided_by = Some(Decider::Operator);
     rec.expires_at_ms = None;
     rec.reason = Some(reason);
-    rec.consent = false;
+    rec.consent = None;
 }
 
 fn command_peer(cmd: &Command) -> Option<NodeId> {

@@ -66,6 +66,15 @@ pub enum Kind {
     Reject { reason: String },
     /// "I no longer trust you."
     Revoke { reason: String },
+    /// "My time-limited approval of you expired." Not a no: a request of the
+    /// receiver's stands again, for the sender to renew. Appended: variants are
+    /// encoded by position.
+    Expire,
+    /// "I trust you", answering a request of yours: `seen_ms` is the newest of
+    /// your timestamps I had applied when I sent it, so that you can tell an
+    /// answer to your current request from one to a request you since withdrew.
+    /// Sent instead of [`Kind::Accept`], which is still understood.
+    AcceptOf { seen_ms: u64 },
 }
 
 impl Kind {
@@ -74,7 +83,7 @@ impl Kind {
         match self {
             Kind::Request { justification } => Some(justification),
             Kind::Reject { reason } | Kind::Revoke { reason } => Some(reason),
-            Kind::Accept => None,
+            Kind::Accept | Kind::Expire | Kind::AcceptOf { .. } => None,
         }
     }
 
@@ -82,9 +91,10 @@ impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Request { .. } => "request",
-            Kind::Accept => "accept",
+            Kind::Accept | Kind::AcceptOf { .. } => "accept",
             Kind::Reject { .. } => "reject",
             Kind::Revoke { .. } => "revoke",
+            Kind::Expire => "expire",
         }
     }
 }

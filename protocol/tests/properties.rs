@@ -98,6 +98,8 @@ enum Decision {
     Revoke,
     /// An allowlist entry or auto-approve: later requests may be approved at once.
     Policy,
+    /// The node's request, spent by the peer's decline.
+    Spent,
 }
 
 struct World {
@@ -181,13 +183,14 @@ impl World {
             Reply::Done => {
                 // What was decided is what was sent: a request command on a
                 // waiting request sends an accept, and is an approval.
-                if let Some(env) = out.send.first() {
-                    let d = match env.body.kind {
-                        Kind::Request { .. } => Decision::Request,
-                        Kind::Accept => Decision::Approve,
-                        Kind::Reject { .. } => Decision::Reject,
-                        Kind::Revoke { .. } => Decision::Revoke,
-                    };
+                let decided = out.send.last().and_then(|env| match env.body.kind {
+                    Kind::Request { .. } => Some(Decision::Request),
+                    Kind::Accept | Kind::AcceptOf { .. } => Some(Decision::Approve),
+                    Kind::Reject { .. } => Some(Decision::Reject),
+                    Kind::Revoke { .. } => Some(Decision::Revoke),
+                    Kind::Expire => None,
+                });
+                if let Some(d) = decided {
                     if matches!(d, Decision::Request | Decision::Approve) {
                         self.consented.insert((i, peer));
                     }
@@ -235,6 +238,17 @@ impl World {
                 ),
                 "unexpected refusal {r:?} of {env:?}"
             );
+        }
+        if matches!(env.body.kind, Kind::Reject { .. } | Kind::Revoke { .. })
+            && !matches!(status, AckStatus::Refused(_))
+        {
+            // A decline spends the receiver's request, however recent: an approval
+            // of that request (made before or after) no longer leads to trust.
+            let pair = (from.min(to), from.max(to));
+            self.approval_stands.insert(pair, false);
+            if self.own_last.get(&(to, from)) == Some(&Decision::Request) {
+                self.own_last.insert((to, from), Decision::Spent);
+            }
         }
         let ack_lost = self.rng.gen_range(0..100) < self.net.ack_loss_pct;
         if !ack_lost {
@@ -438,7 +452,7 @@ impl World {
                             "the decline did not reach the peer: {ctx}"
                         );
                     }
-                    Some(&(_, Decision::Request | Decision::Policy)) | None => {}
+                    Some(&(_, Decision::Request | Decision::Policy | Decision::Spent)) | None => {}
                 }
             }
         }

@@ -113,7 +113,7 @@ fn request_command_creates_outgoing_pending_and_sends_a_signed_request() {
     assert_eq!(rec.justification.as_deref(), Some("we met at the meetup"));
     assert_eq!(rec.address, addr);
     assert_eq!(rec.last_sent_ms, T0);
-    assert!(rec.consent);
+    assert!(rec.consent.is_some());
     assert_eq!(events(&out), vec![EventKind::RequestSent]);
     assert_eq!(audits(&out), vec![AuditAction::RequestSent]);
     a.assert_store_matches();
@@ -202,7 +202,7 @@ fn request_from_a_stranger_becomes_incoming_pending() {
     assert_eq!(rec.high_water_ms, T0);
     assert_eq!(rec.source, src);
     assert_eq!(rec.justification.as_deref(), Some("hello"));
-    assert!(!rec.consent);
+    assert!(rec.consent.is_none());
     assert_eq!(b.m.nonce_cache_len(), 1);
     b.assert_store_matches();
 }
@@ -298,13 +298,13 @@ fn a_peer_may_ask_again_after_any_no() {
             _ => unreachable!(),
         }
         assert_eq!(state(&b, a.id()), Some(target), "setting up {target}");
-        if b.m.peer(&a.id()).unwrap().consent {
+        if b.m.peer(&a.id()).unwrap().consent.is_some() {
             // b's own request was declined but still stands; withdraw it, or a's
             // request would be a crossed request (see the test below).
             let out = b.ok(now, Command::Cancel { peer: a.id() });
             assert_eq!(events(&out), vec![EventKind::Cancelled]);
             assert_eq!(state(&b, a.id()), Some(target), "the record stays");
-            assert!(!b.m.peer(&a.id()).unwrap().consent);
+            assert!(b.m.peer(&a.id()).unwrap().consent.is_none());
         }
         // a asks again (signed directly: in some of these states a's own
         // machine would consider itself trusted and not ask).
@@ -314,14 +314,15 @@ fn a_peer_may_ask_again_after_any_no() {
         assert_eq!(out.ack(), Some(&AckStatus::Pending), "from {target}");
         assert_eq!(state(&b, a.id()), Some(TrustState::IncomingPending));
         assert!(out.send.is_empty(), "never auto-trusted from {target}");
-        assert!(!b.m.peer(&a.id()).unwrap().consent);
+        assert!(b.m.peer(&a.id()).unwrap().consent.is_none());
         b.assert_store_matches();
     }
 }
 
 #[test]
-fn a_request_while_our_declined_request_still_stands_is_mutual() {
-    // b asked a; a rejected; a now asks b. b never withdrew: both consent.
+fn a_request_after_their_decline_of_ours_waits_for_our_operator() {
+    // b asked a; a rejected, which spent b's request; a now asks b. b's operator
+    // decides: a decline of theirs is final on our side until we act.
     let (mut a, mut b) = pair();
     ask(&mut b, &mut a, T0);
     let rej = only_sent(&a.ok(
@@ -335,13 +336,13 @@ fn a_request_while_our_declined_request_still_stands_is_mutual() {
     assert_eq!(state(&b, a.id()), Some(TrustState::RejectedByPeer));
     let req = only_sent(&a.ok(T0 + 2, request_cmd(b.id(), "ok, now")));
     let out = b.recv(T0 + 2, req);
-    assert_eq!(out.ack(), Some(&AckStatus::Trusted));
-    assert_eq!(events(&out), vec![EventKind::MutualTrust]);
-    assert_eq!(only_sent(&out).body.kind, Kind::Accept);
-    assert_eq!(
-        a.recv(T0 + 3, only_sent(&out)).ack(),
-        Some(&AckStatus::Trusted)
-    );
+    assert_eq!(out.ack(), Some(&AckStatus::Pending));
+    assert!(out.send.is_empty());
+    assert_eq!(state(&b, a.id()), Some(TrustState::IncomingPending));
+    // b's operator approves: now both trust.
+    let acc = only_sent(&b.ok(T0 + 3, approve_cmd(a.id())));
+    assert_eq!(a.recv(T0 + 4, acc).ack(), Some(&AckStatus::Trusted));
+    assert!(a.m.is_trusted(&b.id(), T0 + 4) && b.m.is_trusted(&a.id(), T0 + 4));
     b.assert_store_matches();
 }
 
@@ -371,7 +372,7 @@ fn allowlisted_request_is_trusted_at_once() {
         }]
     );
     let accept = only_sent(&out);
-    assert_eq!(accept.body.kind, Kind::Accept);
+    assert!(matches!(accept.body.kind, Kind::AcceptOf { .. }));
     let rec = b.m.peer(&a.id()).unwrap();
     assert_eq!(rec.state, TrustState::Trusted);
     assert_eq!(rec.decided_by, Some(Decider::Allowlist));
@@ -491,7 +492,7 @@ fn request_command_on_a_waiting_request_is_mutual_consent() {
     let (mut a, mut b) = pair();
     ask(&mut a, &mut b, T0);
     let out = b.ok(T0 + 1, request_cmd(a.id(), "you too"));
-    assert_eq!(only_sent(&out).body.kind, Kind::Accept);
+    assert!(matches!(only_sent(&out).body.kind, Kind::AcceptOf { .. }));
     assert_eq!(events(&out), vec![EventKind::MutualTrust]);
     assert_eq!(state(&b, a.id()), Some(TrustState::Trusted));
     a.recv(T0 + 1, only_sent(&out));
@@ -507,7 +508,7 @@ fn request_from_a_trusted_peer_resends_accept_and_changes_nothing_else() {
     let before = b.m.peer(&a.id()).unwrap().clone();
     let out = b.recv(T0 + 50, env);
     assert_eq!(out.ack(), Some(&AckStatus::Trusted));
-    assert_eq!(only_sent(&out).body.kind, Kind::Accept);
+    assert!(matches!(only_sent(&out).body.kind, Kind::AcceptOf { .. }));
     assert!(out.events.is_empty() && audits(&out).is_empty());
     let after = b.m.peer(&a.id()).unwrap();
     assert_eq!(after.state, TrustState::Trusted);
@@ -532,7 +533,7 @@ fn approve_trusts_and_sends_accept_with_name_note_and_expiry() {
         },
     );
     let acc = only_sent(&out);
-    assert_eq!(acc.body.kind, Kind::Accept);
+    assert!(matches!(acc.body.kind, Kind::AcceptOf { .. }));
     assert_eq!(acc.body.to, a.id());
     assert_eq!(events(&out), vec![EventKind::Approved]);
     assert_eq!(
@@ -547,7 +548,7 @@ fn approve_trusts_and_sends_accept_with_name_note_and_expiry() {
     assert_eq!(rec.name.as_deref(), Some("build box"));
     assert_eq!(rec.note.as_deref(), Some("until the release"));
     assert_eq!(rec.expires_at_ms, Some(T0 + 1_000));
-    assert!(rec.consent);
+    assert!(rec.consent.is_some());
     b.assert_store_matches();
 }
 
@@ -643,7 +644,7 @@ fn reject_declines_and_tells_the_peer() {
     let rec = a.m.peer(&b.id()).unwrap();
     assert_eq!(rec.state, TrustState::RejectedByPeer);
     assert_eq!(rec.decided_by, Some(Decider::Peer));
-    assert!(rec.consent, "our wish stands until we withdraw it");
+    assert!(rec.consent.is_none(), "their no spends our request");
     assert!(!a.m.is_trusted(&b.id(), T0 + 2));
     a.assert_store_matches();
     b.assert_store_matches();
@@ -669,9 +670,10 @@ fn accept_while_outgoing_pending_trusts() {
 }
 
 #[test]
-fn accept_after_a_crossed_reject_is_honoured_while_we_still_ask() {
+fn accept_crossing_a_reject_is_answered_with_no_and_both_agree() {
     // a asks; b rejects, but a's re-sent request reaches b after that and b
-    // approves it. a sees the reject, then the (newer) accept: trusted, as b is.
+    // approves it. a sees the reject (which spent its request), then the accept:
+    // no trust on a's side, and a says so, so b does not trust either.
     let (mut a, mut b) = pair();
     ask(&mut a, &mut b, T0);
     let resent = only_sent(&a.ok(T0 + 1, Command::Resend { peer: b.id() }));
@@ -686,15 +688,21 @@ fn accept_after_a_crossed_reject_is_honoured_while_we_still_ask() {
     let acc = only_sent(&b.ok(T0 + 4, approve_cmd(a.id())));
     a.recv(T0 + 5, rej);
     assert_eq!(state(&a, b.id()), Some(TrustState::RejectedByPeer));
-    assert_eq!(a.recv(T0 + 6, acc).ack(), Some(&AckStatus::Trusted));
-    assert!(a.m.is_trusted(&b.id(), T0 + 6) && b.m.is_trusted(&a.id(), T0 + 6));
+    let out = a.recv(T0 + 6, acc);
+    assert_eq!(out.ack(), Some(&AckStatus::Revoked));
+    assert_eq!(state(&a, b.id()), Some(TrustState::Revoked));
+    let no = only_sent(&out);
+    assert!(matches!(no.body.kind, Kind::Revoke { .. }));
+    assert_eq!(b.recv(T0 + 7, no).ack(), Some(&AckStatus::Revoked));
+    assert!(!a.m.is_trusted(&b.id(), T0 + 7) && !b.m.is_trusted(&a.id(), T0 + 7));
+    a.assert_store_matches();
+    b.assert_store_matches();
 }
 
 #[test]
-fn accept_without_our_consent_changes_nothing_but_the_mark() {
+fn accept_without_our_consent_never_trusts() {
     // b asked a, then withdrew with a revoke; an "accept" from b must not make
-    // a trust b: a never consented. It is applied as a no-op, so nothing older
-    // from b can be applied after it.
+    // a trust b: a never consented. a tells b no, so that both ends agree.
     let (mut a, b) = pair();
     a.recv(T0, envelope(&b.key, a.id(), request("hi"), T0, 1));
     a.recv(
@@ -702,28 +710,17 @@ fn accept_without_our_consent_changes_nothing_but_the_mark() {
         envelope(&b.key, a.id(), revoke("never mind"), T0 + 1, 2),
     );
     assert_eq!(state(&a, b.id()), Some(TrustState::RevokedByPeer));
-    let before = a.m.peer(&b.id()).unwrap().clone();
     let out = a.recv(T0 + 2, envelope(&b.key, a.id(), Kind::Accept, T0 + 2, 3));
     assert_eq!(out.ack(), Some(&AckStatus::Revoked));
-    assert!(out.send.is_empty() && out.events.is_empty());
-    let after = a.m.peer(&b.id()).unwrap().clone();
-    assert_eq!(out.writes, vec![StoreWrite::Peer(after.clone())]);
-    assert_eq!(
-        kith_protocol::PeerRecord {
-            high_water_ms: before.high_water_ms,
-            ..after
-        },
-        before
-    );
-    // Same for a request still waiting, and for our own rejection.
+    assert!(matches!(only_sent(&out).body.kind, Kind::Revoke { .. }));
+    assert_eq!(state(&a, b.id()), Some(TrustState::Revoked));
+    assert!(!a.m.is_trusted(&b.id(), T0 + 2));
+    // Our own rejection stands as it is (it reaches them on its own).
     let (mut c, mut d) = (
         Node::new(3, Config::default()),
         Node::new(4, Config::default()),
     );
     ask(&mut c, &mut d, T0);
-    let stray = envelope(&c.key, d.id(), Kind::Accept, T0 + 1, 9);
-    assert_eq!(d.recv(T0 + 1, stray).ack(), Some(&AckStatus::Pending));
-    assert_eq!(state(&d, c.id()), Some(TrustState::IncomingPending));
     d.ok(
         T0 + 2,
         Command::Reject {
@@ -732,7 +729,9 @@ fn accept_without_our_consent_changes_nothing_but_the_mark() {
         },
     );
     let stray = envelope(&c.key, d.id(), Kind::Accept, T0 + 3, 10);
-    assert_eq!(d.recv(T0 + 3, stray).ack(), Some(&AckStatus::Rejected));
+    let out = d.recv(T0 + 3, stray);
+    assert_eq!(out.ack(), Some(&AckStatus::Rejected));
+    assert!(out.send.is_empty() && out.events.is_empty());
     assert_eq!(state(&d, c.id()), Some(TrustState::Rejected));
     // ... and an older request arriving after it is stale.
     let older = envelope(&c.key, d.id(), request("late"), T0 + 2, 11);
@@ -759,7 +758,7 @@ fn revoke_ends_trust_and_tells_the_peer() {
     assert_eq!(audits(&out), vec![AuditAction::Revoked]);
     let rec = a.m.peer(&b.id()).unwrap();
     assert_eq!(rec.state, TrustState::Revoked);
-    assert!(!rec.consent);
+    assert!(rec.consent.is_none());
     assert!(!a.m.is_trusted(&b.id(), T0 + 10));
     let out = b.recv(T0 + 11, rev);
     assert_eq!(out.ack(), Some(&AckStatus::Revoked));
@@ -942,7 +941,7 @@ fn expired_trust_fails_closed_before_the_tick_and_a_new_handshake_restores_it() 
     assert_eq!(audits(&out), vec![AuditAction::TrustExpired]);
     let rec = b.m.peer(&a.id()).unwrap();
     assert_eq!(rec.state, TrustState::Expired);
-    assert!(!rec.consent);
+    assert!(rec.consent.is_none());
     assert!(
         b.m.next_deadline().is_none_or(|d| d > expiry),
         "a lapsed trust is no longer a deadline"
@@ -1043,24 +1042,39 @@ fn dismiss_drops_a_waiting_request_silently() {
 }
 
 #[test]
-fn cancel_withdraws_our_request_locally() {
+fn cancel_withdraws_our_request_and_tells_the_peer() {
     let (mut a, mut b) = pair();
     ask(&mut a, &mut b, T0);
     let out = a.ok(T0 + 1, Command::Cancel { peer: b.id() });
-    assert!(out.send.is_empty());
+    let withdrawn = only_sent(&out);
+    assert_eq!(
+        withdrawn.body.kind,
+        revoke(kith_protocol::machine::WITHDRAWN_REASON)
+    );
     assert_eq!(events(&out), vec![EventKind::Cancelled]);
     assert_eq!(audits(&out), vec![AuditAction::Cancelled]);
-    assert_eq!(state(&a, b.id()), None);
+    assert_eq!(state(&a, b.id()), Some(TrustState::Revoked));
+    // The peer's waiting request is gone: it can no longer be approved.
+    assert_eq!(b.recv(T0 + 2, withdrawn).ack(), Some(&AckStatus::Revoked));
+    assert_eq!(state(&b, a.id()), Some(TrustState::RevokedByPeer));
+    fails(
+        &mut b,
+        T0 + 2,
+        approve_cmd(a.id()),
+        CommandError::NotPending(a.id()),
+    );
     fails(
         &mut a,
         T0 + 1,
         Command::Cancel { peer: b.id() },
         CommandError::NoOutgoingRequest(b.id()),
     );
-    // A late acceptance answers nothing now.
-    let acc = only_sent(&b.ok(T0 + 2, approve_cmd(a.id())));
-    assert_eq!(a.recv(T0 + 3, acc).refusal(), Some(&Refusal::Unsolicited));
+    // An acceptance that crossed the withdrawal answers nothing: a stays where it is.
+    let acc = envelope(&b.key, a.id(), Kind::AcceptOf { seen_ms: T0 }, T0 + 1, 77);
+    assert_eq!(a.recv(T0 + 3, acc).ack(), Some(&AckStatus::Revoked));
+    assert!(!a.m.is_trusted(&b.id(), T0 + 3));
     a.assert_store_matches();
+    b.assert_store_matches();
 }
 
 #[test]
@@ -1149,7 +1163,7 @@ fn allow_approves_a_waiting_request_and_disallow_keeps_existing_trust() {
             name: Some("ci".into()),
         },
     );
-    assert_eq!(only_sent(&out).body.kind, Kind::Accept);
+    assert!(matches!(only_sent(&out).body.kind, Kind::AcceptOf { .. }));
     assert_eq!(
         audits(&out),
         vec![
@@ -1222,6 +1236,20 @@ fn rename_and_forget() {
             field: TextField::Name,
         },
     );
+    // A trusted peer must be told first: forget names the command that does.
+    fails(
+        &mut b,
+        T0 + 1,
+        Command::Forget { peer: a.id() },
+        CommandError::ForgetTrusted(a.id()),
+    );
+    b.ok(
+        T0 + 1,
+        Command::Revoke {
+            peer: a.id(),
+            reason: "bye".into(),
+        },
+    );
     let out = b.ok(T0 + 1, Command::Forget { peer: a.id() });
     assert!(out.send.is_empty());
     assert_eq!(events(&out), vec![EventKind::Forgotten]);
@@ -1279,7 +1307,7 @@ fn resend_re_signs_what_our_state_implies() {
     );
     b.ok(T0 + 1, approve_cmd(a.id()));
     let out = b.ok(T0 + 2, Command::Resend { peer: a.id() });
-    assert_eq!(only_sent(&out).body.kind, Kind::Accept);
+    assert!(matches!(only_sent(&out).body.kind, Kind::AcceptOf { .. }));
     assert!(out.events.is_empty() && audits(&out).is_empty());
     b.ok(
         T0 + 3,
@@ -1320,43 +1348,45 @@ fn every_decision_is_audited_with_its_detail() {
 }
 
 #[test]
-fn withdrawing_a_declined_request_stops_a_later_accept() {
-    // a asks, b rejects; a's request still stands until a cancels (or ignores).
-    for withdraw in [
-        Command::Cancel {
-            peer: key(2).node_id(),
+fn a_decline_spends_our_request_so_a_later_accept_does_not_trust() {
+    // a asks, b rejects: a's request is spent. A later accept from b (b's
+    // operator changing its mind) does not make a trust b: a must ask again.
+    let (mut a, mut b) = pair();
+    ask(&mut a, &mut b, T0);
+    let rej = only_sent(&b.ok(
+        T0 + 1,
+        Command::Reject {
+            peer: a.id(),
+            reason: "no".into(),
         },
-        Command::Ignore {
-            peer: key(2).node_id(),
-        },
-    ] {
-        let (mut a, mut b) = pair();
-        ask(&mut a, &mut b, T0);
-        let rej = only_sent(&b.ok(
-            T0 + 1,
-            Command::Reject {
-                peer: a.id(),
-                reason: "no".into(),
-            },
-        ));
-        a.recv(T0 + 1, rej);
-        assert!(a.m.peer(&b.id()).unwrap().consent);
-        let out = a.ok(T0 + 2, withdraw.clone());
-        assert!(out.send.is_empty(), "local only");
-        let rec = a.m.peer(&b.id()).unwrap();
-        assert_eq!(rec.state, TrustState::RejectedByPeer, "the record stays");
-        assert!(!rec.consent);
-        let acc = envelope(&b.key, a.id(), Kind::Accept, T0 + 3, 50);
-        assert_eq!(a.recv(T0 + 3, acc).ack(), Some(&AckStatus::Rejected));
-        assert!(!a.m.is_trusted(&b.id(), T0 + 3));
-        a.assert_store_matches();
-    }
+    ));
+    a.recv(T0 + 1, rej);
+    assert!(a.m.peer(&b.id()).unwrap().consent.is_none());
+    fails(
+        &mut a,
+        T0 + 2,
+        Command::Cancel { peer: b.id() },
+        CommandError::NoOutgoingRequest(b.id()),
+    );
+    let acc = envelope(
+        &b.key,
+        a.id(),
+        Kind::AcceptOf { seen_ms: T0 + 5 },
+        T0 + 3,
+        50,
+    );
+    assert_eq!(a.recv(T0 + 3, acc).ack(), Some(&AckStatus::Revoked));
+    assert!(!a.m.is_trusted(&b.id(), T0 + 3));
+    // Asking again is the way back.
+    let req = only_sent(&a.ok(T0 + 4, request_cmd(b.id(), "again")));
+    assert!(matches!(req.body.kind, Kind::Request { .. }));
+    a.assert_store_matches();
 }
 
 #[test]
-fn trust_the_peer_revives_after_its_own_decline_keeps_our_expiry() {
-    // b approved a for one day. a declines, then accepts: b's consent stands (b never
-    // withdrew it), but the revived trust must end when b's approval does.
+fn a_decline_spends_our_approval_too() {
+    // b approved a for one day. a declines, then "accepts": b's approval was spent
+    // by a's decline, so no trust comes back without b's operator.
     let (mut a, mut b) = pair();
     ask(&mut a, &mut b, T0);
     let day = 86_400_000;
@@ -1373,11 +1403,8 @@ fn trust_the_peer_revives_after_its_own_decline_keeps_our_expiry() {
     b.recv(T0 + 3, envelope(&a.key, b.id(), reject("bye"), T0 + 3, 40));
     assert!(!b.m.is_trusted(&a.id(), T0 + 4));
     b.recv(T0 + 4, envelope(&a.key, b.id(), Kind::Accept, T0 + 4, 41));
-    assert!(b.m.is_trusted(&a.id(), T0 + 5));
-    assert_eq!(b.m.peer(&a.id()).unwrap().expires_at_ms, Some(T0 + day));
-    assert!(
-        !b.m.is_trusted(&a.id(), T0 + day),
-        "the operator's expiry still holds"
-    );
+    assert!(!b.m.is_trusted(&a.id(), T0 + 5));
+    assert_eq!(b.m.peer(&a.id()).unwrap().consent, None);
+    let _ = day;
     b.assert_store_matches();
 }

@@ -35,8 +35,8 @@ use rand::{Rng, SeedableRng};
 use zeroize::Zeroizing;
 
 use crate::invariants::{
-    self, AGREEMENT, CONSENT, Counts, DECLINE_REACHES, DURABILITY, Decision, Ledger, REPLAY, Trace,
-    TraceEvent, Violation, What, ack_name, pair,
+    self, AGREEMENT, CONSENT, Counts, DECLINE_REACHES, DURABILITY, Decision, Ledger, REPLAY,
+    REVOKE_HOLDS, Trace, TraceEvent, Violation, What, ack_name, pair,
 };
 use crate::node::{SimNode, Store, TrustFlip, durable_view};
 use crate::report::{
@@ -653,7 +653,14 @@ impl<'s> Sim<'s> {
             match &ev.kind {
                 EventKind::RequestReceived { .. } => self.operator_sees_request(i, peer),
                 EventKind::AutoApproved { .. } => self.ledger.decide(i, peer, Decision::Policy),
-                EventKind::RejectedByPeer { .. } => self.declined(i, peer),
+                EventKind::RejectedByPeer { .. } => {
+                    self.ledger.spend(i, peer);
+                    self.declined(i, peer);
+                }
+                EventKind::RevokedByPeer { .. }
+                | EventKind::Revoked
+                | EventKind::Rejected
+                | EventKind::Cancelled => self.ledger.spend(i, peer),
                 _ => {}
             }
         }
@@ -685,6 +692,17 @@ impl<'s> Sim<'s> {
             .store
             .trusts(&self.nodes[i as usize].id);
         if trusted {
+            self.counts.add(REVOKE_HOLDS, 1);
+            if self.ledger.spent(i, peer) {
+                self.violate(
+                    REVOKE_HOLDS,
+                    format!(
+                        "n{i} trusts n{peer} again after a revoke or reject between them, \
+                         with no request, approval or policy decision of its own since"
+                    ),
+                    &[i, peer],
+                );
+            }
             self.counts.add(CONSENT, 1);
             let auto_i = self.nodes[i as usize].store.auto_approve;
             let auto_p = self.nodes[peer as usize].store.auto_approve;
@@ -766,7 +784,9 @@ impl<'s> Sim<'s> {
                 // What was decided is what was sent: a request on a waiting
                 // request is an approval (mutual trust).
                 let d = match out.send.first().map(|e| &e.body.kind) {
-                    Some(Kind::Accept) if d == Decision::Request => Decision::Approve,
+                    Some(Kind::Accept | Kind::AcceptOf { .. }) if d == Decision::Request => {
+                        Decision::Approve
+                    }
                     _ => d,
                 };
                 self.ledger.decide(i, peer, d);

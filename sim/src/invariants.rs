@@ -3,6 +3,9 @@
 //!
 //! - [`CONSENT`]: no peer is trusted without our approval or a policy
 //!   allowing it (checked on every write that makes a record trusted).
+//! - [`REVOKE_HOLDS`]: after a revoke or reject in either direction, no record
+//!   becomes trusted without a decision of its own node made after it (a
+//!   request, an approval, or a policy approving a new request).
 //! - [`AGREEMENT`]: once the network is quiet, both ends of every pair agree
 //!   on whether they trust each other.
 //! - [`DECLINE_REACHES`]: every revocation (and rejection) reaches the other
@@ -28,8 +31,16 @@ pub const AGREEMENT: &str = "agreement";
 pub const DECLINE_REACHES: &str = "decline_reaches";
 pub const DURABILITY: &str = "durability";
 pub const REPLAY: &str = "replay";
+pub const REVOKE_HOLDS: &str = "revoke_holds";
 /// Every invariant, in report order.
-pub const ALL: [&str; 5] = [CONSENT, AGREEMENT, DECLINE_REACHES, DURABILITY, REPLAY];
+pub const ALL: [&str; 6] = [
+    CONSENT,
+    REVOKE_HOLDS,
+    AGREEMENT,
+    DECLINE_REACHES,
+    DURABILITY,
+    REPLAY,
+];
 
 /// What the invariant promises, for messages.
 pub fn describe(invariant: &str) -> &'static str {
@@ -39,6 +50,7 @@ pub fn describe(invariant: &str) -> &'static str {
         DECLINE_REACHES => "every revocation reaches the other side if any path exists",
         DURABILITY => "nothing committed is lost across a crash",
         REPLAY => "replays never change state",
+        REVOKE_HOLDS => "a revoke holds until the local operator or policy decides again",
         _ => "",
     }
 }
@@ -300,6 +312,9 @@ pub struct Ledger {
     ever: HashSet<(u32, u32)>,
     /// Unordered pair → (actor, decision) of the latest decision by either side.
     last: HashMap<(u32, u32), (u32, Decision)>,
+    /// (node, peer) pairs where a revoke or reject, either way, came after the
+    /// node's latest consenting decision.
+    spent: HashSet<(u32, u32)>,
 }
 
 /// Whether the other side of a pair shows a decline (theirs reached it, or it
@@ -326,6 +341,9 @@ impl Ledger {
         self.own.insert((node, peer), d);
         if d.consents() {
             self.ever.insert((node, peer));
+            self.spent.remove(&(node, peer));
+        } else {
+            self.spent.insert((node, peer));
         }
         self.last.insert(pair(node, peer), (node, d));
     }
@@ -342,6 +360,17 @@ impl Ledger {
     /// Whether `node` consented to `peer` at any point (or has auto-approve).
     pub fn ever_consented(&self, node: u32, peer: u32, auto: bool) -> bool {
         auto || self.ever.contains(&(node, peer))
+    }
+
+    /// A revoke or reject between `node` and `peer` reached `node`'s record (or
+    /// `node` withdrew): only a new decision of `node` may bring trust back.
+    pub fn spend(&mut self, node: u32, peer: u32) {
+        self.spent.insert((node, peer));
+    }
+
+    /// Whether `node`'s consent to `peer` was spent and not given again since.
+    pub fn spent(&self, node: u32, peer: u32) -> bool {
+        self.spent.contains(&(node, peer))
     }
 
     pub fn last(&self, a: u32, b: u32) -> Option<(u32, Decision)> {
@@ -411,6 +440,14 @@ mod tests {
         assert!(!l.consents(1, 2, true), "own revoke beats auto-approve");
         assert!(l.ever_consented(1, 2, false));
         assert_eq!(l.last(2, 1), Some((1, Decision::Revoke)));
+        assert!(l.spent(1, 2));
+        l.decide(1, 2, Decision::Request);
+        assert!(
+            !l.spent(1, 2),
+            "a new request of its own gives consent again"
+        );
+        l.spend(1, 2);
+        assert!(l.spent(1, 2));
     }
 
     #[test]

@@ -78,6 +78,10 @@ fn adversarial_runs_clean() {
     let r = &out.report;
     assert!(r.faults.replays_injected > 100);
     assert!(r.invariants["replay"].checks >= r.faults.replays_injected);
+    assert!(
+        r.invariants["revoke_holds"].checks > 0,
+        "every new trust is checked against earlier revokes"
+    );
     assert!(r.relays.delayed_by_bad_relay > 0);
     let outcomes = &r.faults.replay_outcomes;
     assert!(

@@ -313,7 +313,15 @@ impl CoreState {
                 None => reach.lock().unwrap().get(id).cloned(),
             };
         if machine.next_deadline().is_some_and(|d| d <= now) {
-            let out = machine.handle(now, Input::Tick, key, &mut rng);
+            let mut out = machine.handle(now, Input::Tick, key, &mut rng);
+            // A tick's messages (an expiry notice) are owed like any other: marked
+            // with sequence 0 ("due now"), the resender signs and sends them at once
+            // and until the peer acknowledges.
+            for envelope in out.send.drain(..) {
+                let to = envelope.body.to;
+                let since_ms = unacked.lock().unwrap().get(&to).map_or(now, |u| u.since_ms);
+                outbox_changes.insert(to, Some(Unacked { seq: 0, since_ms }));
+            }
             writes.extend(out.writes.iter().cloned());
             released.push((None, out, Vec::new()));
         }

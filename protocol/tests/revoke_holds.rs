@@ -1,0 +1,289 @@
+//! Property test: a revoke (or a reject) is final until the local operator acts.
+//!
+//! Two nodes exchange every kind of message in any order: delivered, dropped,
+//! replayed (any envelope ever sent, at any time), crossed with the other side's
+//! commands, and with either side restarting from its store. After a revoke or
+//! reject in either direction — ours by command, or theirs applied to our
+//! record — no record becomes trusted unless our side made a new decision
+//! after it: a local command (request, approve, allow) or a policy approval
+//! (an `AutoApproved` event). `CI=true` runs 10,000 cases.
+
+mod common;
+
+use common::*;
+use kith_protocol::{AckStatus, Command, Config, Envelope, EventKind, Output, Reply, TrustState};
+use proptest::prelude::*;
+
+/// Each side's operator, policy and network, as one step of a schedule.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Node `.0` runs a command about the other node.
+    Cmd(usize, CmdKind),
+    /// Node `.0` switches auto-approve.
+    Auto(usize, bool),
+    /// Deliver the in-flight envelope at this position (mod the count).
+    Deliver(usize),
+    /// Drop the in-flight envelope at this position.
+    Drop(usize),
+    /// Re-deliver any envelope ever sent (mod the count): a replay.
+    Replay(usize),
+    /// Advance the clock (ms) and tick both nodes.
+    Advance(u64),
+    /// Rebuild node `.0` from its store.
+    Restart(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum CmdKind {
+    Request,
+    Approve,
+    ApproveFor(u64),
+    Reject,
+    Revoke,
+    Cancel,
+    Ignore,
+    Unignore,
+    Allow,
+    Disallow,
+    Forget,
+    Dismiss,
+    Resend,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let cmd = prop_oneof![
+        4 => Just(CmdKind::Request),
+        3 => Just(CmdKind::Approve),
+        1 => (1u64..3_000).prop_map(CmdKind::ApproveFor),
+        1 => Just(CmdKind::Reject),
+        3 => Just(CmdKind::Revoke),
+        1 => Just(CmdKind::Cancel),
+        1 => Just(CmdKind::Ignore),
+        1 => Just(CmdKind::Unignore),
+        1 => Just(CmdKind::Allow),
+        1 => Just(CmdKind::Disallow),
+        1 => Just(CmdKind::Forget),
+        1 => Just(CmdKind::Dismiss),
+        1 => Just(CmdKind::Resend),
+    ];
+    prop_oneof![
+        6 => (0..2usize, cmd).prop_map(|(i, c)| Op::Cmd(i, c)),
+        1 => (0..2usize, any::<bool>()).prop_map(|(i, on)| Op::Auto(i, on)),
+        10 => any::<usize>().prop_map(Op::Deliver),
+        1 => any::<usize>().prop_map(Op::Drop),
+        3 => any::<usize>().prop_map(Op::Replay),
+        1 => (1u64..2_000).prop_map(Op::Advance),
+        1 => (0..2usize).prop_map(Op::Restart),
+    ]
+}
+
+struct World {
+    nodes: [Node; 2],
+    now: u64,
+    in_flight: Vec<Envelope>,
+    captured: Vec<Envelope>,
+    /// Per node: a revoke or reject concerning the other happened, and the node
+    /// made no consenting decision since.
+    spent: [bool; 2],
+    log: Vec<String>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            nodes: [
+                Node::new(1, Config::default()),
+                Node::new(2, Config::default()),
+            ],
+            now: T0,
+            in_flight: Vec::new(),
+            captured: Vec::new(),
+            spent: [false; 2],
+            log: Vec::new(),
+        }
+    }
+
+    fn other(&self, i: usize) -> kith_keys::NodeId {
+        self.nodes[1 - i].id()
+    }
+
+    fn state(&self, i: usize) -> Option<TrustState> {
+        self.nodes[i].m.peer(&self.other(i)).map(|r| r.state)
+    }
+
+    /// Bookkeeping common to every output of node `i`.
+    fn after(&mut self, i: usize, out: &Output) {
+        for ev in &out.events {
+            match ev.kind {
+                // A policy decision made now: our side consents anew.
+                EventKind::AutoApproved { .. } => self.spent[i] = false,
+                EventKind::RevokedByPeer { .. } | EventKind::RejectedByPeer { .. } => {
+                    self.spent[i] = true
+                }
+                EventKind::Revoked | EventKind::Rejected | EventKind::Cancelled => {
+                    self.spent[i] = true
+                }
+                _ => {}
+            }
+        }
+        for env in &out.send {
+            self.in_flight.push(env.clone());
+            self.captured.push(env.clone());
+        }
+    }
+
+    fn command(&mut self, i: usize, c: CmdKind) {
+        let peer = self.other(i);
+        let now = self.now;
+        let cmd = match c {
+            CmdKind::Request => Command::Request {
+                to: peer,
+                justification: "hi".into(),
+                address: None,
+            },
+            CmdKind::Approve | CmdKind::ApproveFor(_) => Command::Approve {
+                peer,
+                name: None,
+                note: None,
+                expires_at_ms: match c {
+                    CmdKind::ApproveFor(ms) => Some(now + ms),
+                    _ => None,
+                },
+            },
+            CmdKind::Reject => Command::Reject {
+                peer,
+                reason: "no".into(),
+            },
+            CmdKind::Revoke => Command::Revoke {
+                peer,
+                reason: "bye".into(),
+            },
+            CmdKind::Cancel => Command::Cancel { peer },
+            CmdKind::Ignore => Command::Ignore { peer },
+            CmdKind::Unignore => Command::Unignore { peer },
+            CmdKind::Allow => Command::Allow { peer, name: None },
+            CmdKind::Disallow => Command::Disallow { peer },
+            CmdKind::Forget => Command::Forget { peer },
+            CmdKind::Dismiss => Command::Dismiss { peer },
+            CmdKind::Resend => Command::Resend { peer },
+        };
+        let out = self.nodes[i].cmd(now, cmd);
+        self.log.push(format!(
+            "n{i} {c:?} -> {:?}, now {:?}",
+            out.reply,
+            self.state(i)
+        ));
+        if out.reply == Reply::Done
+            && matches!(
+                c,
+                CmdKind::Request | CmdKind::Approve | CmdKind::ApproveFor(_) | CmdKind::Allow
+            )
+        {
+            // A local decision to trust, made now.
+            self.spent[i] = false;
+        }
+        self.after(i, &out);
+    }
+
+    fn deliver(&mut self, env: Envelope, what: &str) {
+        let to = usize::from(env.body.to != self.nodes[0].id());
+        let out = self.nodes[to].recv(self.now, env.clone());
+        self.log.push(format!(
+            "{what} {}@{} to n{to}: {}, now {:?}",
+            env.body.kind.name(),
+            env.body.timestamp_ms - T0,
+            out.ack().map_or("-".into(), AckStatus::to_string),
+            self.state(to)
+        ));
+        self.after(to, &out);
+    }
+
+    fn run(&mut self, op: Op) {
+        match op {
+            Op::Cmd(i, c) => self.command(i, c),
+            Op::Auto(i, on) => {
+                let out = self.nodes[i].cmd(self.now, Command::SetAutoApprove(on));
+                self.after(i, &out);
+            }
+            Op::Deliver(k) if !self.in_flight.is_empty() => {
+                let env = self.in_flight.remove(k % self.in_flight.len());
+                self.deliver(env, "deliver");
+            }
+            Op::Drop(k) if !self.in_flight.is_empty() => {
+                self.in_flight.remove(k % self.in_flight.len());
+            }
+            Op::Replay(k) if !self.captured.is_empty() => {
+                let env = self.captured[k % self.captured.len()].clone();
+                self.deliver(env, "replay");
+            }
+            Op::Advance(ms) => {
+                self.now += ms;
+                for i in 0..2 {
+                    let out = self.nodes[i].tick(self.now);
+                    self.after(i, &out);
+                }
+            }
+            Op::Restart(i) => {
+                self.nodes[i].m = self.nodes[i].restored();
+                self.log.push(format!("n{i} restarts"));
+            }
+            _ => {}
+        }
+    }
+
+    fn check(&self) {
+        for i in 0..2 {
+            let trusted = self.nodes[i].m.is_trusted(&self.other(i), self.now);
+            assert!(
+                !(trusted && self.spent[i]),
+                "n{i} trusts n{} again after a revoke or reject with no decision of its own since:\n{}",
+                1 - i,
+                self.log.join("\n")
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: if std::env::var("CI").is_ok() { 10_000 } else { 1_000 },
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn a_revoke_holds_until_the_local_operator_acts(
+        ops in prop::collection::vec(op(), 1..80),
+    ) {
+        let mut world = World::new();
+        for op in ops {
+            world.run(op);
+            world.check();
+        }
+        for i in 0..2 {
+            world.nodes[i].assert_store_matches();
+        }
+    }
+}
+
+#[test]
+fn a_revoke_spends_the_consent_of_the_side_it_reaches() {
+    // The shape of the bug this property guards: b revokes a; a (which had asked)
+    // must not trust b again on b's word alone, whatever b sends next.
+    let mut w = World::new();
+    for op in [
+        Op::Cmd(0, CmdKind::Request),
+        Op::Deliver(0),
+        Op::Cmd(1, CmdKind::Approve),
+        Op::Deliver(0),
+        Op::Cmd(1, CmdKind::Revoke),
+        Op::Deliver(0),
+        Op::Cmd(1, CmdKind::Request),
+        Op::Deliver(0),
+    ] {
+        w.run(op);
+        w.check();
+    }
+    assert!(w.spent[0]);
+    assert_ne!(w.state(0), Some(TrustState::Trusted));
+}
