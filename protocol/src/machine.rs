@@ -1182,6 +1182,15 @@ impl TrustMachine {
             TrustState::RejectedByPeer
             | TrustState::RevokedByPeer
             | TrustState::IncomingPending => Ok(Applied::Yes(self.refuse_spent_accept(cx, from))),
+            // We said no (or our approval expired) and they trust us: our word
+            // did not reach them before their accept (e.g. a withdrawal that
+            // overtook the request it withdraws). Say it again; nothing changes here.
+            TrustState::Rejected | TrustState::Revoked | TrustState::Expired => {
+                let state = rec.state;
+                let word = consent::standing_word(rec).expect("a decided state has a word");
+                self.send(cx, from, word);
+                Ok(Applied::Yes(state.ack_status()))
+            }
             // We never asked, or withdrew: no trust. It is still applied (the
             // mark advances) so that nothing older from them can be applied
             // after it: their messages take effect in their order or not at all.
@@ -1560,14 +1569,7 @@ impl TrustMachine {
                         justification: rec.justification.clone().unwrap_or_default(),
                     },
                     TrustState::Trusted if !rec.lapsed(now) => ACCEPT,
-                    TrustState::Rejected => Kind::Reject {
-                        reason: rec.reason.clone().unwrap_or_default(),
-                    },
-                    TrustState::Revoked => Kind::Revoke {
-                        reason: rec.reason.clone().unwrap_or_default(),
-                    },
-                    TrustState::Expired => Kind::Expire,
-                    _ => return Err(CommandError::NothingToResend(peer)),
+                    _ => consent::standing_word(rec).ok_or(CommandError::NothingToResend(peer))?,
                 };
                 self.send(cx, peer, kind);
                 self.put_peer(cx, peer);

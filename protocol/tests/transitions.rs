@@ -715,7 +715,8 @@ fn accept_without_our_consent_never_trusts() {
     assert!(matches!(only_sent(&out).body.kind, Kind::Revoke { .. }));
     assert_eq!(state(&a, b.id()), Some(TrustState::Revoked));
     assert!(!a.m.is_trusted(&b.id(), T0 + 2));
-    // Our own rejection stands as it is (it reaches them on its own).
+    // Our own rejection stands as it is, and is said again (their accept shows
+    // it had not reached them).
     let (mut c, mut d) = (
         Node::new(3, Config::default()),
         Node::new(4, Config::default()),
@@ -731,7 +732,8 @@ fn accept_without_our_consent_never_trusts() {
     let stray = envelope(&c.key, d.id(), Kind::Accept, T0 + 3, 10);
     let out = d.recv(T0 + 3, stray);
     assert_eq!(out.ack(), Some(&AckStatus::Rejected));
-    assert!(out.send.is_empty() && out.events.is_empty());
+    assert_eq!(only_sent(&out).body.kind, reject("no"));
+    assert!(out.events.is_empty());
     assert_eq!(state(&d, c.id()), Some(TrustState::Rejected));
     // ... and an older request arriving after it is stale.
     let older = envelope(&c.key, d.id(), request("late"), T0 + 2, 11);

@@ -107,6 +107,16 @@ enum Ev {
         node: u32,
         peer: u32,
     },
+    /// The operator renews an expired approval.
+    Renew {
+        node: u32,
+        peer: u32,
+    },
+    /// The requester withdraws or drops what it has with the peer.
+    Withdraw {
+        node: u32,
+        peer: u32,
+    },
     Attempt {
         del: u64,
     },
@@ -584,6 +594,8 @@ impl<'s> Sim<'s> {
             Ev::Workload => self.on_workload(),
             Ev::Decide { node, peer } => self.on_decide(node, peer),
             Ev::Revoke { node, peer } => self.on_revoke(node, peer),
+            Ev::Renew { node, peer } => self.on_renew(node, peer),
+            Ev::Withdraw { node, peer } => self.on_withdraw(node, peer),
             Ev::Attempt { del } => self.start_attempt(del),
             Ev::Arrive { del, attempt } => self.on_arrive(del, attempt),
             Ev::AckBack { del, attempt } => self.on_ack_back(del, attempt),
@@ -650,8 +662,11 @@ impl<'s> Sim<'s> {
             let Some(&peer) = self.index.get(&ev.peer) else {
                 continue;
             };
+            // Anything that happened to a pair is checked once quiet, not only trust flips.
+            self.dirty.insert(pair(i, peer));
             match &ev.kind {
                 EventKind::RequestReceived { .. } => self.operator_sees_request(i, peer),
+                EventKind::TrustExpired => self.approval_expired(i, peer),
                 EventKind::AutoApproved { .. } => self.ledger.decide(i, peer, Decision::Policy),
                 EventKind::RejectedByPeer { .. } => {
                     self.ledger.spend(i, peer);
@@ -769,8 +784,12 @@ impl<'s> Sim<'s> {
             Command::Reject { .. } => Some(Decision::Reject),
             Command::Revoke { .. } => Some(Decision::Revoke),
             Command::Allow { .. } => Some(Decision::Policy),
+            Command::Cancel { .. } | Command::Ignore { .. } | Command::Forget { .. } => {
+                Some(Decision::Withdraw)
+            }
             _ => None,
         };
+        self.dirty.insert(pair(i, peer));
         let out = self.handle(i, Input::Command(cmd));
         let reply = out.reply.clone();
         let result = match &reply {
@@ -888,6 +907,7 @@ impl<'s> Sim<'s> {
         self.requests += 1;
         if reply == Reply::Done {
             self.hs.requested += 1;
+            self.maybe_schedule_withdraw(x, y);
             let trusts = self.nodes[x as usize].store.trusts(&to);
             if !trusts {
                 self.handshakes.insert(
@@ -941,6 +961,12 @@ impl<'s> Sim<'s> {
                 "reject",
             );
         } else {
+            let w = &self.sc.workload;
+            let expires_at_ms =
+                (w.expires > 0.0 && self.rng.r#gen::<f64>() < w.expires).then(|| {
+                    let after = w.expires_after.sample(&mut self.rng).max(1);
+                    node.clock(self.now) + after
+                });
             self.command(
                 i,
                 peer,
@@ -948,11 +974,72 @@ impl<'s> Sim<'s> {
                     peer: peer_id,
                     name: None,
                     note: None,
-                    expires_at_ms: None,
+                    expires_at_ms,
                 },
                 "approve",
             );
         }
+    }
+
+    /// `i`'s approval of `peer` expired: its operator may renew it a little later.
+    fn approval_expired(&mut self, i: u32, peer: u32) {
+        self.hs.expired += 1;
+        let w = &self.sc.workload;
+        if self.closing || w.renew <= 0.0 || self.rng.r#gen::<f64>() >= w.renew {
+            return;
+        }
+        let p = &self.policies[self.nodes[i as usize].policy];
+        let d = p.delay.clone().sample(&mut self.rng).max(1);
+        if self.now + d < self.end_workload {
+            self.at(self.now + d, Ev::Renew { node: i, peer });
+        }
+    }
+
+    fn on_renew(&mut self, i: u32, peer: u32) {
+        let node = &self.nodes[i as usize];
+        let Some(m) = node.machine.as_ref() else {
+            return;
+        };
+        let peer_id = self.nodes[peer as usize].id;
+        if self.closing || m.peer(&peer_id).map(|r| r.state) != Some(TrustState::Expired) {
+            return;
+        }
+        let cmd = Command::Approve {
+            peer: peer_id,
+            name: None,
+            note: None,
+            expires_at_ms: None,
+        };
+        if self.command(i, peer, cmd, "renew") == Reply::Done {
+            self.hs.renewed += 1;
+        }
+    }
+
+    fn maybe_schedule_withdraw(&mut self, x: u32, y: u32) {
+        let w = &self.sc.workload;
+        if !self.workload_on || w.withdraw <= 0.0 || self.rng.r#gen::<f64>() >= w.withdraw {
+            return;
+        }
+        let t = self.now + w.withdraw_after.sample(&mut self.rng).max(1);
+        if t < self.end_workload {
+            self.at(t, Ev::Withdraw { node: x, peer: y });
+        }
+    }
+
+    /// The requester changes its mind, whatever became of its request: cancel it,
+    /// ignore the peer, or forget it (each refused where it does not apply).
+    fn on_withdraw(&mut self, i: u32, peer: u32) {
+        if self.closing || self.nodes[i as usize].machine.is_none() {
+            return;
+        }
+        let peer_id = self.nodes[peer as usize].id;
+        let (cmd, name) = match self.rng.gen_range(0..3) {
+            0 => (Command::Cancel { peer: peer_id }, "cancel"),
+            1 => (Command::Ignore { peer: peer_id }, "ignore"),
+            _ => (Command::Forget { peer: peer_id }, "forget"),
+        };
+        self.hs.withdrawals += 1;
+        self.command(i, peer, cmd, name);
     }
 
     fn maybe_schedule_revoke(&mut self, x: u32, y: u32) {
@@ -2028,6 +2115,11 @@ impl<'s> Sim<'s> {
         let tb = mb.is_trusted(&na.id, nb.clock(self.now));
         let sa = ma.peer(&nb.id).map(|r| r.state);
         let sb = mb.peer(&na.id).map(|r| r.state);
+        if (sa == Some(TrustState::Trusted) && !ta) || (sb == Some(TrustState::Trusted) && !tb) {
+            // An approval past its expiry whose tick has not run yet: the tick
+            // tells the peer (and marks the pair for another check).
+            return;
+        }
         let show = |s: Option<TrustState>| s.map_or("no record".to_string(), |s| s.to_string());
         if ta != tb {
             let detail = format!(

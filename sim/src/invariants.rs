@@ -292,6 +292,9 @@ pub enum Decision {
     Policy,
     Reject,
     Revoke,
+    /// A request withdrawn (`cancel`, `ignore`): no consent, and not a decline
+    /// the peer must show.
+    Withdraw,
 }
 
 impl Decision {

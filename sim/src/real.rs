@@ -743,7 +743,7 @@ impl Driver {
                     reason: "done".into(),
                 }
             }
-            Decision::Request | Decision::Policy => return,
+            Decision::Request | Decision::Policy | Decision::Withdraw => return,
         };
         self.ledger.decide(i, peer, d);
         let node = self.nodes[i as usize].clone();

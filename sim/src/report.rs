@@ -81,6 +81,11 @@ pub struct HandshakeReport {
     /// Requests with no outcome at the end (waiting, ignored, or lost).
     pub open_at_end: u64,
     pub revocations: u64,
+    /// Approvals that expired, and how many of those were renewed.
+    pub expired: u64,
+    pub renewed: u64,
+    /// `cancel`, `ignore` and `forget` commands the workload ran (done or refused).
+    pub withdrawals: u64,
     pub operator_decisions: u64,
     pub allowlisted: u64,
 }

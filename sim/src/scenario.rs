@@ -134,6 +134,17 @@ pub struct Workload {
     pub revoke: f64,
     /// How long after trust is established the revocation comes.
     pub revoke_after: Dist,
+    /// Probability that an operator's approval carries an expiry.
+    pub expires: f64,
+    /// How long such an approval lasts.
+    pub expires_after: Dist,
+    /// Probability that an expired approval is renewed (`approve` again) by its operator.
+    pub renew: f64,
+    /// Probability that a request's sender later withdraws or drops it: `cancel`,
+    /// `ignore` or `forget`, one picked at random (whatever the state by then).
+    pub withdraw: f64,
+    /// How long after the request that comes.
+    pub withdraw_after: Dist,
 }
 
 impl Default for Workload {
@@ -145,6 +156,15 @@ impl Default for Workload {
             revoke: 0.0,
             revoke_after: Dist::Exp {
                 mean: Millis(5 * 60 * 1000),
+            },
+            expires: 0.0,
+            expires_after: Dist::Exp {
+                mean: Millis(2 * 60 * 1000),
+            },
+            renew: 0.0,
+            withdraw: 0.0,
+            withdraw_after: Dist::Exp {
+                mean: Millis(60 * 1000),
             },
         }
     }

@@ -7,8 +7,9 @@ mod common;
 
 use common::{run_clean, shipped};
 
-const SHIPPED: [&str; 6] = [
+const SHIPPED: [&str; 7] = [
     "small-mesh-manual",
+    "agreement",
     "fleet-1k-auto",
     "private-relays",
     "partitions-crashes",
@@ -88,6 +89,26 @@ fn adversarial_runs_clean() {
         outcomes.keys().all(|k| k.starts_with("refused:")),
         "{outcomes:?}"
     );
+}
+
+#[test]
+fn agreement_runs_clean_through_expiry_renewal_cancel_ignore_and_forget() {
+    let out = run_clean(&shipped("agreement"), 1);
+    let r = &out.report;
+    assert!(r.handshakes.expired > 10, "{:?}", r.handshakes);
+    assert!(r.handshakes.renewed > 0, "{:?}", r.handshakes);
+    assert!(r.handshakes.withdrawals > 10, "{:?}", r.handshakes);
+    assert!(r.invariants["agreement"].checks > r.handshakes.expired);
+}
+
+#[test]
+fn the_one_sided_expiry_finding_runs_clean_now() {
+    // Failed agreement before expiry and withdrawal told the peer (see the file).
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios/findings/one-sided-expiry.toml");
+    let s = kith_sim::Scenario::load(&path).unwrap();
+    let out = run_clean(&s, 1);
+    assert!(out.report.handshakes.expired > 10);
 }
 
 #[test]

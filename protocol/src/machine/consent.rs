@@ -15,7 +15,7 @@ use kith_keys::NodeId;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, AuditAction, Cx, Decider, EventKind, TrustMachine, TrustState};
+use super::{Applied, AuditAction, Cx, Decider, EventKind, PeerRecord, TrustMachine, TrustState};
 use crate::validate::Refusal;
 use crate::wire::{AckStatus, Kind};
 
@@ -37,6 +37,22 @@ pub(super) fn answers(consent: Consent, seen_ms: u64) -> bool {
     match consent {
         Consent::Asked { at_ms } => seen_ms >= at_ms,
         Consent::Approved { .. } => true,
+    }
+}
+
+/// What our side said last and still stands by, when it is a no (a reject, a
+/// revoke) or an expiry notice: what `Resend` re-sends, and what an accept that
+/// crossed it is answered with.
+pub(super) fn standing_word(rec: &PeerRecord) -> Option<Kind> {
+    match rec.state {
+        TrustState::Rejected => Some(Kind::Reject {
+            reason: rec.reason.clone().unwrap_or_default(),
+        }),
+        TrustState::Revoked => Some(Kind::Revoke {
+            reason: rec.reason.clone().unwrap_or_default(),
+        }),
+        TrustState::Expired => Some(Kind::Expire),
+        _ => None,
     }
 }
 
