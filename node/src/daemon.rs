@@ -777,6 +777,13 @@ pub fn event_view(event: &Event) -> EventView {
         EventKind::RevokedByPeer { reason } => ("revoked_by_peer", Some(reason.clone()), None),
         EventKind::TrustExpired => ("trust_expired", None, None),
         EventKind::ExpiredByPeer => ("expired_by_peer", None, None),
+        EventKind::ClockBehind { behind_ms } => (
+            "clock_behind",
+            Some(format!(
+                "our clock is {behind_ms} ms behind what we last sent; sent ahead of it"
+            )),
+            None,
+        ),
         EventKind::PendingExpired => ("pending_expired", None, None),
         EventKind::PendingEvicted => ("pending_evicted", None, None),
         EventKind::Ignored => ("ignored", None, None),

@@ -47,6 +47,10 @@ pub use consent::Consent;
 pub const DEFAULT_SKEW_MS: u64 = 5 * 60 * 1000;
 /// Default lifetime of an incoming request nobody decided on: seven days.
 pub const DEFAULT_PENDING_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// How far our clock may lag the last timestamp we sent a peer before the node
+/// says so (a burst of sends in one millisecond raises timestamps a little).
+pub const CLOCK_BEHIND_MS: u64 = 1_000;
+
 /// The accept we send; `send` fills in what of the peer's we have seen.
 const ACCEPT: Kind = Kind::AcceptOf { seen_ms: 0 };
 /// The reason a withdrawn request of ours (`cancel`, `ignore`) carries to the peer.
@@ -356,6 +360,12 @@ pub enum EventKind {
     /// The peer's time-limited approval of us expired: we are no longer trusted
     /// there, and our request stands again for it to renew (or for us to resend).
     ExpiredByPeer,
+    /// Our clock is behind the last timestamp we sent this peer (it went back):
+    /// the envelope was sent `behind_ms` ahead of our clock, so that the peer
+    /// does not refuse it as stale or replayed.
+    ClockBehind {
+        behind_ms: u64,
+    },
 }
 
 /// A durable change. The node applies all of an output's writes in one
@@ -736,6 +746,12 @@ pub struct TrustMachine {
     /// Derived from `peers`; not part of a snapshot.
     #[serde(skip_serializing)]
     index: RecordIndex,
+    /// The highest timestamp we put on any envelope: a record made anew (after
+    /// `forget`, or while our clock is behind) starts above it, so that a peer
+    /// that remembers us never sees our new envelopes as stale. Derived from
+    /// the records on restore; not part of a snapshot.
+    #[serde(skip_serializing)]
+    sent_floor: u64,
 }
 
 /// A snapshot as serialized: everything but the derived index, rebuilt on load.
@@ -753,6 +769,7 @@ impl From<MachineSnapshot> for TrustMachine {
     fn from(s: MachineSnapshot) -> Self {
         TrustMachine {
             index: RecordIndex::build(&s.peers),
+            sent_floor: sent_floor(&s.peers),
             local: s.local,
             config: s.config,
             peers: s.peers,
@@ -773,6 +790,7 @@ impl TrustMachine {
             deny: BTreeSet::new(),
             nonces: NonceCache::default(),
             index: RecordIndex::default(),
+            sent_floor: 0,
         }
     }
 
@@ -793,6 +811,7 @@ impl TrustMachine {
             .map(|r| (r.id, r))
             .collect();
         m.index = RecordIndex::build(&m.peers);
+        m.sent_floor = sent_floor(&m.peers);
         m.allow = allow.into_iter().collect();
         m.deny = deny.into_iter().collect();
         m
@@ -1175,6 +1194,17 @@ impl TrustMachine {
                 cx.audit(Some(from), AuditAction::AcceptedByPeer, None);
                 Ok(Applied::Yes(AckStatus::Trusted))
             }
+            // Every accept that does not trust is still applied (the mark
+            // advances), so nothing older from them can be applied after it.
+            //
+            // An accept of an earlier request of ours (one we since withdrew before
+            // asking again): they trust us on that. Our current request is what
+            // stands, so send it again; their answer to it is what counts.
+            TrustState::OutgoingPending => {
+                let justification = rec.justification.clone().unwrap_or_default();
+                self.send(cx, from, Kind::Request { justification });
+                Ok(Applied::Yes(AckStatus::Pending))
+            }
             // They trust us, but no request of ours stands: their decline spent it
             // (and the accept crossed that), or they answered a request of ours
             // after asking us themselves. No trust here; tell them so, so that
@@ -1191,10 +1221,6 @@ impl TrustMachine {
                 self.send(cx, from, word);
                 Ok(Applied::Yes(state.ack_status()))
             }
-            // We never asked, or withdrew: no trust. It is still applied (the
-            // mark advances) so that nothing older from them can be applied
-            // after it: their messages take effect in their order or not at all.
-            state => Ok(Applied::Yes(state.ack_status())),
         }
     }
 
@@ -1676,8 +1702,25 @@ impl TrustMachine {
                 .high_water_ms
                 .max(cx.seen.filter(|(id, _)| *id == to).map_or(0, |(_, ts)| ts));
         }
-        let timestamp_ms = cx.now.max(rec.last_sent_ms.saturating_add(1));
+        // Strictly above what we sent this peer before; a new record starts above
+        // everything we ever sent (it may be a peer we forgot, which remembers us).
+        let floor = if rec.last_sent_ms == 0 {
+            self.sent_floor
+        } else {
+            rec.last_sent_ms
+        };
+        let timestamp_ms = cx.now.max(floor.saturating_add(1));
         rec.last_sent_ms = timestamp_ms;
+        self.sent_floor = self.sent_floor.max(timestamp_ms);
+        if timestamp_ms > cx.now.saturating_add(CLOCK_BEHIND_MS) {
+            // Our clock went back: say so, and what we did (kept timestamps rising).
+            cx.event(
+                to,
+                EventKind::ClockBehind {
+                    behind_ms: timestamp_ms - cx.now,
+                },
+            );
+        }
         let mut nonce = [0u8; 16];
         cx.rng.fill_bytes(&mut nonce);
         let body = Body {
@@ -1736,6 +1779,10 @@ fn decline(rec: &mut PeerRecord, now: u64, state: TrustState, reason: String) {
     rec.expires_at_ms = None;
     rec.reason = Some(reason);
     rec.consent = None;
+}
+
+fn sent_floor(peers: &BTreeMap<NodeId, PeerRecord>) -> u64 {
+    peers.values().map(|r| r.last_sent_ms).max().unwrap_or(0)
 }
 
 fn command_peer(cmd: &Command) -> Option<NodeId> {

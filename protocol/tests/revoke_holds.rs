@@ -7,11 +7,20 @@
 //! record — no record becomes trusted unless our side made a new decision
 //! after it: a local command (request, approve, allow) or a policy approval
 //! (an `AutoApproved` event). `CI=true` runs 10,000 cases.
+//!
+//! The same schedules, once every message is delivered and each side has
+//! re-sent what it still owes (as the node's outbox does), must leave the two
+//! records in a pair the design allows (docs/design-notes.md): both trust or
+//! neither does. (A waiting request whose sender no longer stands by it — it
+//! crossed a withdrawal or a decline — is allowed: approving it is answered
+//! with a revoke, and neither side trusts.)
 
 mod common;
 
 use common::*;
-use kith_protocol::{AckStatus, Command, Config, Envelope, EventKind, Output, Reply, TrustState};
+use kith_protocol::{
+    AckStatus, Command, Config, Envelope, EventKind, Output, Refusal, Reply, TrustState,
+};
 use proptest::prelude::*;
 
 /// Each side's operator, policy and network, as one step of a schedule.
@@ -85,6 +94,12 @@ struct World {
     /// Per node: a revoke or reject concerning the other happened, and the node
     /// made no consenting decision since.
     spent: [bool; 2],
+    /// Per node: the nonce of its last message to the other, until acknowledged.
+    owed: [Option<[u8; 16]>; 2],
+    /// A node forgot or dismissed the other: an unacknowledged last word is lost with the
+    /// record, and a crossing accept finds nothing to answer it (a known gap,
+    /// see docs/design-notes.md), so the pair is not checked.
+    forgot: bool,
     log: Vec<String>,
 }
 
@@ -99,6 +114,8 @@ impl World {
             in_flight: Vec::new(),
             captured: Vec::new(),
             spent: [false; 2],
+            owed: [None; 2],
+            forgot: false,
             log: Vec::new(),
         }
     }
@@ -127,6 +144,7 @@ impl World {
             }
         }
         for env in &out.send {
+            self.owed[i] = Some(env.body.nonce);
             self.in_flight.push(env.clone());
             self.captured.push(env.clone());
         }
@@ -182,12 +200,27 @@ impl World {
             // A local decision to trust, made now.
             self.spent[i] = false;
         }
+        if out.reply == Reply::Done && matches!(c, CmdKind::Forget | CmdKind::Dismiss) {
+            self.forgot = true;
+            self.owed[i] = None;
+        }
         self.after(i, &out);
     }
 
     fn deliver(&mut self, env: Envelope, what: &str) {
         let to = usize::from(env.body.to != self.nodes[0].id());
         let out = self.nodes[to].recv(self.now, env.clone());
+        let from = 1 - to;
+        let settles = match out.ack() {
+            Some(AckStatus::Refused(r)) => matches!(
+                r,
+                Refusal::Stale | Refusal::ReplayedNonce | Refusal::Unsolicited
+            ),
+            _ => true,
+        };
+        if settles && self.owed[from] == Some(env.body.nonce) {
+            self.owed[from] = None;
+        }
         self.log.push(format!(
             "{what} {}@{} to n{to}: {}, now {:?}",
             env.body.kind.name(),
@@ -231,6 +264,50 @@ impl World {
         }
     }
 
+    /// Everything in flight arrives, lapsed approvals are ticked, and each side
+    /// re-sends (re-signed, as `Command::Resend`) what it still owes.
+    fn quiesce(&mut self) {
+        for _ in 0..50 {
+            while !self.in_flight.is_empty() {
+                let env = self.in_flight.remove(0);
+                self.deliver(env, "deliver");
+            }
+            for i in 0..2 {
+                let out = self.nodes[i].tick(self.now);
+                self.after(i, &out);
+            }
+            for i in 0..2 {
+                if self.owed[i].is_some() && self.in_flight.is_empty() {
+                    let peer = self.other(i);
+                    let out = self.nodes[i].cmd(self.now, Command::Resend { peer });
+                    if out.reply != Reply::Done {
+                        self.owed[i] = None;
+                    }
+                    self.after(i, &out);
+                }
+            }
+            if self.in_flight.is_empty() && self.owed == [None, None] {
+                return;
+            }
+        }
+        panic!("never quiet:\n{}", self.log.join("\n"));
+    }
+
+    /// The pair of records is one the design allows once quiet.
+    fn check_allowed_pair(&self) {
+        if self.forgot {
+            return;
+        }
+        let (s0, s1) = (self.state(0), self.state(1));
+        let t0 = self.nodes[0].m.is_trusted(&self.other(0), self.now);
+        let t1 = self.nodes[1].m.is_trusted(&self.other(1), self.now);
+        assert!(
+            t0 == t1,
+            "not an allowed pair once quiet: n0 has {s0:?}, n1 has {s1:?}\n{}",
+            self.log.join("\n")
+        );
+    }
+
     fn check(&self) {
         for i in 0..2 {
             let trusted = self.nodes[i].m.is_trusted(&self.other(i), self.now);
@@ -263,6 +340,18 @@ proptest! {
         for i in 0..2 {
             world.nodes[i].assert_store_matches();
         }
+    }
+
+    #[test]
+    fn once_everything_is_delivered_the_pair_is_allowed(
+        ops in prop::collection::vec(op(), 1..80),
+    ) {
+        let mut world = World::new();
+        for op in ops {
+            world.run(op);
+        }
+        world.quiesce();
+        world.check_allowed_pair();
     }
 }
 
