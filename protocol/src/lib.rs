@@ -36,9 +36,9 @@ pub use frame::{
     FrameDecoder, FrameError, MAX_BUFFERED, MAX_FRAME_LEN, decode_frame, encode_frame,
 };
 pub use machine::{
-    AllowEntry, AuditAction, AuditEntry, Command, CommandError, Config, DEFAULT_PENDING_TTL_MS,
-    DEFAULT_SKEW_MS, Decider, Event, EventKind, Input, MAX_NAME_CHARS, Output, PeerRecord, Reply,
-    StoreWrite, TextField, TrustMachine, TrustState,
+    AllowEntry, AuditAction, AuditEntry, Command, CommandError, Config, Consent,
+    DEFAULT_PENDING_TTL_MS, DEFAULT_SKEW_MS, Decider, Event, EventKind, Input, MAX_NAME_CHARS,
+    Output, PeerRecord, Reply, StoreWrite, TextField, TrustMachine, TrustState,
 };
 pub use relay::{
     ClientInfo, ConnId, DEFAULT_QUEUE_TTL_MS, ForwardResult, Relay, RelayConfig, RelayInput,

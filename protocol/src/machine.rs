@@ -20,8 +20,12 @@
 //!   same envelope can never be replayed later, when it might mean something.
 //! - Trust needs consent from both sides. Our side consents by requesting or
 //!   approving (by hand or by policy) and withdraws by rejecting, revoking,
-//!   cancelling, forgetting, or letting an approval expire. An `Accept` is
-//!   honoured only while our consent stands, so no peer can talk its way in.
+//!   cancelling, or letting an approval expire. An `Accept` is honoured only
+//!   as the answer to a request of ours that still stands, so no peer can talk
+//!   its way in (see [`Consent`]).
+//! - A peer's decline spends our consent: trust comes back only through a new
+//!   decision of ours. An expiry is told to the peer (`Expire`), so both ends
+//!   agree; the peer's request then stands again for a renewal.
 //! - A peer's decline (`Reject`, `Revoke`) always takes effect: losing trust
 //!   on the peer's word is the safe direction.
 //! - Messages from one sender are applied in the sender's order (timestamps
@@ -578,10 +582,6 @@ pub enum CommandError {
     NothingToResend(NodeId),
     #[error("{0} is trusted: end it with `kith revoke` first, so that it is told")]
     ForgetTrusted(NodeId),
-    #[error(
-        "a request of ours to {0} is waiting: withdraw it with `kith cancel` first, so that it is told"
-    )]
-    ForgetAsked(NodeId),
 }
 
 /// Source network of a request, for the per-source bound: an IPv4 address, or
@@ -1562,13 +1562,14 @@ impl TrustMachine {
                 Ok(())
             }
             Command::Forget { peer } => {
-                // A peer that trusts us, or waits on a request of ours, must be
-                // told before the record (and with it what is owed them) goes.
+                // A peer that trusts us must be told first (revoke, re-sent until
+                // acknowledged). A request of ours is withdrawn as the record goes:
+                // the peer is told once, best effort (no record is left to re-send).
                 match self.peers.get(&peer) {
                     None => return Err(CommandError::UnknownPeer(peer)),
                     Some(r) if r.is_trusted(now) => return Err(CommandError::ForgetTrusted(peer)),
                     Some(r) if r.state == TrustState::OutgoingPending => {
-                        return Err(CommandError::ForgetAsked(peer));
+                        self.withdraw_request(cx, peer);
                     }
                     Some(_) => {}
                 }

@@ -56,15 +56,6 @@ pub(super) fn standing_word(rec: &PeerRecord) -> Option<Kind> {
     }
 }
 
-impl Consent {
-    /// When the decision was made.
-    pub fn at_ms(self) -> u64 {
-        match self {
-            Consent::Asked { at_ms } | Consent::Approved { at_ms, .. } => at_ms,
-        }
-    }
-}
-
 /// The reason sent back for an accept that answers no request of ours that
 /// stands (a decline of theirs spent it, or it crossed): they may ask again.
 pub const SPENT_REASON: &str = "no request of ours stands for this accept; ask again";
