@@ -229,8 +229,14 @@ impl NodeBuilder {
             StoreLocation::InMemory => Store::in_memory()?,
             StoreLocation::File(path) => Store::open(path)?,
         };
-        let snapshot = store.load()?;
         let node_id = self.key.node_id();
+        // The store's peers approved one identity: a node never runs on another's.
+        if store.bind_owner(node_id)? == crate::store::Ownership::Adopted {
+            if let StoreLocation::File(path) = &self.store {
+                info!(%node_id, path = %path.display(), "the database recorded no owner; it now belongs to this node");
+            }
+        }
+        let snapshot = store.load()?;
         let mut config = self.config.clone();
         // A policy switched on by command stays on; `--auto-approve` can only add to it.
         config.auto_approve |= snapshot.auto_approve;

@@ -37,6 +37,9 @@ mod migrate;
 /// Bumped when a table's encoding changes; a newer file is refused, not misread,
 /// and an older one is upgraded on open (see [`migrate`]). 2: peer consent by origin.
 const SCHEMA_VERSION: u32 = 2;
+/// META key: the node id (32 bytes) this database belongs to. A database records
+/// the trust of one identity; another identity must never inherit it.
+const OWNER_KEY: &str = "owner";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +67,17 @@ pub enum StoreError {
         "the database was written by a newer kith (schema {found}, this build reads {SCHEMA_VERSION})"
     )]
     NewerSchema { found: u32 },
+    #[error(
+        "the database {path} holds the peers of node {owner}, not of this node {ours}: its \
+         peers never approved this identity. Restore node {owner}'s keystore (`kith init \
+         --recover` with its phrase and index) to run it, or move {path} aside to start \
+         this node with no peers"
+    )]
+    OtherIdentity {
+        path: String,
+        owner: NodeId,
+        ours: NodeId,
+    },
     #[error("the database commit failed: {0}")]
     Failed(String),
     #[error("a {table} key in the database is not a node id")]
@@ -121,15 +135,36 @@ impl NodeWrites {
     }
 }
 
+/// Whose a database is, as found by [`Store::bind_owner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// It already belonged to this identity.
+    Owned,
+    /// It recorded no owner (new, or written before owners were recorded) and now
+    /// belongs to this identity.
+    Adopted,
+}
+
 /// The node's database.
 pub struct Store {
     db: Database,
+    /// The file, for messages; `None` in memory.
+    path: Option<PathBuf>,
 }
 
 impl Store {
     /// Opens (creating if missing) the database file. A damaged file is refused
     /// with an error naming it, and left as it is.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // redb writes a fresh database into an empty file: one cut to nothing (a crash
+        // mid-copy, a full disk, `truncate`) would silently come back with no peers and
+        // no owner. Only a missing file is new.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(StoreError::Damaged {
+                path: path.to_owned(),
+                detail: "the file is empty".into(),
+            });
+        }
         // Created 0600 here, not by redb with the umask's mode; redb then fills the
         // empty file as a new database.
         if let Err(e) = std::os::unix::fs::OpenOptionsExt::mode(
@@ -168,12 +203,20 @@ impl Store {
                     detail: "not a kith database, or its header is unreadable".into(),
                 }
             }
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                StoreError::Damaged {
+                    path: path.to_owned(),
+                    detail: "the file is cut short".into(),
+                }
+            }
             other => StoreError::Open {
                 path: path.to_owned(),
                 source: Box::new(other.into()),
             },
         })?;
-        Self::init(db)
+        Self::init(db, Some(path.to_owned()))
     }
 
     /// A database over any redb backend, e.g. one that fails on cue.
@@ -182,7 +225,7 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(backend)
             .map_err(db_err)?;
-        Self::init(db)
+        Self::init(db, None)
     }
 
     /// A database that lives only in memory, for embedded nodes and tests.
@@ -190,10 +233,10 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(db_err)?;
-        Self::init(db)
+        Self::init(db, None)
     }
 
-    fn init(db: Database) -> Result<Self, StoreError> {
+    fn init(db: Database, path: Option<PathBuf>) -> Result<Self, StoreError> {
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -225,7 +268,60 @@ impl Store {
             txn.open_table(SERVICES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Store { db })
+        Ok(Store { db, path })
+    }
+
+    /// The identity this database belongs to, if one is recorded.
+    pub fn owner(&self) -> Result<Option<NodeId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let owner = meta.get(OWNER_KEY).map_err(db_err)?;
+        owner.map(|v| node_id("meta", v.value())).transpose()
+    }
+
+    /// Makes sure the database belongs to `id`: one with no owner recorded (new, or
+    /// from before owners were recorded) becomes `id`'s; one that belongs to another
+    /// identity is refused and left as it is.
+    pub fn bind_owner(&self, id: NodeId) -> Result<Ownership, StoreError> {
+        match self.check_owner(id)? {
+            Ownership::Owned => Ok(Ownership::Owned),
+            Ownership::Adopted => {
+                self.set_owner(Some(id))?;
+                Ok(Ownership::Adopted)
+            }
+        }
+    }
+
+    /// What [`Store::bind_owner`] would do, without writing anything.
+    pub fn check_owner(&self, id: NodeId) -> Result<Ownership, StoreError> {
+        match self.owner()? {
+            Some(owner) if owner == id => Ok(Ownership::Owned),
+            Some(owner) => Err(StoreError::OtherIdentity {
+                path: self
+                    .path
+                    .as_ref()
+                    .map_or_else(|| "in memory".into(), |p| p.display().to_string()),
+                owner,
+                ours: id,
+            }),
+            None => Ok(Ownership::Adopted),
+        }
+    }
+
+    /// Records `owner` as the identity this database belongs to (`None`: no owner,
+    /// so the next identity to open it adopts it). For `kith fork` only.
+    pub fn set_owner(&self, owner: Option<NodeId>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            match owner {
+                Some(id) => meta
+                    .insert(OWNER_KEY, id.as_bytes().as_slice())
+                    .map_err(db_err)?,
+                None => meta.remove(OWNER_KEY).map_err(db_err)?,
+            };
+        }
+        txn.commit().map_err(db_err)
     }
 
     /// Reads peers, allow and deny lists.
@@ -514,6 +610,48 @@ mod tests {
         file.set_len(len / 2).unwrap();
         drop(file);
         refused_as_damaged(&path);
+    }
+
+    #[test]
+    fn an_empty_or_truncated_database_is_refused_never_made_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kith.redb");
+        store_with_a_peer(&path);
+        let whole = std::fs::read(&path).unwrap();
+        for len in [0, 1, 64, 511, 4096, whole.len() / 3, whole.len() - 1] {
+            std::fs::write(&path, &whole[..len]).unwrap();
+            let err = refused_as_damaged(&path);
+            if len == 0 {
+                assert!(err.contains("empty"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_database_belongs_to_the_first_identity_and_refuses_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kith.redb");
+        let (first, second) = (NodeKey::generate().node_id(), NodeKey::generate().node_id());
+        store_with_a_peer(&path);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.owner().unwrap(), None, "no owner before one binds");
+        assert_eq!(store.bind_owner(first).unwrap(), Ownership::Adopted);
+        assert_eq!(store.bind_owner(first).unwrap(), Ownership::Owned);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let err = store.bind_owner(second).unwrap_err();
+        assert!(matches!(err, StoreError::OtherIdentity { owner, ours, .. }
+            if owner == first && ours == second));
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("move") && text.contains("aside"), "{text}");
+        assert_eq!(
+            store.owner().unwrap(),
+            Some(first),
+            "a refusal changes nothing"
+        );
+        store.set_owner(None).unwrap();
+        assert_eq!(store.bind_owner(second).unwrap(), Ownership::Adopted);
     }
 
     #[test]

@@ -31,6 +31,9 @@ Examples:
   kith init --insecure-no-passphrase          throwaway node for tests (keystore unencrypted)
   kith init --show-phrase-on-stdout > f.txt   a script that keeps the phrase itself
 
+A data dir whose database (kith.redb) belongs to another node is refused: restore
+that node's keystore, or move kith.redb aside to start with no peers.
+
 The new recovery phrase is shown once, on the terminal. Write it down: it is the only way
 to restore this node if the keystore or its passphrase is lost. When stdout is not a
 terminal (a log, a pipe) init refuses unless --show-phrase-on-stdout says to print it there.")]
@@ -149,6 +152,14 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         .node_key()
         .context("cannot derive the node key at that index")?;
     ctx.data_dir.create()?;
+    // A database left behind by another identity holds peers that approved that
+    // identity, not this one: refuse before writing anything.
+    let store_path = ctx.data_dir.store();
+    if store_path.exists() {
+        Store::open(&store_path)
+            .and_then(|store| store.check_owner(key.node_id()))
+            .context("cannot use this data dir's database for the new node")?;
+    }
     let protection = match &passphrase {
         Some(p) => Protection::Passphrase(p, KdfParams::DEFAULT),
         None => Protection::Insecure,
@@ -172,6 +183,11 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
     if let Some(warning) = instances.inside_warning(ctx.data_dir.path()) {
         eprintln!("warning: {warning}");
     }
+    // The database is created here, owned by this identity, so that no later
+    // identity in this data dir can inherit it.
+    Store::open(&store_path)
+        .and_then(|store| store.bind_owner(key.node_id()))
+        .context("cannot create the node's database")?;
 
     let node_id = key.node_id();
     if ctx.json {
@@ -272,7 +288,9 @@ Examples:
 
 The new node derives its key at a random hardened index (so two copies forked
 independently never collide), keeps this node's allow and deny lists, and starts
-with no peers: ask them again with `kith request`. `kith id` then shows the parent.
+with no peers (they approved the old identity, not the new one): ask them again
+with `kith request`. The database then belongs to the new node. `kith id` then
+shows the parent.
 Stop the daemon first.")]
 pub struct ForkArgs {
     #[command(flatten)]
@@ -330,6 +348,10 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
     // operator's policy (allow and deny lists) carries over. The store goes first: if
     // anything after it fails, running `kith fork` again finishes the job.
     let store = Store::open(&ctx.data_dir.store()).context("cannot open the node's database")?;
+    // The new identity gets this database only once nothing of the old one's trust is
+    // left in it: peers approved the old id, never the new one. Until the keystore is
+    // rewritten it belongs to nobody (an interrupted fork leaves no peers to inherit).
+    store.check_owner(old_id)?;
     let mut writes: Vec<StoreWrite> = store
         .load()?
         .peers
@@ -342,7 +364,7 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
         format!("from {old_id} (index {old_index}) to {new_id} (index {new_index})"),
     ));
     store.apply(&writes)?;
-    drop(store);
+    store.set_owner(None)?;
 
     let protection = match &unlocked.passphrase {
         Some(p) => Protection::Passphrase(p, KdfParams::DEFAULT),
@@ -367,17 +389,22 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
         instances,
     )
     .save_with_secret(ctx.data_dir.path(), instances, &secret, true)?;
+    store.set_owner(Some(new_id))?;
+    drop(store);
 
     if ctx.json {
         print_json(&serde_json::json!({
             "node_id": new_id.to_string(), "index": new_index,
             "parent": old_id.to_string(), "dropped_peers": dropped,
+            "store_owner": new_id.to_string(),
         }))?;
     } else {
         println!("{new_id}");
         eprintln!(
             "this data dir is now node {new_id} (index {new_index}), forked from {old_id}; \
-             {dropped} peer record(s) were dropped: ask them again with `kith request`"
+             its database now belongs to {new_id} and keeps the allow and deny lists and the \
+             audit log, but {dropped} peer record(s) were dropped (they approved {old_id}, \
+             not this node): ask them again with `kith request`"
         );
     }
     Ok(exit::OK)
