@@ -88,6 +88,7 @@ fuzz_target!(|data: &[u8]| {
                     envelope,
                     transport_peer,
                     source,
+                    via_relay: None,
                 }
             }
             // A fuzzer-chosen kind, signed by peer `who`, mostly valid otherwise.
@@ -131,6 +132,7 @@ fuzz_target!(|data: &[u8]| {
                     envelope,
                     transport_peer,
                     source,
+                    via_relay: None,
                 }
             }
             // Replay something already seen (including what the machine sent).
@@ -143,6 +145,7 @@ fuzz_target!(|data: &[u8]| {
                     envelope,
                     transport_peer,
                     source,
+                    via_relay: None,
                 }
             }
             // An operator command about peer `who`.

@@ -1150,6 +1150,7 @@ async fn serve_stream(
                 envelope,
                 transport_peer: Some(peer),
                 source: Some(remote),
+                via_relay: None,
             };
             // A plain `Envelope` (no hint) tells nothing about reaching the sender.
             let hinted = reach != Reach::default();

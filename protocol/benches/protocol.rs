@@ -45,6 +45,7 @@ fn direct(env: &Envelope) -> Input {
         envelope: env.clone(),
         transport_peer: Some(env.body.from),
         source: None,
+        via_relay: None,
     }
 }
 

@@ -32,9 +32,11 @@
 //!   strictly increase and the high-water mark drops anything older), so each
 //!   side ends up reflecting the other's latest word.
 
+mod index;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use kith_keys::{NodeId, NodeKey};
 use rand_core::{CryptoRng, RngCore};
@@ -46,6 +48,8 @@ use crate::wire::{Ack, AckStatus, Body, Envelope, Kind, MAX_TEXT_CHARS};
 
 mod consent;
 pub use consent::Consent;
+
+use self::index::{Reap, RecordIndex, RelayBuckets, SourceNet};
 
 /// Default clock-skew window: five minutes either way.
 pub const DEFAULT_SKEW_MS: u64 = 5 * 60 * 1000;
@@ -59,6 +63,8 @@ pub const CLOCK_BEHIND_MS: u64 = 1_000;
 const ACCEPT: Kind = Kind::AcceptOf { seen_ms: 0 };
 /// The reason a withdrawn request of ours (`cancel`, `ignore`) carries to the peer.
 pub const WITHDRAWN_REASON: &str = "request withdrawn";
+/// Default time a declined record is kept after its last word: thirty days.
+pub const DEFAULT_DECLINED_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Longest local name for a peer, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
 
@@ -74,6 +80,15 @@ pub struct Config {
     /// Most incoming requests pending from one source network (an IPv4 address
     /// or an IPv6 /64); more are refused with [`Refusal::PendingFull`].
     pub max_pending_per_source: usize,
+    /// Most incoming requests pending that arrived through one relay (which
+    /// hides their source address); more are refused with [`Refusal::PendingFull`].
+    pub max_pending_per_relay: usize,
+    /// How long a declined record (one we rejected; one whose peer rejected or
+    /// revoked with no request of ours standing) is kept after its last word
+    /// before it is reaped. Never less than the skew window plus 1 ms.
+    pub declined_ttl_ms: u64,
+    /// Most declined records kept at once; past it the oldest are reaped early.
+    pub max_declined: usize,
     /// Most (sender, nonce) pairs remembered for replay detection.
     pub nonce_cache_capacity: usize,
     /// Trust on first use: approve requests from peers we never decided about.
@@ -95,6 +110,9 @@ impl Default for Config {
             pending_ttl_ms: DEFAULT_PENDING_TTL_MS,
             max_pending_total: 1024,
             max_pending_per_source: 16,
+            max_pending_per_relay: 256,
+            declined_ttl_ms: DEFAULT_DECLINED_TTL_MS,
+            max_declined: 4096,
             nonce_cache_capacity: 16 * 1024,
             auto_approve: false,
             fault_skip_replay_check: false,
@@ -107,6 +125,12 @@ impl Config {
     /// skew check alone refuses the envelope.
     pub fn nonce_ttl_ms(&self) -> u64 {
         self.skew_ms.saturating_mul(2)
+    }
+
+    /// How long after its last word a declined record is reaped: the TTL, but never
+    /// before every envelope its high-water mark refuses is outside the skew window.
+    pub fn declined_reap_after_ms(&self) -> u64 {
+        self.declined_ttl_ms.max(self.skew_ms.saturating_add(1))
     }
 }
 
@@ -398,6 +422,9 @@ pub enum Input {
         transport_peer: Option<NodeId>,
         /// The remote address on a direct connection; `None` via a relay.
         source: Option<SocketAddr>,
+        /// The relay that delivered it (its pending requests are bounded per relay);
+        /// `None` on a direct connection.
+        via_relay: Option<NodeId>,
     },
     Command(Command),
     /// Time passed: expire, evict and reap what is due. Call at [`TrustMachine::next_deadline`].
@@ -584,112 +611,6 @@ pub enum CommandError {
     ForgetTrusted(NodeId),
 }
 
-/// Source network of a request, for the per-source bound: an IPv4 address, or
-/// an IPv6 /64 (one host usually owns a whole /64).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum SourceNet {
-    V4([u8; 4]),
-    V6([u8; 8]),
-}
-
-impl SourceNet {
-    fn of(addr: &SocketAddr) -> SourceNet {
-        match addr.ip() {
-            IpAddr::V4(v4) => SourceNet::V4(v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceNet::V4(v4.octets()),
-                None => {
-                    let o = v6.octets();
-                    SourceNet::V6(o[..8].try_into().expect("eight bytes"))
-                }
-            },
-        }
-    }
-}
-
-/// The records that bound the machine's work, indexed so that admitting a request or
-/// finding the next deadline costs the same with ten thousand peers as with ten: the
-/// incoming-pending records by age (for eviction and expiry) and by source network
-/// (for the per-source bound), and the trusted records that expire, by expiry.
-/// Derived from `peers`; every record change goes through `put_peer`/`remove_peer`,
-/// which keep it current (checked after every input in debug builds).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct RecordIndex {
-    by_age: BTreeSet<(u64, NodeId)>,
-    by_source: BTreeMap<SourceNet, usize>,
-    /// What each pending record is indexed under, so the entry can be undone.
-    entries: BTreeMap<NodeId, (u64, Option<SourceNet>)>,
-    /// Trusted records with an expiry, by expiry.
-    expiries: BTreeSet<(u64, NodeId)>,
-    /// The expiry each of those is indexed under.
-    expires: BTreeMap<NodeId, u64>,
-}
-
-impl RecordIndex {
-    fn build(peers: &BTreeMap<NodeId, PeerRecord>) -> Self {
-        let mut index = RecordIndex::default();
-        for (id, rec) in peers {
-            index.update(*id, Some(rec));
-        }
-        index
-    }
-
-    /// Re-indexes `id` as `rec` now is (`None`: removed).
-    fn update(&mut self, id: NodeId, rec: Option<&PeerRecord>) {
-        if let Some(at) = self.expires.remove(&id) {
-            self.expiries.remove(&(at, id));
-        }
-        if let Some(at) = rec
-            .filter(|r| r.state == TrustState::Trusted)
-            .and_then(|r| r.expires_at_ms)
-        {
-            self.expires.insert(id, at);
-            self.expiries.insert((at, id));
-        }
-        if let Some((since, net)) = self.entries.remove(&id) {
-            self.by_age.remove(&(since, id));
-            if let Some(net) = net {
-                if let Some(n) = self.by_source.get_mut(&net) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.by_source.remove(&net);
-                    }
-                }
-            }
-        }
-        if let Some(rec) = rec.filter(|r| r.state == TrustState::IncomingPending) {
-            let net = rec.source.as_ref().map(SourceNet::of);
-            self.entries.insert(id, (rec.since_ms, net));
-            self.by_age.insert((rec.since_ms, id));
-            if let Some(net) = net {
-                *self.by_source.entry(net).or_default() += 1;
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn count_from(&self, net: SourceNet) -> usize {
-        self.by_source.get(&net).copied().unwrap_or(0)
-    }
-
-    fn oldest(&self) -> Option<NodeId> {
-        self.by_age.first().map(|(_, id)| *id)
-    }
-
-    /// When the oldest pending record expires or the first trusted one lapses.
-    fn next_deadline(&self, pending_ttl_ms: u64) -> Option<u64> {
-        let pending = self
-            .by_age
-            .first()
-            .map(|(since, _)| since.saturating_add(pending_ttl_ms));
-        let trust = self.expiries.first().map(|(at, _)| *at);
-        pending.into_iter().chain(trust).min()
-    }
-}
-
 /// Per-call context: the clock, the signing key, the RNG, and the output being built.
 struct Cx<'a, R: ?Sized> {
     now: u64,
@@ -752,6 +673,14 @@ pub struct TrustMachine {
     /// the records on restore; not part of a snapshot.
     #[serde(skip_serializing)]
     sent_floor: u64,
+    /// Which relay each relayed pending request came through; not stored.
+    #[serde(skip_serializing)]
+    relayed: RelayBuckets,
+    /// The newest high-water mark of a record reaped early by the
+    /// [`Config::max_declined`] bound (never above the time it was reaped): an
+    /// envelope from a sender we hold no record of is refused as stale at or
+    /// below it. In memory only, like the nonce cache.
+    reaped_floor_ms: u64,
 }
 
 /// A snapshot as serialized: everything but the derived index, rebuilt on load.
@@ -763,6 +692,8 @@ struct MachineSnapshot {
     allow: BTreeMap<NodeId, AllowEntry>,
     deny: BTreeSet<NodeId>,
     nonces: NonceCache,
+    #[serde(default)]
+    reaped_floor_ms: u64,
 }
 
 impl From<MachineSnapshot> for TrustMachine {
@@ -776,6 +707,8 @@ impl From<MachineSnapshot> for TrustMachine {
             allow: s.allow,
             deny: s.deny,
             nonces: s.nonces,
+            relayed: RelayBuckets::default(),
+            reaped_floor_ms: s.reaped_floor_ms,
         }
     }
 }
@@ -791,6 +724,8 @@ impl TrustMachine {
             nonces: NonceCache::default(),
             index: RecordIndex::default(),
             sent_floor: 0,
+            relayed: RelayBuckets::default(),
+            reaped_floor_ms: 0,
         }
     }
 
@@ -857,11 +792,30 @@ impl TrustMachine {
         self.nonces.len()
     }
 
+    /// Number of declined records that may be reaped (see [`Config::max_declined`]).
+    pub fn declined_records(&self) -> usize {
+        self.index.declined_len(self.reap().rejected)
+    }
+
+    /// How declined records are reaped now. Records we rejected are kept while
+    /// auto-approve is on: there the record is what stands between the peer and
+    /// trust (`policy_for`), and no stranger can make such records then (their
+    /// requests are approved, not left for us to reject). An allowlist entry older
+    /// than our reject cannot exist (the entry approves a waiting request), and a
+    /// newer one approves them with or without the record.
+    fn reap(&self) -> Reap {
+        Reap {
+            after_ms: self.config.declined_reap_after_ms(),
+            rejected: !self.config.auto_approve,
+        }
+    }
+
     /// When the next [`Input::Tick`] is due: the earliest pending expiry, trust
-    /// expiry or nonce reaping. `None` when nothing is scheduled.
+    /// expiry, declined-record reaping or nonce reaping. `None` when nothing is
+    /// scheduled.
     pub fn next_deadline(&self) -> Option<u64> {
         self.index
-            .next_deadline(self.config.pending_ttl_ms)
+            .next_deadline(self.config.pending_ttl_ms, self.reap())
             .into_iter()
             .chain(self.nonces.next_expiry(self.config.nonce_ttl_ms()))
             .min()
@@ -895,20 +849,30 @@ impl TrustMachine {
                 envelope,
                 transport_peer,
                 source,
+                via_relay,
             } => {
-                let status = self.on_envelope(&mut cx, envelope, transport_peer, source);
+                let status = self.on_envelope(&mut cx, envelope, transport_peer, source, via_relay);
+                if !matches!(status, AckStatus::Refused(_)) {
+                    self.bound_declined(&mut cx);
+                }
                 cx.out.reply = Reply::Ack(Ack { status });
             }
             Input::Command(cmd) => {
                 cx.out.reply = match self.on_command(&mut cx, cmd) {
-                    Ok(()) => Reply::Done,
+                    Ok(()) => {
+                        self.bound_declined(&mut cx);
+                        Reply::Done
+                    }
                     Err(e) => {
                         debug_assert!(cx.out.writes.is_empty() && cx.out.send.is_empty());
                         Reply::Failed(e)
                     }
                 };
             }
-            Input::Tick => self.on_tick(&mut cx),
+            Input::Tick => {
+                self.on_tick(&mut cx);
+                self.bound_declined(&mut cx);
+            }
         }
         debug_assert_eq!(
             self.index,
@@ -926,11 +890,12 @@ impl TrustMachine {
         envelope: Envelope,
         transport_peer: Option<NodeId>,
         source: Option<SocketAddr>,
+        via_relay: Option<NodeId>,
     ) -> AckStatus {
         let from = envelope.body.from;
         let result = self
             .validate(cx.now, &envelope, transport_peer.as_ref())
-            .and_then(|()| self.dispatch(cx, &envelope, source));
+            .and_then(|()| self.dispatch(cx, &envelope, source, via_relay));
         match result {
             Ok(Applied::Yes(status)) => {
                 self.nonces.insert(
@@ -981,10 +946,13 @@ impl TrustMachine {
         if self.nonces.contains(&body.from, &body.nonce) {
             return Err(Refusal::ReplayedNonce);
         }
-        if let Some(rec) = self.peers.get(&body.from) {
-            if body.timestamp_ms <= rec.high_water_ms {
-                return Err(Refusal::Stale);
-            }
+        let high_water_ms = match self.peers.get(&body.from) {
+            Some(rec) => rec.high_water_ms,
+            // The mark of a record reaped early may have been this sender's.
+            None => self.reaped_floor_ms,
+        };
+        if body.timestamp_ms <= high_water_ms {
+            return Err(Refusal::Stale);
         }
         Ok(())
     }
@@ -995,11 +963,12 @@ impl TrustMachine {
         cx: &mut Cx<'_, R>,
         envelope: &Envelope,
         source: Option<SocketAddr>,
+        via_relay: Option<NodeId>,
     ) -> Result<Applied, Refusal> {
         let from = envelope.body.from;
         match &envelope.body.kind {
             Kind::Request { justification } => {
-                self.on_request(cx, from, justification.clone(), source)
+                self.on_request(cx, from, justification.clone(), source, via_relay)
             }
             // An old node's accept names nothing: honoured as before (see on_accept).
             Kind::Accept => self.on_accept(cx, from, u64::MAX),
@@ -1016,6 +985,7 @@ impl TrustMachine {
         from: NodeId,
         justification: String,
         source: Option<SocketAddr>,
+        via_relay: Option<NodeId>,
     ) -> Result<Applied, Refusal> {
         if self.deny.contains(&from) {
             // Quietly: the same answer as a request still waiting, and nothing
@@ -1091,9 +1061,16 @@ impl TrustMachine {
                     );
                     return Ok(Applied::Yes(AckStatus::Trusted));
                 }
-                // A new pending request: check both bounds before touching anything.
+                // A new pending request: check every bound before touching anything.
+                // A relayed one has no source address; it counts against its relay.
                 if let Some(net) = source.as_ref().map(SourceNet::of) {
                     if self.index.count_from(net) >= self.config.max_pending_per_source {
+                        return Err(Refusal::PendingFull);
+                    }
+                }
+                let relay = via_relay.filter(|_| source.is_none());
+                if let Some(relay) = &relay {
+                    if self.relayed.count(relay) >= self.config.max_pending_per_relay {
                         return Err(Refusal::PendingFull);
                     }
                 }
@@ -1124,6 +1101,7 @@ impl TrustMachine {
                 rec.decided_by = None;
                 // Their asking is not our consent: our operator decides.
                 rec.consent = None;
+                self.relayed.set(from, relay);
                 cx.event(
                     from,
                     EventKind::RequestReceived {
@@ -1667,7 +1645,40 @@ impl TrustMachine {
         for id in lapsed {
             self.expire_trust(cx, id);
         }
+        // Declined records whose last word is older than the reap time. Forgetting
+        // one changes no decision: with or without it, an accept, reject or revoke
+        // from that peer changes nothing (without it they are `Unsolicited`), and a
+        // request from them is a new pending request (see `reap` for our rejects).
+        // Replay: every envelope its high-water mark would refuse is timestamped at
+        // or before `last_word`, which is more than the skew window ago, so the skew
+        // check refuses it now and at every later time (on a clock that does not go
+        // back) — the mark is no longer needed.
+        let reap = self.reap();
+        while let Some((at, id)) = self.index.oldest_declined(reap.rejected) {
+            if at.saturating_add(reap.after_ms) > now {
+                break;
+            }
+            self.remove_peer(cx, id);
+        }
         self.nonces.reap(now, self.config.nonce_ttl_ms());
+    }
+
+    /// Reaps the oldest declined records past [`Config::max_declined`], however
+    /// recent: a stranger can make one per request (ask, then revoke), so only a
+    /// hard bound holds them. One reaped within the skew window leaves its mark in
+    /// `reaped_floor_ms`, so nothing it refused as stale becomes fresh.
+    fn bound_declined<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>) {
+        let reap = self.reap();
+        while self.index.declined_len(reap.rejected) > self.config.max_declined {
+            let Some((_, id)) = self.index.oldest_declined(reap.rejected) else {
+                break;
+            };
+            let mark = self.peers.get(&id).map_or(0, |r| r.high_water_ms);
+            // Capped at now: a mark a peer set in our future must not hold up
+            // strangers' requests for the whole skew window.
+            self.reaped_floor_ms = self.reaped_floor_ms.max(mark.min(cx.now));
+            self.remove_peer(cx, id);
+        }
     }
 
     /// Trusted → Expired: our consent lapsed with our approval.
@@ -1738,6 +1749,13 @@ impl TrustMachine {
     fn put_peer<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
         cx.unwrite_peer(&id);
         self.index.update(id, self.peers.get(&id));
+        if self
+            .peers
+            .get(&id)
+            .is_none_or(|r| r.state != TrustState::IncomingPending)
+        {
+            self.relayed.set(id, None);
+        }
         if let Some(rec) = self.peers.get(&id) {
             cx.out.writes.push(StoreWrite::Peer(rec.clone()));
         }
@@ -1746,6 +1764,7 @@ impl TrustMachine {
     fn remove_peer<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
         self.peers.remove(&id);
         self.index.update(id, None);
+        self.relayed.set(id, None);
         cx.unwrite_peer(&id);
         cx.out.writes.push(StoreWrite::RemovePeer(id));
     }

@@ -227,6 +227,8 @@ struct Delivery {
 }
 
 struct SimRelay {
+    /// The relay's node id, as a node it pushes to sees it (`Input::Envelope::via_relay`).
+    id: NodeId,
     machine: Option<Relay>,
     config: RelayConfig,
     tick_at: Option<u64>,
@@ -379,9 +381,13 @@ impl<'s> Sim<'s> {
             index.insert(id, i);
         }
         let relays = (0..relay_count)
-            .map(|_| {
+            .map(|r| {
                 let config = relay_config(sc, n);
+                // Not drawn from the run's RNG, so every seed's run stays as it was.
+                let mut secret = Zeroizing::new([0x52u8; 32]);
+                secret[..4].copy_from_slice(&r.to_le_bytes());
                 SimRelay {
+                    id: NodeKey::from_secret(&secret).node_id(),
                     machine: Some(Relay::new(config.clone())),
                     config,
                     tick_at: None,
@@ -1272,7 +1278,7 @@ impl<'s> Sim<'s> {
         let env = self.deliveries[&id].env.clone();
         let source = Some(node_addr(from, self.nodes[from as usize].private));
         let from_id = self.nodes[from as usize].id;
-        let status = self.deliver_to_node(from, to, env, Some(from_id), source, "direct");
+        let status = self.deliver_to_node(from, to, env, Some(from_id), source, None);
         if self.violation.is_some() {
             return;
         }
@@ -1297,8 +1303,13 @@ impl<'s> Sim<'s> {
         env: Envelope,
         transport_peer: Option<NodeId>,
         source: Option<std::net::SocketAddr>,
-        via: &'static str,
+        via_relay: Option<NodeId>,
     ) -> AckStatus {
+        let via = if via_relay.is_some() {
+            "relay"
+        } else {
+            "direct"
+        };
         let key = (to, env.body.nonce);
         let redelivery = self.applied.contains(&key);
         let kind = env.body.kind.name();
@@ -1311,6 +1322,7 @@ impl<'s> Sim<'s> {
                 envelope: env,
                 transport_peer,
                 source,
+                via_relay,
             },
         );
         let status = out.ack().cloned().unwrap_or(AckStatus::Pending);
@@ -1737,7 +1749,8 @@ impl<'s> Sim<'s> {
             );
             return;
         }
-        self.deliver_to_node(from, to, env, None, None, "relay");
+        let relay = self.relays[r as usize].id;
+        self.deliver_to_node(from, to, env, None, None, Some(relay));
     }
 
     // ----- faults ------------------------------------------------------------------
@@ -2033,6 +2046,7 @@ impl<'s> Sim<'s> {
                 envelope: env.clone(),
                 transport_peer,
                 source,
+                via_relay: None,
             },
         );
         let status = out.ack().cloned().unwrap_or(AckStatus::Pending);

@@ -585,6 +585,7 @@ async fn serve_link_stream(
                 envelope,
                 transport_peer: None,
                 source: None,
+                via_relay: Some(relay.node_id),
             };
             let hinted = reach != Reach::default();
             let learn = Learn {

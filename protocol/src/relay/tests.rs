@@ -591,9 +591,16 @@ fn one_sender_cannot_fill_a_destination_or_the_relay() {
         "a sender's quota over all destinations"
     );
     assert_eq!(r.queued(), 4);
-    assert_eq!(r.stats().sender_quota, 2, "both quota refusals are counted as such");
+    assert_eq!(
+        r.stats().sender_quota,
+        2,
+        "both quota refusals are counted as such"
+    );
     assert_eq!(r.stats().refused, 2);
-    assert!(r.queued_bytes() > 4 * 64, "four signed envelopes are queued");
+    assert!(
+        r.queued_bytes() > 4 * 64,
+        "four signed envelopes are queued"
+    );
     // Delivered envelopes give the quota back.
     connect(&mut r, 2, 5, &b, 2002);
     assert_eq!(fwd(&mut r, 1, &a, &c, 6), ForwardResult::Queued);

@@ -71,6 +71,7 @@ impl Node {
                 envelope,
                 transport_peer: Some(from),
                 source: None,
+                via_relay: None,
             },
         )
     }
@@ -88,6 +89,7 @@ impl Node {
                 envelope,
                 transport_peer,
                 source,
+                via_relay: None,
             },
         )
     }
