@@ -4,7 +4,9 @@
 //! The trust state machine says what must be remembered as [`StoreWrite`]s; this
 //! module commits a batch of them in one transaction, durably, before the daemon
 //! acknowledges anything that depended on them. It must never apply a partial batch
-//! or rewrite the audit log: audit entries are only appended.
+//! or rewrite the audit log: audit entries are only appended, and only the oldest are
+//! dropped, past [`MAX_AUDIT_ENTRIES`], so that a flood of strangers cannot grow it
+//! without bound.
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
@@ -37,6 +39,11 @@ mod migrate;
 /// Bumped when a table's encoding changes; a newer file is refused, not misread,
 /// and an older one is upgraded on open (see [`migrate`]). 2: peer consent by origin.
 const SCHEMA_VERSION: u32 = 2;
+/// The audit log keeps this many of the newest entries; older ones are dropped in the
+/// transaction that appends past it. An entry is at most a few KiB (its detail is
+/// bounded text), so the log stays within a few hundred MiB at worst, ~20 MiB typically.
+pub const MAX_AUDIT_ENTRIES: u64 = 100_000;
+
 /// META key: the node id (32 bytes) this database belongs to. A database records
 /// the trust of one identity; another identity must never inherit it.
 const OWNER_KEY: &str = "owner";
@@ -150,6 +157,8 @@ pub struct Store {
     db: Database,
     /// The file, for messages; `None` in memory.
     path: Option<PathBuf>,
+    /// Audit entries kept (the newest).
+    audit_cap: u64,
 }
 
 impl Store {
@@ -268,7 +277,18 @@ impl Store {
             txn.open_table(SERVICES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Store { db, path })
+        Ok(Store {
+            db,
+            path,
+            audit_cap: MAX_AUDIT_ENTRIES,
+        })
+    }
+
+    /// Keeps only the newest `cap` audit entries from the next commit on, instead of
+    /// [`MAX_AUDIT_ENTRIES`] (for tests and benchmarks).
+    pub fn with_audit_cap(mut self, cap: u64) -> Self {
+        self.audit_cap = cap;
+        self
     }
 
     /// The identity this database belongs to, if one is recorded.
@@ -512,6 +532,13 @@ impl Store {
                     }
                 }
             }
+            // Keys are consecutive (appended at the end, dropped from the front), so
+            // the count is the distance from the first to the next.
+            let first = audit.first().map_err(db_err)?.map(|(k, _)| k.value());
+            let excess = first.map_or(0, |first| (next_seq - first).saturating_sub(self.audit_cap));
+            for _ in 0..excess {
+                audit.pop_first().map_err(db_err)?;
+            }
         }
         txn.commit().map_err(db_err)?;
         Ok(())
@@ -530,7 +557,7 @@ impl Store {
         Ok(out)
     }
 
-    /// How many audit entries have ever been written.
+    /// How many audit entries are kept (at most [`MAX_AUDIT_ENTRIES`]).
     pub fn audit_len(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         txn.open_table(AUDIT).map_err(db_err)?.len().map_err(db_err)
@@ -690,6 +717,46 @@ mod tests {
         assert_eq!(snapshot.peers.len(), 1);
         assert_eq!(snapshot.outbox, vec![(peer, 5)]);
         assert_eq!(snapshot.reach, vec![(peer, reach)]);
+    }
+
+    #[test]
+    fn the_audit_log_keeps_only_the_newest_entries_past_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kith.redb"))
+            .unwrap()
+            .with_audit_cap(5);
+        let entry = |n: u64| AuditEntry {
+            at_ms: n,
+            peer: None,
+            action: kith_protocol::machine::AuditAction::Rejected,
+            detail: None,
+        };
+        for n in 0..4 {
+            store.apply(&[StoreWrite::Audit(entry(n))]).unwrap();
+        }
+        // One batch well past the cap.
+        let batch: Vec<StoreWrite> = (4..12).map(|n| StoreWrite::Audit(entry(n))).collect();
+        store.apply(&batch).unwrap();
+        assert_eq!(store.audit_len().unwrap(), 5);
+        let kept: Vec<u64> = store
+            .audit_tail(100)
+            .unwrap()
+            .iter()
+            .map(|e| e.at_ms)
+            .collect();
+        assert_eq!(kept, vec![7, 8, 9, 10, 11]);
+        store.apply(&[StoreWrite::Audit(entry(12))]).unwrap();
+        let kept: Vec<u64> = store
+            .audit_tail(100)
+            .unwrap()
+            .iter()
+            .map(|e| e.at_ms)
+            .collect();
+        assert_eq!(
+            kept,
+            vec![8, 9, 10, 11, 12],
+            "appends continue after the dropped ones"
+        );
     }
 
     #[test]

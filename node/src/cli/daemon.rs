@@ -30,7 +30,12 @@ Examples:
                                              ticket names only the relay
 
 Stops cleanly on Ctrl-C or SIGTERM. Other kith commands talk to it through the
-control socket in the data directory; share `kith ticket` so others can reach it.")]
+control socket in the data directory; share `kith ticket` so others can reach it.
+
+Bounds: every trust decision goes to the audit log in kith.redb, which keeps the
+newest 100,000 entries (older ones are dropped). Records of peers that were declined
+(rejected by us, or rejected or revoked by them with no request of ours standing)
+are removed 30 days after their last message, and at most 4,096 are kept.")]
 pub struct RunArgs {
     /// UDP address to listen on [default: [::]:7444, or 0.0.0.0:7444 without IPv6].
     #[arg(long, value_name = "ADDR")]
@@ -689,5 +694,38 @@ mod tests {
         assert_eq!(parse_duration("1w 2d"), Ok(Duration::from_secs(9 * 86_400)));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    /// `1234567` as `1,234,567`.
+    fn grouped(n: u64) -> String {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    #[test]
+    fn run_help_states_the_bounds_this_build_applies() {
+        use clap::Args as _;
+        let help = RunArgs::augment_args(clap::Command::new("run"))
+            .render_long_help()
+            .to_string();
+        let config = kith_protocol::machine::Config::default();
+        let days = config.declined_ttl_ms / (24 * 3600 * 1000);
+        for stated in [
+            format!(
+                "newest {} entries",
+                grouped(crate::store::MAX_AUDIT_ENTRIES)
+            ),
+            format!("{days} days"),
+            format!("at most {} are kept", grouped(config.max_declined as u64)),
+        ] {
+            assert!(help.contains(&stated), "{stated:?} not in:\n{help}");
+        }
     }
 }
