@@ -237,3 +237,89 @@ fn garbage_on_a_stream_is_refused_as_malformed() {
     assert_eq!(refused(&answer), Refusal::Malformed);
     assert!(b.json(&["peers"]).as_array().unwrap().is_empty());
 }
+
+/// Dials `to` as `as_key` once and sends each message on its own stream, in turn.
+fn flood(as_key: &NodeKey, to: &TestNode, messages: &[Message]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = to.listen_addr();
+    runtime.block_on(async {
+        let identity = tls::Identity::new(as_key).unwrap();
+        let endpoint = tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = tls::dial(&endpoint, &identity, addr, to.node_id.parse().unwrap())
+            .await
+            .unwrap();
+        for message in messages {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&encode_frame(message).unwrap())
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(MAX_FRAME_LEN + 4))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    });
+}
+
+#[test]
+fn a_flood_of_refused_envelopes_is_counted_and_leaves_the_operators_events() {
+    let mut a = TestNode::init();
+    let mut b = TestNode::init();
+    a.start();
+    b.start();
+    a.run_ok(&[
+        "request",
+        &b.ticket(),
+        "--justification",
+        "the one that matters",
+    ]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+
+    // More refusals than `kith events` keeps (1,000), each misaddressed.
+    let mallory = NodeKey::generate();
+    let elsewhere = NodeKey::generate().node_id();
+    let flood_size = 1_100u32;
+    let messages: Vec<Message> = (0..flood_size)
+        .map(|n| {
+            let mut env = request(&mallory, elsewhere, "noise", 0);
+            env.body.nonce[..4].copy_from_slice(&n.to_le_bytes());
+            Message::Envelope(Envelope::sign(env.body, &mallory))
+        })
+        .collect();
+    flood(&mallory, &b, &messages);
+
+    let status = b.status();
+    assert_eq!(
+        status["refused"]["wrong_addressee"],
+        u64::from(flood_size),
+        "{status}"
+    );
+    let human = b.run_ok(&["status"]);
+    assert!(human.contains("wrong_addressee 1100"), "{human}");
+    let events = b.run_ok(&["--json", "events"]);
+    let kinds: Vec<(String, String)> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["data"]["node_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                v["data"]["kind"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&(a.node_id.clone(), "request_received".into())),
+        "the request's event was flushed by the flood"
+    );
+    let refused = kinds.iter().filter(|(_, k)| k == "refused").count();
+    assert!(refused <= 20, "{refused} refused events went through");
+}

@@ -340,6 +340,10 @@ pub struct StatusView {
     /// The services this node exposes to trusted peers.
     #[serde(default)]
     pub services: Vec<ServiceView>,
+    /// Envelopes refused since the daemon started, per reason (e.g. `stale`,
+    /// `bad_signature`); `kith events` shows only the first few of each minute.
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// One exposed service, as `kith status` and `kith expose` show it.

@@ -635,6 +635,7 @@ impl Daemon {
             private: self.node.is_private(),
             relay: self.node.relay_status().map(|s| relay_link_view(&s)),
             services: self.service_views(),
+            refused: self.node.refusals(),
         })
     }
 }

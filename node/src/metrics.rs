@@ -23,7 +23,6 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use kith_protocol::validate::Refusal;
 use kith_protocol::wire::AckStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -145,7 +144,7 @@ impl NodeMetrics {
             AckStatus::Refused(refusal) => {
                 self.refusals
                     .get_or_create(&Reason {
-                        reason: refusal_label(refusal),
+                        reason: refusal.code(),
                     })
                     .inc();
                 "refused"
@@ -272,26 +271,6 @@ fn render(registry: &Registry) -> String {
     text
 }
 
-/// A fixed, label-safe name for each refusal reason.
-pub fn refusal_label(refusal: &Refusal) -> &'static str {
-    match refusal {
-        Refusal::UnknownVersion(_) => "unknown_version",
-        Refusal::BadSignature => "bad_signature",
-        Refusal::WrongAddressee => "wrong_addressee",
-        Refusal::ClockSkew { .. } => "clock_skew",
-        Refusal::ReplayedNonce => "replayed_nonce",
-        Refusal::Stale => "stale",
-        Refusal::SenderMismatch => "sender_mismatch",
-        Refusal::TextTooLong { .. } => "text_too_long",
-        Refusal::TextNotPrintable => "text_not_printable",
-        Refusal::NotTrusted => "not_trusted",
-        Refusal::Malformed => "malformed",
-        Refusal::PendingFull => "pending_full",
-        Refusal::FromSelf => "from_self",
-        Refusal::Unsolicited => "unsolicited",
-    }
-}
-
 /// Produces the exposition text at each scrape.
 pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
@@ -363,6 +342,7 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kith_protocol::validate::Refusal;
 
     #[test]
     fn an_envelope_counts_its_outcome_and_a_refusal_its_reason() {

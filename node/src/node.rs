@@ -22,6 +22,7 @@ mod app;
 mod budget;
 mod core;
 mod link;
+mod refusals;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -278,6 +279,7 @@ impl NodeBuilder {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (relay_events, first_relay_subscriber) = broadcast::channel(EVENT_BUFFER);
         let key = Arc::new(self.key);
+        let refusals = Arc::new(refusals::Refusals::default());
         let core = Arc::new(Core::new(
             machine,
             store,
@@ -289,6 +291,7 @@ impl NodeBuilder {
                 home: self.relay.clone(),
                 services: services.clone(),
                 metrics: metrics.clone(),
+                refusals: refusals.clone(),
             },
         ));
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -303,6 +306,7 @@ impl NodeBuilder {
             home: self.relay.clone(),
             core,
             events: events.clone(),
+            refusals,
             conns: Mutex::new(HashMap::new()),
             outbox,
             reach: reach.clone(),
@@ -370,6 +374,8 @@ struct Shared {
     home: Option<RelayRef>,
     core: Arc<Core>,
     events: broadcast::Sender<Event>,
+    /// Every envelope refused, by the machine or before it, per reason.
+    refusals: Arc<refusals::Refusals>,
     /// Direct connections to peers, by peer.
     conns: Mutex<HashMap<NodeId, quinn::Connection>>,
     /// Envelopes produced while serving a peer (auto-approvals, mutual trust), delivered
@@ -538,6 +544,8 @@ struct CoreLinks {
     home: Option<RelayRef>,
     services: ServiceMap,
     metrics: Arc<NodeMetrics>,
+    /// Refused envelopes, per reason; shared with [`Shared::refusals`].
+    refusals: Arc<refusals::Refusals>,
 }
 
 /// The services this node exposes, as committed; written by the core after its commit.
@@ -1121,7 +1129,9 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let refused = |refusal| {
+    // Refusals made here, before the machine (which counts its own in the core).
+    let refused = |refusal: Refusal| {
+        shared.refusals.note(&refusal, now_ms());
         Message::Ack(Ack {
             status: AckStatus::Refused(refusal),
         })
@@ -1258,6 +1268,12 @@ impl Node {
     /// Events as they happen (request received, approved, revoked, ...).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()
+    }
+
+    /// Envelopes refused since the node started, per reason; only the first few of
+    /// each minute also reach [`Node::subscribe`] as events.
+    pub fn refusals(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared.refusals.counts()
     }
 
     /// Runs an operator command; envelopes it produces are delivered before this returns

@@ -52,6 +52,28 @@ pub enum Refusal {
     Unsolicited,
 }
 
+impl Refusal {
+    /// A short stable name for the reason, without its details (for counters).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::UnknownVersion(_) => "unknown_version",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::WrongAddressee => "wrong_addressee",
+            Refusal::ClockSkew { .. } => "clock_skew",
+            Refusal::ReplayedNonce => "replayed_nonce",
+            Refusal::Stale => "stale",
+            Refusal::SenderMismatch => "sender_mismatch",
+            Refusal::TextTooLong { .. } => "text_too_long",
+            Refusal::TextNotPrintable => "text_not_printable",
+            Refusal::NotTrusted => "not_trusted",
+            Refusal::Malformed => "malformed",
+            Refusal::PendingFull => "pending_full",
+            Refusal::FromSelf => "from_self",
+            Refusal::Unsolicited => "unsolicited",
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -319,6 +319,15 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
     if status.auto_approve {
         println!("policy    auto-approve (every request is trusted)");
     }
+    if !status.refused.is_empty() {
+        let total: u64 = status.refused.values().sum();
+        let reasons: Vec<String> = status
+            .refused
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        println!("refused   {total} envelope(s): {}", reasons.join(", "));
+    }
     println!("up since  {}", ago(status.started_at_ms));
     println!("ticket    {}", status.ticket);
     super::service::print_services(&status.services);

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use kith_keys::NodeId;
-use kith_protocol::machine::{Command, Input, Output, Reply, StoreWrite, TrustMachine};
+use kith_protocol::machine::{Command, EventKind, Input, Output, Reply, StoreWrite, TrustMachine};
 use tokio::sync::{Notify, watch};
 use tracing::warn;
 
@@ -284,6 +284,7 @@ impl CoreState {
             home,
             services,
             metrics,
+            refusals,
         } = links;
         let machine = &mut self.machine;
         let mut rng = rand_core::OsRng;
@@ -477,6 +478,12 @@ impl CoreState {
             }
             for (reply, out, seqs) in released {
                 for event in out.events {
+                    // A flood of refusals is counted, not let through to flush the events.
+                    if let EventKind::Refused { refusal } = &event.kind {
+                        if !refusals.note(refusal, event.at_ms) {
+                            continue;
+                        }
+                    }
                     let _ = events.send(event);
                 }
                 let outgoing = out
@@ -546,6 +553,7 @@ mod tests {
             home: None,
             services: Default::default(),
             metrics: Default::default(),
+            refusals: Default::default(),
         };
         Arc::new(Core::new(machine, store, links))
     }

@@ -573,7 +573,8 @@ async fn serve_link_stream(
     let Some(bytes) = crate::node::read_one_message(&mut send, &mut recv).await else {
         return;
     };
-    let refused = |refusal| {
+    let refused = |refusal: Refusal| {
+        shared.refusals.note(&refusal, crate::node::now_ms());
         Some(Message::Ack(Ack {
             status: AckStatus::Refused(refusal),
         }))
