@@ -190,7 +190,7 @@ pub async fn bind(socket: &Path) -> Result<UnixListener, ControlError> {
 /// Checks that the connecting process runs as our uid or as root.
 pub fn check_peer(stream: &UnixStream) -> Result<(), ControlError> {
     let cred = stream.peer_cred()?;
-    let own = effective_uid();
+    let own = crate::harden::effective_uid();
     if cred.uid() == own || cred.uid() == 0 {
         Ok(())
     } else {
@@ -199,14 +199,6 @@ pub fn check_peer(stream: &UnixStream) -> Result<(), ControlError> {
             own,
         })
     }
-}
-
-fn effective_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    // The uid that owns our own process directory is our effective uid; avoids unsafe geteuid.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
 }
 
 /// Accepts control clients until the future is dropped: checks each one's

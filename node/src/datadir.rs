@@ -37,13 +37,6 @@ pub enum DataDirError {
     Inspect { path: PathBuf, source: io::Error },
 }
 
-/// The effective user id of this process.
-#[allow(unsafe_code)] // geteuid: no arguments, cannot fail.
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid takes no pointers and always succeeds.
-    unsafe { libc::geteuid() }
-}
-
 /// Refuses `path` (following symlinks) unless this process's user owns it; `Ok(None)`
 /// when there is nothing there.
 fn require_owned(path: &Path) -> Result<Option<fs::Metadata>, DataDirError> {
@@ -57,7 +50,7 @@ fn require_owned(path: &Path) -> Result<Option<fs::Metadata>, DataDirError> {
             });
         }
     };
-    let me = effective_uid();
+    let me = crate::harden::effective_uid();
     if meta.uid() != me {
         return Err(DataDirError::NotOwned {
             path: path.to_path_buf(),

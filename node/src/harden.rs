@@ -1,4 +1,5 @@
-//! Process hardening at daemon start: no core dumps, no ptrace by other users.
+//! Process hardening at daemon start: no core dumps, no ptrace by other users; and
+//! the process's effective uid, which decides whose files and control clients it accepts.
 //!
 //! A node's private key lives in this process's memory; a core file or a debugger
 //! attached by another local user would expose it. This module must never fail the
@@ -58,4 +59,10 @@ pub fn harden_process() -> HardenReport {
 pub fn is_dumpable() -> bool {
     // SAFETY: PR_GET_DUMPABLE takes no pointers.
     unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no pointers and always succeeds.
+    unsafe { libc::geteuid() }
 }

@@ -67,7 +67,7 @@ pub struct SecretStore {
 }
 
 fn owned(path: &Path, meta: &fs::Metadata) -> Result<(), SecretError> {
-    let me = crate::datadir::effective_uid();
+    let me = crate::harden::effective_uid();
     if meta.uid() != me {
         return Err(SecretError::NotOwned {
             path: path.to_path_buf(),

@@ -182,6 +182,16 @@ impl NodeMetrics {
     }
 }
 
+/// What a relay reports when scraped.
+#[derive(Debug, Clone)]
+pub struct RelayFigures {
+    pub clients: usize,
+    pub registered: usize,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub stats: kith_protocol::relay::RelayStats,
+}
+
 /// A relay's figures, all read from it when scraped.
 #[derive(Debug)]
 pub struct RelayMetrics {
@@ -230,8 +240,8 @@ impl Default for RelayMetrics {
 }
 
 impl RelayMetrics {
-    /// Fills every figure from a relay snapshot, then renders.
-    pub fn render(&self, snapshot: &crate::relay::RelaySnapshot) -> String {
+    /// Fills every figure from what the relay reports, then renders.
+    pub fn render(&self, snapshot: &RelayFigures) -> String {
         let registered = snapshot.registered as i64;
         self.clients
             .get_or_create(&State {

@@ -55,7 +55,7 @@ pub use self::budget::MAX_BUFFERED;
 use self::core::Core;
 use crate::metrics::NodeMetrics;
 use crate::reach::{PathKind, PeerReach, Targets};
-use crate::service::ServiceSpec;
+use crate::service::spec::ServiceSpec;
 use crate::store::{Store, StoreError};
 use crate::ticket::Ticket;
 use crate::tls::{self, TlsError};

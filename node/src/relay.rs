@@ -633,7 +633,14 @@ pub async fn run_daemon(
             Arc::new(crate::metrics::RelayMetrics::default()),
         );
         let render: crate::metrics::Render = Arc::new(move || {
-            let text = figures.render(&server.snapshot());
+            let s = server.snapshot();
+            let text = figures.render(&crate::metrics::RelayFigures {
+                clients: s.clients,
+                registered: s.registered,
+                queued: s.queued,
+                queued_bytes: s.queued_bytes,
+                stats: s.stats,
+            });
             Box::pin(async move { text })
         });
         tokio::spawn(crate::metrics::serve(listener, render))

@@ -17,7 +17,7 @@ use kith_keys::NodeId;
 use kith_protocol::machine::{AllowEntry, AuditEntry, PeerRecord, StoreWrite};
 
 use crate::reach::PeerReach;
-use crate::service::ServiceSpec;
+use crate::service::spec::ServiceSpec;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

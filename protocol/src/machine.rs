@@ -51,8 +51,7 @@ pub use consent::Consent;
 
 use self::index::{Reap, RecordIndex, RelayBuckets, SourceNet};
 
-/// Default clock-skew window: five minutes either way.
-pub const DEFAULT_SKEW_MS: u64 = 5 * 60 * 1000;
+pub use crate::validate::DEFAULT_SKEW_MS;
 /// Default lifetime of an incoming request nobody decided on: seven days.
 pub const DEFAULT_PENDING_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// How far our clock may lag the last timestamp we sent a peer before the node

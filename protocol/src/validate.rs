@@ -12,109 +12,11 @@ use std::fmt;
 use kith_keys::NodeId;
 use serde::{Deserialize, Serialize};
 
+pub use crate::wire::Refusal;
 use crate::wire::{Envelope, MAX_TEXT_CHARS, PROTOCOL_VERSION};
 
-/// Why an incoming envelope (or message) was refused. One kind per rule; a
-/// refusal never changes state. Sent back to the sender in the [`crate::Ack`].
-///
-/// Variant order is wire format (it travels inside an ack): append only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
-    /// The envelope's protocol version is not one this node speaks.
-    UnknownVersion(u16),
-    /// The signature does not verify (strictly) for the claimed sender.
-    BadSignature,
-    /// The envelope is addressed to another node.
-    WrongAddressee,
-    /// The sender's timestamp is outside the skew window; `skew_ms` is
-    /// sender's time minus ours (positive: the sender is ahead).
-    ClockSkew { skew_ms: i64 },
-    /// This exact envelope (sender and nonce) was already processed.
-    ReplayedNonce,
-    /// Not newer than the last envelope applied from this sender.
-    Stale,
-    /// On a direct connection, the signer is not the TLS-authenticated peer.
-    SenderMismatch,
-    /// Free text longer than [`MAX_TEXT_CHARS`] characters.
-    TextTooLong { chars: u64 },
-    /// Free text containing NUL or made mostly of control characters.
-    TextNotPrintable,
-    /// The sender is not trusted (used by the node to gate non-handshake streams).
-    NotTrusted,
-    /// The frame did not decode as a kith message (used by the node).
-    Malformed,
-    /// Too many requests are pending from the sender's network address.
-    PendingFull,
-    /// An envelope claiming to come from this node itself.
-    FromSelf,
-    /// Authentic, but answers nothing: an accept, reject or revoke from a peer
-    /// we hold no record of (no record is created for it).
-    Unsolicited,
-}
-
-impl Refusal {
-    /// A short stable name for the reason, without its details (for counters).
-    pub fn code(&self) -> &'static str {
-        match self {
-            Refusal::UnknownVersion(_) => "unknown_version",
-            Refusal::BadSignature => "bad_signature",
-            Refusal::WrongAddressee => "wrong_addressee",
-            Refusal::ClockSkew { .. } => "clock_skew",
-            Refusal::ReplayedNonce => "replayed_nonce",
-            Refusal::Stale => "stale",
-            Refusal::SenderMismatch => "sender_mismatch",
-            Refusal::TextTooLong { .. } => "text_too_long",
-            Refusal::TextNotPrintable => "text_not_printable",
-            Refusal::NotTrusted => "not_trusted",
-            Refusal::Malformed => "malformed",
-            Refusal::PendingFull => "pending_full",
-            Refusal::FromSelf => "from_self",
-            Refusal::Unsolicited => "unsolicited",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::UnknownVersion(v) => write!(
-                f,
-                "protocol version {v} is not supported (this node speaks version {PROTOCOL_VERSION})"
-            ),
-            Refusal::BadSignature => f.write_str("the signature does not verify for the sender"),
-            Refusal::WrongAddressee => f.write_str("the message is addressed to another node"),
-            Refusal::ClockSkew { skew_ms } => write!(
-                f,
-                "the sender's clock is {} by {:.1} s, outside the allowed window",
-                if *skew_ms >= 0 { "ahead" } else { "behind" },
-                skew_ms.unsigned_abs() as f64 / 1000.0
-            ),
-            Refusal::ReplayedNonce => f.write_str("this message was already received (replay)"),
-            Refusal::Stale => {
-                f.write_str("the message is not newer than the last one applied from the sender")
-            }
-            Refusal::SenderMismatch => {
-                f.write_str("the message is signed by a node other than the connected peer")
-            }
-            Refusal::TextTooLong { chars } => write!(
-                f,
-                "the text is {chars} characters long; at most {MAX_TEXT_CHARS} are allowed"
-            ),
-            Refusal::TextNotPrintable => {
-                f.write_str("the text contains NUL or is mostly control characters")
-            }
-            Refusal::NotTrusted => f.write_str("the sender is not trusted"),
-            Refusal::Malformed => f.write_str("the message could not be decoded"),
-            Refusal::PendingFull => {
-                f.write_str("too many requests are already pending from the sender's address")
-            }
-            Refusal::FromSelf => f.write_str("the message claims to come from this node itself"),
-            Refusal::Unsolicited => {
-                f.write_str("the message answers nothing: this node has no record of the sender")
-            }
-        }
-    }
-}
+/// Default clock-skew window: five minutes either way.
+pub const DEFAULT_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// Why a piece of text is not acceptable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -17,9 +17,6 @@ use std::net::SocketAddr;
 use kith_keys::{NodeId, NodeKey, Signature, SignatureError};
 use serde::{Deserialize, Serialize};
 
-use crate::relay::{DropReason, ForwardResult, RelayRefusal};
-use crate::validate::Refusal;
-
 /// The only protocol version this crate speaks. Envelopes carrying any other
 /// version are refused with [`Refusal::UnknownVersion`].
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -308,6 +305,193 @@ pub enum Message {
     },
     /// From a relay: see [`RelayNotice`].
     RelayNotice(RelayNotice),
+}
+
+/// Why an incoming envelope (or message) was refused. One kind per rule; a
+/// refusal never changes state. Sent back to the sender in the [`crate::Ack`].
+///
+/// Variant order is wire format (it travels inside an ack): append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The envelope's protocol version is not one this node speaks.
+    UnknownVersion(u16),
+    /// The signature does not verify (strictly) for the claimed sender.
+    BadSignature,
+    /// The envelope is addressed to another node.
+    WrongAddressee,
+    /// The sender's timestamp is outside the skew window; `skew_ms` is
+    /// sender's time minus ours (positive: the sender is ahead).
+    ClockSkew { skew_ms: i64 },
+    /// This exact envelope (sender and nonce) was already processed.
+    ReplayedNonce,
+    /// Not newer than the last envelope applied from this sender.
+    Stale,
+    /// On a direct connection, the signer is not the TLS-authenticated peer.
+    SenderMismatch,
+    /// Free text longer than [`MAX_TEXT_CHARS`] characters.
+    TextTooLong { chars: u64 },
+    /// Free text containing NUL or made mostly of control characters.
+    TextNotPrintable,
+    /// The sender is not trusted (used by the node to gate non-handshake streams).
+    NotTrusted,
+    /// The frame did not decode as a kith message (used by the node).
+    Malformed,
+    /// Too many requests are pending from the sender's network address.
+    PendingFull,
+    /// An envelope claiming to come from this node itself.
+    FromSelf,
+    /// Authentic, but answers nothing: an accept, reject or revoke from a peer
+    /// we hold no record of (no record is created for it).
+    Unsolicited,
+}
+
+impl Refusal {
+    /// A short stable name for the reason, without its details (for counters).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::UnknownVersion(_) => "unknown_version",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::WrongAddressee => "wrong_addressee",
+            Refusal::ClockSkew { .. } => "clock_skew",
+            Refusal::ReplayedNonce => "replayed_nonce",
+            Refusal::Stale => "stale",
+            Refusal::SenderMismatch => "sender_mismatch",
+            Refusal::TextTooLong { .. } => "text_too_long",
+            Refusal::TextNotPrintable => "text_not_printable",
+            Refusal::NotTrusted => "not_trusted",
+            Refusal::Malformed => "malformed",
+            Refusal::PendingFull => "pending_full",
+            Refusal::FromSelf => "from_self",
+            Refusal::Unsolicited => "unsolicited",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::UnknownVersion(v) => write!(
+                f,
+                "protocol version {v} is not supported (this node speaks version {PROTOCOL_VERSION})"
+            ),
+            Refusal::BadSignature => f.write_str("the signature does not verify for the sender"),
+            Refusal::WrongAddressee => f.write_str("the message is addressed to another node"),
+            Refusal::ClockSkew { skew_ms } => write!(
+                f,
+                "the sender's clock is {} by {:.1} s, outside the allowed window",
+                if *skew_ms >= 0 { "ahead" } else { "behind" },
+                skew_ms.unsigned_abs() as f64 / 1000.0
+            ),
+            Refusal::ReplayedNonce => f.write_str("this message was already received (replay)"),
+            Refusal::Stale => {
+                f.write_str("the message is not newer than the last one applied from the sender")
+            }
+            Refusal::SenderMismatch => {
+                f.write_str("the message is signed by a node other than the connected peer")
+            }
+            Refusal::TextTooLong { chars } => write!(
+                f,
+                "the text is {chars} characters long; at most {MAX_TEXT_CHARS} are allowed"
+            ),
+            Refusal::TextNotPrintable => {
+                f.write_str("the text contains NUL or is mostly control characters")
+            }
+            Refusal::NotTrusted => f.write_str("the sender is not trusted"),
+            Refusal::Malformed => f.write_str("the message could not be decoded"),
+            Refusal::PendingFull => {
+                f.write_str("too many requests are already pending from the sender's address")
+            }
+            Refusal::FromSelf => f.write_str("the message claims to come from this node itself"),
+            Refusal::Unsolicited => {
+                f.write_str("the message answers nothing: this node has no record of the sender")
+            }
+        }
+    }
+}
+
+/// Why a queued envelope was dropped.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DropReason {
+    /// Its destination did not come back within the queue TTL.
+    Expired,
+    /// The relay forgot its destination (gone too long, or to make room for others).
+    Forgotten,
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DropReason::Expired => "its destination did not come back in time",
+            DropReason::Forgotten => "the relay forgot its destination",
+        })
+    }
+}
+
+/// What became of a forwarded envelope, as told to its sender.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardResult {
+    /// Pushed at once over the destination's connection.
+    Delivered,
+    /// The destination is offline; the envelope waits for it (up to the queue TTL).
+    Queued,
+    /// The relay does not know the destination (never registered, or gone too long).
+    UnknownDestination,
+    /// The relay would not take it.
+    Refused(RelayRefusal),
+}
+
+impl fmt::Display for ForwardResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardResult::Delivered => f.write_str("delivered"),
+            ForwardResult::Queued => f.write_str("queued"),
+            ForwardResult::UnknownDestination => f.write_str("unknown destination"),
+            ForwardResult::Refused(r) => write!(f, "refused: {r}"),
+        }
+    }
+}
+
+/// Why a relay refused a registration or a forward.
+///
+/// Variant order is wire format: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayRefusal {
+    /// The sender exceeded its rate limit.
+    RateLimited,
+    /// The destination's queue, or the relay's, is full.
+    QueueFull,
+    /// The node is not on the relay's allow list.
+    NotAllowed,
+    /// The relay serves as many clients as it may.
+    TooManyClients,
+    /// The envelope's `from` is not the connection's authenticated node.
+    SenderMismatch,
+    /// The connection is not a client of the relay.
+    UnknownConnection,
+    /// Unknown version or over-long text (every destination would refuse it), or a
+    /// reply hint beyond the bounds every destination accepts.
+    Malformed,
+    /// The sender has as many envelopes queued as it may, in all or for this destination.
+    SenderQuota,
+}
+
+impl fmt::Display for RelayRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RelayRefusal::RateLimited => "rate limited",
+            RelayRefusal::QueueFull => "the relay's queue is full",
+            RelayRefusal::NotAllowed => "not on the relay's allow list",
+            RelayRefusal::TooManyClients => "the relay has too many clients",
+            RelayRefusal::SenderMismatch => "the envelope is not from the node on this connection",
+            RelayRefusal::UnknownConnection => "the connection is not a client of the relay",
+            RelayRefusal::Malformed => "the envelope or its reply hint is malformed",
+            RelayRefusal::SenderQuota => "the sender has too many envelopes queued at the relay",
+        })
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use super::{
     now_ms,
 };
 use crate::reach::{PeerReach, targets};
-use crate::service::ServiceSpec;
+use crate::service::spec::ServiceSpec;
 use crate::store::{NodeWrites, Store, StoreError};
 
 /// Inputs handled per store commit; bounds the latency one batch adds.

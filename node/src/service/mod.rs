@@ -14,7 +14,7 @@
 //! exposed, never to a service that does not admit that peer, and never read more
 //! than one bounded frame from a peer before its answer.
 
-mod spec;
+pub mod spec;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

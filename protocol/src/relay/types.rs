@@ -3,14 +3,14 @@
 //! whole crate, no I/O.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::SocketAddr;
 
 use kith_keys::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::machine::DEFAULT_SKEW_MS;
+use crate::validate::DEFAULT_SKEW_MS;
 use crate::wire::Envelope;
+pub use crate::wire::{DropReason, ForwardResult, RelayRefusal};
 
 /// The caller's name for one connection to the relay. Never reused while the
 /// connection lives.
@@ -156,91 +156,6 @@ pub enum RelayOutput {
         nonce: [u8; 16],
         reason: DropReason,
     },
-}
-
-/// Why a queued envelope was dropped.
-///
-/// Variant order is wire format: append only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DropReason {
-    /// Its destination did not come back within the queue TTL.
-    Expired,
-    /// The relay forgot its destination (gone too long, or to make room for others).
-    Forgotten,
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DropReason::Expired => "its destination did not come back in time",
-            DropReason::Forgotten => "the relay forgot its destination",
-        })
-    }
-}
-
-/// What became of a forwarded envelope, as told to its sender.
-///
-/// Variant order is wire format: append only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ForwardResult {
-    /// Pushed at once over the destination's connection.
-    Delivered,
-    /// The destination is offline; the envelope waits for it (up to the queue TTL).
-    Queued,
-    /// The relay does not know the destination (never registered, or gone too long).
-    UnknownDestination,
-    /// The relay would not take it.
-    Refused(RelayRefusal),
-}
-
-impl fmt::Display for ForwardResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ForwardResult::Delivered => f.write_str("delivered"),
-            ForwardResult::Queued => f.write_str("queued"),
-            ForwardResult::UnknownDestination => f.write_str("unknown destination"),
-            ForwardResult::Refused(r) => write!(f, "refused: {r}"),
-        }
-    }
-}
-
-/// Why a relay refused a registration or a forward.
-///
-/// Variant order is wire format: append only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RelayRefusal {
-    /// The sender exceeded its rate limit.
-    RateLimited,
-    /// The destination's queue, or the relay's, is full.
-    QueueFull,
-    /// The node is not on the relay's allow list.
-    NotAllowed,
-    /// The relay serves as many clients as it may.
-    TooManyClients,
-    /// The envelope's `from` is not the connection's authenticated node.
-    SenderMismatch,
-    /// The connection is not a client of the relay.
-    UnknownConnection,
-    /// Unknown version or over-long text (every destination would refuse it), or a
-    /// reply hint beyond the bounds every destination accepts.
-    Malformed,
-    /// The sender has as many envelopes queued as it may, in all or for this destination.
-    SenderQuota,
-}
-
-impl fmt::Display for RelayRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RelayRefusal::RateLimited => "rate limited",
-            RelayRefusal::QueueFull => "the relay's queue is full",
-            RelayRefusal::NotAllowed => "not on the relay's allow list",
-            RelayRefusal::TooManyClients => "the relay has too many clients",
-            RelayRefusal::SenderMismatch => "the envelope is not from the node on this connection",
-            RelayRefusal::UnknownConnection => "the connection is not a client of the relay",
-            RelayRefusal::Malformed => "the envelope or its reply hint is malformed",
-            RelayRefusal::SenderQuota => "the sender has too many envelopes queued at the relay",
-        })
-    }
 }
 
 /// Counters, for status and benchmarks.
