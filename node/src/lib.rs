@@ -6,13 +6,17 @@
 //!   together; embeddable (see examples/two_nodes.rs). Its private `link` submodule is
 //!   the relay client: the home relay connection (keep-alive, reconnect with backoff and
 //!   jitter, registration) and forwarding through relays. Its private `app` submodule
-//!   gates application connections on trust ([`Node::connect`], [`Node::accept`]).
+//!   gates application connections on trust ([`Node::connect`], [`Node::accept`]);
+//!   `core` owns the trust machine and the store (group commit); `admission` and
+//!   `budget` bound inbound connections and what their streams may buffer.
 //! - [`service`]: services a node exposes to trusted peers (`kith expose`, `connect`,
 //!   `forward`) and their protocol, `kith-svc/1`, on top of application connections.
 //! - [`daemon`]: `kith run` — a node bound to a data dir, answering on its control socket.
 //! - [`control`]: the control socket protocol between `kith` subcommands and the daemon.
 //! - [`hooks`]: the `--on-request` hook's bounded queue, which never drops a run silently.
-//! - [`store`]: the redb database: peers, allow and deny lists, audit log, reach records.
+//! - [`store`]: the redb database: its owner, peers, allow and deny lists, audit log
+//!   (capped), reach records, outbox markers, services; `store::migrate` upgrades old schemas.
+//! - [`metrics`]: Prometheus exposition for `kith run --metrics` and `kith relay --metrics`.
 //! - [`reach`]: how each peer is reached (direct addresses, its home relay, the last
 //!   path that worked) and the order delivery tries them in.
 //! - [`relay`]: `kith relay` — a relay server: a QUIC endpoint driving the sans-IO
@@ -21,10 +25,13 @@
 //! - [`ticket`]: the pasteable string that says who a node is and how to reach it.
 //! - [`addrs`]: which local addresses go into a ticket.
 //! - [`datadir`], [`unlock`], [`harden`]: the data directory, unlocking the keystore,
-//!   and process hardening.
+//!   and process hardening (and the process's effective uid).
 //! - [`instance`]: the instance record that tells a copied data dir from a moved one,
 //!   and [`instance_secret`], the per-instance secret it rests on, kept outside the data dir.
 //! - [`cli`]: the `kith` command line (the binary's `main` is [`cli::main`]); [`demo`].
+//!
+//! Imports point one way: `cli` → `daemon`/`relay` → `service` → `node` → `store`,
+//! `tls`, `reach` → the protocol crate. docs/design.md ("Layout") has the map.
 
 pub mod addrs;
 pub mod cli;

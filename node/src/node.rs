@@ -62,7 +62,7 @@ use crate::tls::{self, TlsError};
 
 /// The most that inbound connections can make a node buffer, in bytes: quinn's
 /// unread data (one connection window per connection) plus the node's read budget
-/// for streams being read. Within [`MEMORY_BUDGET`]; see docs/design-notes.md.
+/// for streams being read. Within [`MEMORY_BUDGET`]; see docs/design.md.
 pub const INBOUND_BUFFER_BOUND: usize =
     MAX_INBOUND_CONNECTIONS * tls::UNVETTED_CONNECTION_WINDOW as usize + MAX_BUFFERED;
 /// What a node may spend on buffering inbound data, at most.

@@ -199,7 +199,7 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsErro
 /// [`server_config`] that also accepts the application protocols `apps` (each
 /// connection negotiates one ALPN; `kith/1` stays first). What may flow on an
 /// application connection is decided after the handshake, by trust
-/// ([`crate::app`]).
+/// ([`crate::node::Node::connect`], [`crate::node::Node::accept`]).
 pub fn server_config_with(
     identity: &Identity,
     apps: &[Vec<u8>],
@@ -456,7 +456,7 @@ fn client_config_reporting(
 /// found trusted for an application: one largest kith frame, whatever the
 /// per-stream window. Several small messages fit at once, and a connection whose
 /// streams the node stops reading (its read budget is spent) holds no more than
-/// this. See docs/design-notes.md, Transport, for the sum over all connections.
+/// this. See docs/design.md, Transport, for the sum over all connections.
 pub const UNVETTED_CONNECTION_WINDOW: u32 = kith_protocol::frame::MAX_FRAME_LEN as u32 + 4;
 
 /// Connection limits shared by both directions. Deliberately small: a peer is

@@ -11,17 +11,19 @@
 //!
 //! # Layout
 //!
-//! - [`wire`]: [`Envelope`], [`Body`], [`Kind`], [`Ack`], [`AckStatus`] and
-//!   [`Message`] — what travels on a stream, relay messages and the [`Reach`]
-//!   reply hint included — plus signing and verification.
+//! - [`wire`]: [`Envelope`], [`Body`], [`Kind`], [`Ack`], [`AckStatus`],
+//!   [`Refusal`] and [`Message`] — what travels on a stream, relay messages and
+//!   answers and the [`Reach`] reply hint included — plus signing and
+//!   verification. It imports nothing else of this crate.
 //! - [`frame`]: `u32` LE length + postcard framing; [`FrameDecoder`] takes
 //!   bytes in any chunks and refuses oversized frames from their prefix.
 //! - [`validate`]: the stateless envelope rules ([`check_envelope`]), the text
-//!   rules ([`check_text`]), [`Refusal`], and [`escape_for_display`] for showing
-//!   peer text to operators.
+//!   rules ([`check_text`]), the skew window, and [`escape_for_display`] for
+//!   showing peer text to operators.
 //! - [`replay`]: the bounded, time-limited (sender, nonce) cache.
 //! - [`machine`]: [`TrustMachine`], the per-node trust state machine:
-//!   [`Input`] in, [`Output`] out.
+//!   [`Input`] in, [`Output`] out; `machine::consent` is where our consent comes
+//!   from, `machine::index` the indexes that bound its work (pending, declined).
 //! - [`relay`]: [`Relay`], the relay state machine (routing, queueing,
 //!   expiry, limits, identity conflicts): [`RelayInput`] in, [`RelayOutput`]s out.
 

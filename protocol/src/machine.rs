@@ -11,7 +11,7 @@
 //! block. The daemon and the simulator drive the very same code, so what the
 //! simulator shows is what the daemon does.
 //!
-//! The principles behind the transition table (see DESIGN.md for the table):
+//! The principles behind the transition table (docs/design.md, "Consent and agreement", has the table):
 //!
 //! - A refused envelope or a failed command changes nothing at all.
 //! - Every envelope that passes validation is *applied*: its nonce is

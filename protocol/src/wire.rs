@@ -201,8 +201,8 @@ pub struct RelayRef {
 /// - It is applied only with an envelope that passed every check (signature,
 ///   freshness, replay), so it cannot be injected with a replayed envelope.
 /// - Reachability changes (a node moves, changes relay) without touching the
-///   signed protocol or the trust state machine, and the signed body stays what
-///   DESIGN.md specifies.
+///   signed protocol or the trust state machine, and the signed body stays as
+///   docs/design.md gives it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reach {
     /// Where the sender can be dialled directly. Empty: do not dial it (a private

@@ -10,7 +10,7 @@
 //!
 //! The same schedules, once every message is delivered and each side has
 //! re-sent what it still owes (as the node's outbox does), must leave the two
-//! records in a pair the design allows (docs/design-notes.md): both trust or
+//! records in a pair the design allows (docs/design.md): both trust or
 //! neither does. (A waiting request whose sender no longer stands by it — it
 //! crossed a withdrawal or a decline — is allowed: approving it is answered
 //! with a revoke, and neither side trusts.)
@@ -98,7 +98,7 @@ struct World {
     owed: [Option<[u8; 16]>; 2],
     /// A node forgot or dismissed the other: an unacknowledged last word is lost with the
     /// record, and a crossing accept finds nothing to answer it (a known gap,
-    /// see docs/design-notes.md), so the pair is not checked.
+    /// see docs/design.md), so the pair is not checked.
     forgot: bool,
     log: Vec<String>,
 }
