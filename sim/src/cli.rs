@@ -10,8 +10,30 @@
 //! contain simulation logic. Exit codes: 0 clean, 1 invariant violated,
 //! 2 usage or input error.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// `println!` that survives a reader going away (`kith-sim run … | head`): the run
+/// goes on and its report is still written; only the lines nobody reads are lost.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+fn print_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => eprintln!("kith-sim: cannot write to stdout: {e}"),
+    }
+}
 
 use clap::{Parser, Subcommand};
 
@@ -77,9 +99,13 @@ pub fn main() -> i32 {
     match cli.command {
         Cmd::Check { scenario } => match Scenario::load(&scenario) {
             Ok(s) => {
-                println!(
+                say!(
                     "{}: ok ({} nodes, {} relays, {} workload + {} drain)",
-                    s.name, s.nodes.count, s.nodes.relays, s.duration, s.drain
+                    s.name,
+                    s.nodes.count,
+                    s.nodes.relays,
+                    s.duration,
+                    s.drain
                 );
                 0
             }
@@ -114,8 +140,8 @@ fn run(args: RunArgs) -> i32 {
         return 2;
     }
     let seed = args.seed.unwrap_or_else(random_seed);
-    println!("seed: {seed}");
-    println!(
+    say!("seed: {seed}");
+    say!(
         "scenario: {} ({} nodes, {} relays, mode {})",
         scenario.name,
         scenario.nodes.count,
@@ -146,7 +172,7 @@ fn run(args: RunArgs) -> i32 {
     let wall = started.elapsed();
     summary(&report, wall.as_secs_f64());
     match report.write(&out) {
-        Ok(path) => println!("report: {}", path.display()),
+        Ok(path) => say!("report: {}", path.display()),
         Err(e) => {
             eprintln!(
                 "kith-sim: cannot write the report into {}: {e}",
@@ -158,7 +184,7 @@ fn run(args: RunArgs) -> i32 {
     match crate::plot::write_all(&out, &report, &latencies) {
         Ok(files) => {
             for f in files {
-                println!("plot: {}", f.display());
+                say!("plot: {}", f.display());
             }
         }
         Err(e) => eprintln!("kith-sim: warning: plots not written: {e}"),
@@ -172,7 +198,7 @@ fn run(args: RunArgs) -> i32 {
 
 fn summary(r: &Report, wall_s: f64) {
     let l = &r.latency_ms.handshake;
-    println!(
+    say!(
         "outcome: {} in {:.2} s wall clock ({} ms {} time, {} events)",
         r.outcome,
         wall_s,
@@ -180,7 +206,7 @@ fn summary(r: &Report, wall_s: f64) {
         if r.mode == "sim" { "simulated" } else { "wall" },
         r.events_processed
     );
-    println!(
+    say!(
         "handshakes: {} requested, {} completed, {} rejected, {} open; latency p50 {} ms, p99 {} ms, max {} ms",
         r.handshakes.requested,
         r.handshakes.completed,
@@ -190,7 +216,7 @@ fn summary(r: &Report, wall_s: f64) {
         l.p99,
         l.max
     );
-    println!(
+    say!(
         "messages: {} envelopes, {} attempts, {} retries, {} lost, {} gave up; trusted pairs at end {}",
         r.messages.envelopes_total,
         r.messages.attempts,
@@ -204,7 +230,7 @@ fn summary(r: &Report, wall_s: f64) {
         .iter()
         .map(|(k, v)| format!("{k} {}", v.checks))
         .collect();
-    println!("invariant checks: {}", checks.join(", "));
+    say!("invariant checks: {}", checks.join(", "));
 }
 
 fn random_seed() -> u64 {

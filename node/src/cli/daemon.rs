@@ -261,8 +261,8 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
         print_json(&status)?;
         return Ok(exit::OK);
     }
-    println!("node      {}", status.node_id);
-    println!(
+    outln!("node      {}", status.node_id)?;
+    outln!(
         "listening {}{}",
         status.listen,
         if status.private {
@@ -270,8 +270,8 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
         } else {
             ""
         }
-    );
-    println!("reachable {}", status.reachability);
+    )?;
+    outln!("reachable {}", status.reachability)?;
     if let Some(relay) = &status.relay {
         let mut line = format!("{} ({})", relay.state, relay.node_id);
         if let Some(observed) = &relay.observed {
@@ -286,42 +286,44 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
                 line.push_str(&format!(", last error: {}", escape_for_display(err)));
             }
         }
-        println!("relay     {line}");
+        outln!("relay     {line}")?;
         if let Some(conflict) = &relay.conflict {
-            println!(
+            outln!(
                 "\nrelay {} says this node's id is also connected to it from {} ({}).\n{}",
                 conflict.reported_by,
                 conflict.others.join(", "),
                 ago(conflict.at_ms),
                 conflict.advice
-            );
+            )?;
         }
     }
-    println!("data dir  {}", status.data_dir);
-    println!(
+    outln!("data dir  {}", status.data_dir)?;
+    outln!(
         "peers     {} trusted, {} waiting for your approval, {} waiting for theirs",
-        status.trusted, status.pending_incoming, status.pending_outgoing
-    );
-    println!(
+        status.trusted,
+        status.pending_incoming,
+        status.pending_outgoing
+    )?;
+    outln!(
         "keystore  {}",
         if status.keystore_encrypted {
             "encrypted"
         } else {
             "NOT encrypted"
         }
-    );
-    println!("hardened  {}", if status.hardened { "yes" } else { "no" });
+    )?;
+    outln!("hardened  {}", if status.hardened { "yes" } else { "no" })?;
     if status.auto_approve {
-        println!("policy    auto-approve (every request is trusted)");
+        outln!("policy    auto-approve (every request is trusted)")?;
     }
-    println!("up since  {}", ago(status.started_at_ms));
-    println!("ticket    {}", status.ticket);
+    outln!("up since  {}", ago(status.started_at_ms))?;
+    outln!("ticket    {}", status.ticket)?;
     super::service::print_services(&status.services);
     if status.pending_incoming > 0 {
-        println!(
+        outln!(
             "\n{} request(s) wait for you: see `kith pending`",
             status.pending_incoming
-        );
+        )?;
     }
     Ok(exit::OK)
 }
@@ -342,7 +344,7 @@ pub fn ticket(ctx: &Context, _args: TicketArgs) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(&data)?;
     } else {
-        println!("{}", data["ticket"].as_str().unwrap_or_default());
+        outln!("{}", data["ticket"].as_str().unwrap_or_default())?;
     }
     Ok(exit::OK)
 }
@@ -396,12 +398,12 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
         print_json(&sent)?;
         return Ok(exit::OK);
     }
-    println!("request for {}: {}", sent.node_id, how_it_went(&sent));
+    outln!("request for {}: {}", sent.node_id, how_it_went(&sent))?;
     if sent.state == "outgoing_pending" {
-        println!(
+        outln!(
             "the other operator approves it with:\n  kith approve {}",
             sent.from
-        );
+        )?;
     }
     Ok(exit::OK)
 }
@@ -446,17 +448,17 @@ fn wait_for_answer(
         )?;
     } else {
         match outcome {
-            "accepted" => println!("{} accepted: you trust each other now", sent.node_id),
-            "rejected" => println!("{} rejected the request", sent.node_id),
-            "timed_out" => println!(
+            "accepted" => outln!("{} accepted: you trust each other now", sent.node_id)?,
+            "rejected" => outln!("{} rejected the request", sent.node_id)?,
+            "timed_out" => outln!(
                 "no answer yet from {}; the request stays pending",
                 sent.node_id
-            ),
-            _ => println!(
+            )?,
+            _ => outln!(
                 "the request to {} ended: {}",
                 sent.node_id,
                 state.replace('_', " ")
-            ),
+            )?,
         }
     }
     Ok(code)
@@ -479,7 +481,7 @@ pub fn pending(ctx: &Context, _args: PendingArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     if pending.is_empty() {
-        println!("no pending requests");
+        outln!("no pending requests")?;
         return Ok(exit::OK);
     }
     let mut t = table(&["direction", "node", "received", "address", "justification"]);
@@ -492,9 +494,9 @@ pub fn pending(ctx: &Context, _args: PendingArgs) -> anyhow::Result<u8> {
             escape_for_display(&p.justification),
         ]);
     }
-    println!("{t}");
+    outln!("{t}")?;
     if pending.iter().any(|p| p.direction == "incoming") {
-        println!("approve with `kith approve <node>`, refuse with `kith reject <node>`");
+        outln!("approve with `kith approve <node>`, refuse with `kith reject <node>`")?;
     }
     Ok(exit::OK)
 }
@@ -514,9 +516,9 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     if peers.is_empty() {
-        println!(
+        outln!(
             "no peers yet: share `kith ticket`, or ask another node with `kith request <TICKET>`"
-        );
+        )?;
         return Ok(exit::OK);
     }
     let mut t = table(&["node", "name", "state", "since", "address", "reached"]);
@@ -539,7 +541,7 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
             p.path.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    println!("{t}");
+    outln!("{t}")?;
     Ok(exit::OK)
 }
 
@@ -621,7 +623,7 @@ fn print_sent(ctx: &Context, verb: &str, sent: &SentView) -> anyhow::Result<u8> 
     if ctx.json {
         print_json(sent)?;
     } else {
-        println!("{verb} {}; {}", sent.node_id, how_it_went(sent));
+        outln!("{verb} {}; {}", sent.node_id, how_it_went(sent))?;
     }
     Ok(exit::OK)
 }

@@ -185,18 +185,22 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         })?
         .print()?;
     } else if show_phrase && on_terminal {
-        secret_io::phrase_for_backup(&secrets.mnemonic().phrase())?.print()?;
-        println!("node id: {node_id}");
+        secret_io::phrase_for_backup(&secrets.mnemonic().phrase())?
+            .print()
+            .map_err(phrase_not_shown)?;
+        outln!("node id: {node_id}")?;
     } else if show_phrase {
         // Asked for with --show-phrase-on-stdout: once, alone on its line, for a script to keep.
-        secret_io::phrase_line(&secrets.mnemonic().phrase())?.print()?;
+        secret_io::phrase_line(&secrets.mnemonic().phrase())?
+            .print()
+            .map_err(phrase_not_shown)?;
         eprintln!(
             "initialised node {node_id} in {}",
             ctx.data_dir.path().display()
         );
         eprintln!("the recovery phrase was printed once on stdout: store it offline");
     } else {
-        println!("{node_id}");
+        outln!("{node_id}")?;
         eprintln!(
             "recovered node {node_id} in {}",
             ctx.data_dir.path().display()
@@ -206,6 +210,15 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         eprintln!("warning: the keystore is NOT encrypted (--insecure-no-passphrase)");
     }
     Ok(exit::OK)
+}
+
+/// A recovery phrase that did not reach the operator is a failure, even on a closed
+/// pipe (which other output treats as a quiet end): say how to see it again.
+fn phrase_not_shown(e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the recovery phrase could not be printed ({e}); the identity exists: \
+         show the phrase with `kith mnemonic`"
+    )
 }
 
 fn read_recovery_phrase() -> anyhow::Result<Mnemonic> {
@@ -255,10 +268,10 @@ pub fn id(ctx: &Context, args: IdArgs) -> anyhow::Result<u8> {
             mnemonic: None,
         })?;
     } else {
-        println!("{node_id}");
-        println!("index: {index} (m/7444'/0'/{index}')");
+        outln!("{node_id}")?;
+        outln!("index: {index} (m/7444'/0'/{index}')")?;
         if let Some(parent) = parent {
-            println!("forked from: {} (index {})", parent.node_id, parent.index);
+            outln!("forked from: {} (index {})", parent.node_id, parent.index)?;
         }
     }
     Ok(exit::OK)
@@ -374,7 +387,7 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
             "parent": old_id.to_string(), "dropped_peers": dropped,
         }))?;
     } else {
-        println!("{new_id}");
+        outln!("{new_id}")?;
         eprintln!(
             "this data dir is now node {new_id} (index {new_index}), forked from {old_id}; \
              {dropped} peer record(s) were dropped: ask them again with `kith request`"
@@ -420,7 +433,7 @@ pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(&serde_json::json!({ "node_id": node_id.to_string(), "index": record.index }))?;
     } else {
-        println!("{node_id}");
+        outln!("{node_id}")?;
         eprintln!(
             "node {node_id} adopted at {} on {}",
             record.data_dir.display(),

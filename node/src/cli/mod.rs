@@ -2,6 +2,17 @@
 //! human sentence plus its causes. It must never print a secret except where the
 //! operator asked for it (`init` shows a new recovery phrase once, `mnemonic` on request).
 
+/// `println!` that hands back the write error (see `output::write_line`): use it
+/// with `?` so a closed pipe ends the command quietly instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($arg)*))
+    };
+}
+
 mod daemon;
 mod identity;
 mod operator;
@@ -181,6 +192,9 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // Whoever read our output went away (`kith peers | head -1`): nothing is
+        // wrong, and there is nobody to tell. End quietly, as `head`'s writer should.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => report(&e),
     }
 }

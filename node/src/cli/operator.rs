@@ -158,7 +158,7 @@ fn done(ctx: &Context, what: &str, data: &serde_json::Value) -> anyhow::Result<u
     if ctx.json {
         print_json(data)?;
     } else {
-        println!("{what} {}", data["node_id"].as_str().unwrap_or_default());
+        outln!("{what} {}", data["node_id"].as_str().unwrap_or_default())?;
     }
     Ok(exit::OK)
 }
@@ -215,7 +215,7 @@ fn print_listed(ctx: &Context, list: Vec<ListedView>, empty: &str) -> anyhow::Re
     if ctx.json {
         print_json(&list)?;
     } else if list.is_empty() {
-        println!("{empty}");
+        outln!("{empty}")?;
     } else {
         let mut t = table(&["node", "name", "added", "full id"]);
         for entry in &list {
@@ -230,7 +230,7 @@ fn print_listed(ctx: &Context, list: Vec<ListedView>, empty: &str) -> anyhow::Re
                 entry.node_id.clone(),
             ]);
         }
-        println!("{t}");
+        outln!("{t}")?;
     }
     Ok(exit::OK)
 }
@@ -258,7 +258,7 @@ pub fn ping(ctx: &Context, args: PingArgs) -> anyhow::Result<u8> {
             },
         )?;
         if !ctx.json {
-            println!("{}: {:.2} ms", &pong.node_id[..10], pong.rtt_ms);
+            outln!("{}: {:.2} ms", &pong.node_id[..10], pong.rtt_ms)?;
         }
         results.push(pong);
     }
@@ -283,12 +283,12 @@ fn print_event(ctx: &Context, event: &EventView) -> anyhow::Result<()> {
             .as_deref()
             .map(|a| format!(" from {a}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{} {:<16} {}{address}{detail}",
             super::daemon::clock(event.at_ms),
             event.kind,
             event.short_id
-        );
+        )?;
     }
     std::io::stdout().flush().ok();
     Ok(())
@@ -331,6 +331,11 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<u8> {
     use clap::CommandFactory;
     let mut cmd = super::Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "kith", &mut std::io::stdout());
+    // Into a buffer first: clap_complete panics on a write error, and a closed pipe is not one.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "kith", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)?;
+    out.flush()?;
     Ok(exit::OK)
 }

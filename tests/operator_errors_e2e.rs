@@ -1,0 +1,76 @@
+//! End-to-end tests of what an operator meets on a bad day, with the real `kith`
+//! binary: closed pipes, a daemon that dies, error chains, refusals that name the
+//! next command, and messages that say what really happens.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use common::{TestNode, stderr_of};
+
+fn started() -> TestNode {
+    let mut n = TestNode::init();
+    n.start();
+    n
+}
+
+/// Runs `kith args` with its stdout a pipe whose reader is already gone.
+fn into_closed_pipe(node: &TestNode, args: &[&str]) -> std::process::Output {
+    let mut child = node
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
+    let a = started();
+    let b = started();
+    a.run_ok(&[
+        "request",
+        &b.ticket(),
+        "-j",
+        "so that peers and pending print",
+    ]);
+    for args in [
+        &["status"][..],
+        &["ticket"],
+        &["peers"],
+        &["pending"],
+        &["events"],
+        &["id"],
+        &["--json", "status"],
+        &["completions", "bash"],
+    ] {
+        let out = into_closed_pipe(&a, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "kith {args:?} into a closed pipe: {}",
+            stderr_of(&out)
+        );
+        let stderr = stderr_of(&out);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "kith {args:?} into a closed pipe printed: {}",
+            stderr_of(&out)
+        );
+    }
+}
