@@ -74,3 +74,24 @@ fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
         );
     }
 }
+
+#[test]
+fn events_follow_fails_when_the_daemon_goes_away() {
+    let mut a = started();
+    let follower = a
+        .command(&["events", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the follower connect before the daemon dies.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    a.kill9();
+    let out = follower.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("the daemon went away"),
+        "{}",
+        stderr_of(&out)
+    );
+}

@@ -323,6 +323,14 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
                 Response::Error { message } => bail!("{message}"),
             }
         }
+        if args.follow {
+            // A follower is never told "that was all": the end of the stream means the
+            // daemon stopped or crashed, and a script watching must hear of it.
+            bail!(
+                "the daemon went away (it stopped or crashed): no more events will come; \
+                 check `kith status`, then start it with `kith run`"
+            );
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(exit::OK)
