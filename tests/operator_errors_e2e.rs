@@ -95,3 +95,25 @@ fn events_follow_fails_when_the_daemon_goes_away() {
         stderr_of(&out)
     );
 }
+
+#[test]
+fn each_cause_of_an_error_is_printed_once() {
+    let a = TestNode::init();
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = a.run(&["run", "--no-harden", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains(&addr), "{stderr}");
+    assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_request_to_a_stopped_node_says_cannot_reach_once() {
+    let a = started();
+    let mut b = started();
+    let ticket = b.ticket();
+    b.stop();
+    let out = a.run_ok(&["request", &ticket, "-j", "are you there"]);
+    assert_eq!(out.matches("cannot reach").count(), 1, "{out}");
+}

@@ -750,6 +750,8 @@ impl Shared {
                 }
                 Ok(_) => failures.push(NodeError::Protocol { peer }.to_string()),
                 Err(NodeError::Stopped) => return Err(NodeError::Stopped),
+                // The final error says "cannot reach <peer>" once for every path.
+                Err(NodeError::Unreachable { reason, .. }) => failures.push(reason),
                 Err(e) => failures.push(e.to_string()),
             }
         }
@@ -902,8 +904,12 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        // Messages that already end with their source's text would say it twice.
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = cause.source();
     }
     out

@@ -230,18 +230,33 @@ fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(exit::FAILURE)
 }
 
-/// The lines [`report`] prints. Every message is escaped: errors carry text from the
-/// network (a peer's or a relay's close reason, a daemon's error message) and must
-/// never move the cursor, recolour or retitle the operator's terminal.
+/// The lines [`report`] prints: each cause once. Every message is escaped: errors
+/// carry text from the network (a peer's or a relay's close reason, a daemon's error
+/// message) and must never move the cursor, recolour or retitle the operator's terminal.
 fn report_lines(err: &anyhow::Error) -> Vec<String> {
-    let mut lines = vec![format!("error: {}", escape_for_display(&err.to_string()))];
-    for cause in err.chain().skip(1) {
-        lines.push(format!(
-            "  caused by: {}",
-            escape_for_display(&cause.to_string())
-        ));
+    let mut chain = err.chain().map(|cause| cause.to_string());
+    let first = chain.next().unwrap_or_default();
+    let mut lines = vec![format!("error: {}", escape_for_display(&first))];
+    for cause in new_causes(&first, chain) {
+        lines.push(format!("  caused by: {}", escape_for_display(&cause)));
     }
     lines
+}
+
+/// The causes not already said: many error types end their message with their
+/// source's (`could not bind X: address in use`), which the chain then repeats.
+fn new_causes(first: &str, causes: impl Iterator<Item = String>) -> Vec<String> {
+    let mut said = first.to_string();
+    let mut out = Vec::new();
+    for cause in causes {
+        if cause.is_empty() || said.contains(&cause) {
+            continue;
+        }
+        said.push('\n');
+        said.push_str(&cause);
+        out.push(cause);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -264,6 +279,15 @@ mod tests {
         assert!(
             lines[1].contains("\\u{1b}]52;c;ZXZpbA==\\u{7}"),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let causes = ["address in use".to_string(), "a new cause".to_string()];
+        assert_eq!(
+            new_causes("cannot bind 1.2.3.4: address in use", causes.into_iter()),
+            vec!["a new cause".to_string()]
         );
     }
 }
