@@ -117,3 +117,69 @@ fn a_request_to_a_stopped_node_says_cannot_reach_once() {
     let out = a.run_ok(&["request", &ticket, "-j", "are you there"]);
     assert_eq!(out.matches("cannot reach").count(), 1, "{out}");
 }
+
+#[test]
+fn granting_trust_needs_13_characters_of_the_id_and_shows_the_full_id() {
+    let (a, b) = (started(), started());
+    a.run_ok(&["request", &b.ticket(), "-j", "me"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    // `kith pending` tells the operator the command with the full id.
+    let pending = b.run_ok(&["pending"]);
+    assert!(
+        pending.contains(&format!("kith approve {}", a.node_id)),
+        "{pending}"
+    );
+    for short in [&a.node_id[..8], &a.node_id[..12]] {
+        let out = b.run(&["approve", short]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("13 characters"),
+            "{}",
+            stderr_of(&out)
+        );
+        assert_eq!(
+            b.peer_state(&a.node_id).as_deref(),
+            Some("incoming_pending")
+        );
+        let out = b.run(&["allow", short]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        assert!(b.json(&["allowed"]).as_array().unwrap().is_empty());
+    }
+    let out = b.run_ok(&["approve", &a.node_id[..13]]);
+    assert!(out.contains(&a.node_id), "the full id is shown: {out}");
+    assert_eq!(b.peer_state(&a.node_id).as_deref(), Some("trusted"));
+    // Commands that grant nothing still take the short prefix.
+    b.run_ok(&["rename", &a.node_id[..8], "laptop"]);
+}
+
+#[test]
+fn names_are_resolved_and_kept_unique_with_clear_refusals() {
+    let (a, b) = (started(), started());
+    a.run_ok(&["request", &b.ticket(), "-j", "me"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["approve", &a.node_id, "--name", "laptop"]);
+
+    for args in [&["rename", "desk", "x"][..], &["ping", "nosuchname"]] {
+        let out = b.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr_of(&out).contains("no peer is named"),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+    }
+
+    // Same name again: nothing changed, and it says so.
+    let out = b.run_ok(&["rename", "laptop", "laptop"]);
+    assert!(out.contains("nothing changed"), "{out}");
+
+    // A name another node already has is refused, and nothing changes.
+    let other = TestNode::init();
+    b.run_ok(&["allow", &other.node_id, "--name", "build-01"]);
+    let out = b.run(&["rename", "laptop", "build-01"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("already"), "{}", stderr_of(&out));
+    assert_eq!(b.peer(&a.node_id).unwrap()["name"], "laptop");
+    let out = b.run(&["allow", &TestNode::init().node_id, "--name", "laptop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+}

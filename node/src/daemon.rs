@@ -5,7 +5,7 @@
 //! views the CLI prints. It must never decide trust itself (that is the state
 //! machine's job) nor answer a control client before the node has committed.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -35,7 +35,9 @@ use crate::reach::PeerReach;
 use crate::service::{SERVICE_ALPN, ServiceClient};
 use crate::ticket::Ticket;
 
+mod resolve;
 mod services;
+pub use resolve::{MIN_TRUST_PREFIX_LEN, resolve_peer, resolve_peer_to_trust};
 
 /// How `kith run` was configured.
 #[derive(Debug, Clone)]
@@ -250,47 +252,34 @@ fn peer_view(record: &PeerRecord, now: u64, reach: Option<&PeerReach>) -> PeerVi
     }
 }
 
-/// Finds the node an operator means, among peers and allow and deny list entries:
-/// a full id first (so no name can stand for another node's id), then a name given
-/// with `--name`, then a unique id prefix.
-pub fn resolve_peer(machine: &TrustMachine, text: &str) -> Result<NodeId, String> {
-    let text = text.trim();
-    if let Ok(id) = text.parse::<NodeId>() {
-        return Ok(id);
-    }
-    let is_named = |name: &Option<String>| name.as_deref().map(str::trim) == Some(text);
-    let named: BTreeSet<NodeId> = machine
-        .peers()
-        .filter(|p| is_named(&p.name))
-        .map(|p| p.id)
-        .chain(
-            machine
-                .allowlist()
-                .filter(|(_, entry)| is_named(&entry.name))
-                .map(|(id, _)| *id),
-        )
-        .collect();
-    match named.len() {
-        1 => return Ok(*named.first().expect("one name")),
-        n if n > 1 => return Err(format!("{n} nodes are named {text:?}; use the id instead")),
-        _ => {}
-    }
-    let known: Vec<NodeId> = machine
-        .peers()
-        .map(|p| p.id)
-        .chain(machine.allowlist().map(|(id, _)| *id))
-        .chain(machine.denylist().copied())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    NodeId::resolve_prefix(text, &known).map_err(|e| e.to_string())
-}
-
 impl Daemon {
     async fn resolve(&self, text: &str) -> Result<NodeId, Response> {
         let text = text.to_string();
-        match self.node.read(move |m, _| resolve_peer(m, &text)).await {
-            Ok(Ok(id)) => Ok(id),
+        self.answer(move |m| resolve_peer(m, &text)).await
+    }
+
+    /// Resolves the node a trust-granting command means (a long prefix at least) and
+    /// checks that the name it is to get, if any, is not another node's.
+    async fn resolve_to_trust(&self, text: &str, name: Option<&str>) -> Result<NodeId, Response> {
+        let text = text.to_string();
+        let name = name.map(str::to_string);
+        self.answer(move |m| {
+            let id = resolve_peer_to_trust(m, &text)?;
+            if let Some(name) = &name {
+                resolve::check_name_free(m, name, id)?;
+            }
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Runs a read of the machine whose error is a sentence for the operator.
+    async fn answer<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&TrustMachine) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, Response> {
+        match self.node.read(move |m, _| read(m)).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(err(message)),
             Err(e) => Err(err(e)),
         }
@@ -414,7 +403,7 @@ impl Daemon {
                 note,
                 expires_in_ms,
             } => {
-                let peer = match self.resolve(&peer).await {
+                let peer = match self.resolve_to_trust(&peer, name.as_deref()).await {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
@@ -453,16 +442,16 @@ impl Daemon {
                 self.simple(&peer, |peer| Command::Unignore { peer }).await
             }
             Request::Allow { peer, name } => {
-                self.simple(&peer, move |peer| Command::Allow { peer, name })
-                    .await
+                let peer = match self.resolve_to_trust(&peer, name.as_deref()).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                self.command_for(peer, Command::Allow { peer, name }).await
             }
             Request::Disallow { peer } => {
                 self.simple(&peer, |peer| Command::Disallow { peer }).await
             }
-            Request::Rename { peer, name, note } => {
-                self.simple(&peer, move |peer| Command::Rename { peer, name, note })
-                    .await
-            }
+            Request::Rename { peer, name, note } => self.rename(peer, name, note).await,
             Request::Ignored => match self
                 .node
                 .read(|m, _| listed(m.denylist().map(|id| (id, None, None))))
@@ -514,13 +503,49 @@ impl Daemon {
 
     /// A command that sends nothing: resolve the peer, run it, answer with the peer's id.
     async fn simple(&self, peer: &str, command: impl FnOnce(NodeId) -> Command) -> Response {
-        let peer = match self.resolve(peer).await {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        match self.node.command(command(peer)).await {
+        match self.resolve(peer).await {
+            Ok(peer) => self.command_for(peer, command(peer)).await,
+            Err(r) => r,
+        }
+    }
+
+    async fn command_for(&self, peer: NodeId, command: Command) -> Response {
+        match self.node.command(command).await {
             Ok(_) => ok(serde_json::json!({ "node_id": peer.to_string() })),
             Err(e) => err(crate::node::error_chain(&e)),
+        }
+    }
+
+    /// `kith rename`: refuses a name another node has, and says when nothing changes.
+    async fn rename(&self, text: String, name: Option<String>, note: Option<String>) -> Response {
+        let (wanted_name, wanted_note) = (name.clone(), note.clone());
+        let unchanged = self
+            .answer(move |m| {
+                let id = resolve_peer(m, &text)?;
+                if let Some(name) = &wanted_name {
+                    resolve::check_name_free(m, name, id)?;
+                }
+                // The machine stores "" as no name or note.
+                let same = |new: &Option<String>, old: &Option<String>| {
+                    new.as_ref().is_none_or(|n| {
+                        Some(n.as_str()).filter(|n| !n.is_empty()) == old.as_deref()
+                    })
+                };
+                let unchanged = m
+                    .peer(&id)
+                    .is_some_and(|p| same(&wanted_name, &p.name) && same(&wanted_note, &p.note));
+                Ok((id, unchanged))
+            })
+            .await;
+        match unchanged {
+            Err(r) => r,
+            Ok((peer, true)) => {
+                ok(serde_json::json!({ "node_id": peer.to_string(), "changed": false }))
+            }
+            Ok((peer, false)) => {
+                self.command_for(peer, Command::Rename { peer, name, note })
+                    .await
+            }
         }
     }
 
@@ -846,58 +871,5 @@ async fn watch_events(
                 hooks.request(&view);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kith_keys::NodeKey;
-    use kith_protocol::machine::{AllowEntry, Config, PeerRecord};
-
-    fn named(id: NodeId, name: &str) -> PeerRecord {
-        let mut record = PeerRecord::new(id, TrustState::Trusted, 1);
-        record.name = Some(name.into());
-        record
-    }
-
-    #[test]
-    fn a_full_id_means_that_node_even_when_a_peer_is_named_like_it() {
-        let (a, b) = (NodeKey::generate().node_id(), NodeKey::generate().node_id());
-        // A slip of the operator: peer `a` renamed to `b`'s id.
-        let machine = TrustMachine::restore(
-            NodeKey::generate().node_id(),
-            Config::default(),
-            [named(a, &b.to_string()), named(b, "laptop")],
-            [],
-            [],
-        );
-        assert_eq!(resolve_peer(&machine, &b.to_string()), Ok(b));
-        assert_eq!(resolve_peer(&machine, " laptop "), Ok(b));
-    }
-
-    #[test]
-    fn allow_and_deny_list_entries_are_found_by_name_and_prefix() {
-        let (allowed, denied) = (NodeKey::generate().node_id(), NodeKey::generate().node_id());
-        let machine = TrustMachine::restore(
-            NodeKey::generate().node_id(),
-            Config::default(),
-            [],
-            [(
-                allowed,
-                AllowEntry {
-                    name: Some("build-01".into()),
-                    added_ms: 1,
-                },
-            )],
-            [denied],
-        );
-        assert_eq!(resolve_peer(&machine, "build-01"), Ok(allowed));
-        assert_eq!(
-            resolve_peer(&machine, &allowed.to_string()[..8]),
-            Ok(allowed)
-        );
-        assert_eq!(resolve_peer(&machine, &denied.to_string()[..8]), Ok(denied));
-        assert!(resolve_peer(&machine, "nobody00").is_err());
     }
 }

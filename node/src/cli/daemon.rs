@@ -495,8 +495,16 @@ pub fn pending(ctx: &Context, _args: PendingArgs) -> anyhow::Result<u8> {
         ]);
     }
     outln!("{t}")?;
-    if pending.iter().any(|p| p.direction == "incoming") {
-        outln!("approve with `kith approve <node>`, refuse with `kith reject <node>`")?;
+    // The full id, not the table's short one: granting trust needs 13+ characters.
+    let incoming: Vec<&PendingView> = pending
+        .iter()
+        .filter(|p| p.direction == "incoming")
+        .collect();
+    if !incoming.is_empty() {
+        outln!("approve with (or refuse with `kith reject <id>`):")?;
+        for p in incoming {
+            outln!("  kith approve {}", p.node_id)?;
+        }
     }
     Ok(exit::OK)
 }
@@ -549,13 +557,14 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
-  kith approve 4hrqrear                     by a unique id prefix (8+ characters)
-  kith approve 4hrqrear --name laptop --note \"alice's laptop\"
+  kith approve 4hrqrear5ntvq                by a unique id prefix (13+ characters)
+  kith approve 4hrqrear5ntvq --name laptop --note \"alice's laptop\"
   kith approve laptop --expires 30d         trust ends in 30 days, then fails closed
 
-PEER is a node id, a unique prefix of one (8+ characters), or a peer's name.")]
+PEER is a node id, a unique prefix of one (13+ characters: a shorter one can be matched
+by a key made for the purpose), or a peer's name.")]
 pub struct ApproveArgs {
-    /// Node id, unique id prefix (8+ characters), or name.
+    /// Node id, unique id prefix (13+ characters), or name.
     peer: String,
     /// A name for the peer, usable wherever an id is.
     #[arg(long)]

@@ -70,9 +70,10 @@ pub struct IgnoredArgs {}
 Examples:
   kith allow 4hrqrear5ntvqkjacj6ckxr4sor6umyu2hi47lbh4pb7775kfbia --name build-01
 
-PEER may be a full id of a node this one has never heard of.")]
+PEER may be a full id of a node this one has never heard of. As for `approve`, an id
+prefix must have 13+ characters: shorter ones can be matched by a key made for the purpose.")]
 pub struct AllowArgs {
-    /// Node id, unique id prefix (8+ characters), or name.
+    /// Node id, unique id prefix (13+ characters), or name.
     peer: String,
     /// Name the peer gets when it is trusted.
     #[arg(long)]
@@ -200,7 +201,7 @@ pub fn disallow(ctx: &Context, args: DisallowArgs) -> anyhow::Result<u8> {
 }
 
 pub fn rename(ctx: &Context, args: RenameArgs) -> anyhow::Result<u8> {
-    let data = call(
+    let data: serde_json::Value = call(
         ctx,
         Request::Rename {
             peer: args.peer,
@@ -208,6 +209,17 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> anyhow::Result<u8> {
             note: args.note,
         },
     )?;
+    if data["changed"] == false {
+        if ctx.json {
+            print_json(&data)?;
+        } else {
+            outln!(
+                "nothing changed: {} already has that name and note",
+                data["node_id"].as_str().unwrap_or_default()
+            )?;
+        }
+        return Ok(exit::OK);
+    }
     done(ctx, "renamed", &data)
 }
 
