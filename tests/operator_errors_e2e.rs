@@ -183,3 +183,88 @@ fn names_are_resolved_and_kept_unique_with_clear_refusals() {
     let out = b.run(&["allow", &TestNode::init().node_id, "--name", "laptop"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
 }
+
+/// `kith` with a data dir and a clean environment, not through a [`TestNode`].
+fn kith_in(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(common::kith_bin());
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("KITH_PASSPHRASE_FILE")
+        .env_remove("KITH_DATA_DIR")
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn before_init_every_command_says_to_run_kith_init() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["peers"], &["events", "--follow"]] {
+        let out = kith_in(dir.path(), args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = stderr_of(&out);
+        assert!(
+            stderr.contains("run `kith init` first"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("kith run"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn init_without_a_passphrase_or_terminal_names_both_ways_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kith_in(&dir.path().join("node"), &["init"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("--passphrase-file"), "{stderr}");
+    assert!(stderr.contains("--insecure-no-passphrase"), "{stderr}");
+    assert!(!stderr.contains("the keystore is encrypted"), "{stderr}");
+}
+
+#[test]
+fn init_insecure_with_a_passphrase_file_in_the_environment_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::passphrase_file(dir.path(), "pass", "correct horse");
+    let node = dir.path().join("node");
+    let out = kith_in(&node, &["init", "--insecure-no-passphrase"])
+        .env("KITH_PASSPHRASE_FILE", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("KITH_PASSPHRASE_FILE is set"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!node.join("keystore").exists() && !node.exists());
+}
+
+#[test]
+fn a_control_socket_that_cannot_be_bound_names_the_path_and_the_fix() {
+    // Too long for a Unix socket address.
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("d".repeat(100));
+    kith_in(&long, &["init", "--insecure-no-passphrase"])
+        .output()
+        .unwrap();
+    let out = kith_in(&long, &["run", "--no-harden", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("control.sock"), "{stderr}");
+    assert!(stderr.contains("use a shorter --data-dir"), "{stderr}");
+
+    // Something that is not a socket is in the way and cannot simply be removed.
+    let node = TestNode::init();
+    std::fs::create_dir(node.data_dir().join("control.sock")).unwrap();
+    std::fs::write(node.data_dir().join("control.sock/x"), "x").unwrap();
+    let out = node.run(&["run", "--no-harden", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("control.sock"), "{stderr}");
+    assert!(stderr.contains("remove it yourself"), "{stderr}");
+}

@@ -201,17 +201,30 @@ pub(super) fn call<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyh
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let response = runtime.block_on(control::call(
-        &ctx.data_dir.control_socket(),
-        ctx.data_dir.path(),
-        &request,
-    ))?;
+    let response = runtime
+        .block_on(control::call(
+            &ctx.data_dir.control_socket(),
+            ctx.data_dir.path(),
+            &request,
+        ))
+        .map_err(|e| unreachable_daemon(ctx, e))?;
     match response {
         Response::Ok { data } => {
             serde_json::from_value(data).context("the daemon's answer has an unexpected shape")
         }
         Response::Error { message } => bail!("{message}"),
     }
+}
+
+/// Why the daemon could not be asked: with no node in the data dir yet, `kith run`
+/// cannot help, so the advice is `kith init`.
+pub(super) fn unreachable_daemon(ctx: &Context, e: control::ControlError) -> anyhow::Error {
+    if matches!(e, control::ControlError::NotRunning { .. }) {
+        if let Err(uninitialised) = ctx.data_dir.require_initialised() {
+            return uninitialised.into();
+        }
+    }
+    e.into()
 }
 
 /// Human "how long ago" for a millisecond timestamp.

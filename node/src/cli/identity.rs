@@ -47,7 +47,7 @@ pub struct InitArgs {
     passphrase: super::PassphraseArgs,
 
     /// Write the keystore unencrypted (tests and simulations only; the daemon warns on every start).
-    #[arg(long, conflicts_with = "passphrase_file")]
+    #[arg(long)]
     insecure_no_passphrase: bool,
 
     /// Optional BIP39 passphrase ("25th word") for the recovery phrase, read from this file.
@@ -119,6 +119,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
              (use another --data-dir, or move the old one away first)",
             ctx.data_dir.path().display()
         );
+    }
+    if let (true, Some(file)) = (args.insecure_no_passphrase, args.passphrase.file()) {
+        return Err(insecure_with_passphrase_file(file).into());
     }
     let show_phrase = !args.recover;
     let on_terminal = io::stdout().is_terminal();
@@ -210,6 +213,22 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         eprintln!("warning: the keystore is NOT encrypted (--insecure-no-passphrase)");
     }
     Ok(exit::OK)
+}
+
+/// `--insecure-no-passphrase` with a passphrase file: one of them is a mistake, and
+/// the file may come from the environment, where the operator will not see it.
+fn insecure_with_passphrase_file(file: &std::path::Path) -> super::UsageError {
+    let from_env = std::env::var_os("KITH_PASSPHRASE_FILE").is_some_and(|v| v == file.as_os_str());
+    super::UsageError(if from_env {
+        format!(
+            "KITH_PASSPHRASE_FILE is set ({}) but --insecure-no-passphrase asks for an \
+             unencrypted keystore: unset KITH_PASSPHRASE_FILE for a throwaway node, or drop \
+             --insecure-no-passphrase to encrypt the keystore with that file's passphrase",
+            file.display()
+        )
+    } else {
+        "--passphrase-file and --insecure-no-passphrase contradict each other: pass one".into()
+    })
 }
 
 /// A recovery phrase that did not reach the operator is a failure, even on a closed

@@ -138,6 +138,12 @@ impl PassphraseArgs {
     }
 }
 
+/// A mistake in how a command was called that parsing alone cannot see: reported
+/// like any error, with clap's exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Context every command gets.
 pub struct Context {
     pub data_dir: DataDir,
@@ -227,7 +233,11 @@ fn report(err: &anyhow::Error) -> ExitCode {
     for line in report_lines(err) {
         eprintln!("{line}");
     }
-    ExitCode::from(exit::FAILURE)
+    if err.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(exit::USAGE)
+    } else {
+        ExitCode::from(exit::FAILURE)
+    }
 }
 
 /// The lines [`report`] prints: each cause once. Every message is escaped: errors

@@ -319,7 +319,8 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
                 follow: args.follow,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| super::daemon::unreachable_daemon(ctx, e))?;
         while let Some(line) = lines
             .next_line()
             .await
