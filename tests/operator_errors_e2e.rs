@@ -268,3 +268,32 @@ fn a_control_socket_that_cannot_be_bound_names_the_path_and_the_fix() {
     assert!(stderr.contains("control.sock"), "{stderr}");
     assert!(stderr.contains("remove it yourself"), "{stderr}");
 }
+
+#[test]
+fn a_request_to_a_relays_ticket_says_so_and_leaves_nothing_pending() {
+    let mut relay = TestNode::init();
+    relay.start_relay(&[]);
+    let a = started();
+    let out = a.run(&["request", &relay.ticket(), "-j", "hello?"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("that ticket is a relay's"), "{stderr}");
+    assert!(stderr.contains("kith run --relay"), "{stderr}");
+    // The refusal is final: the request is withdrawn, not pending and resent for days.
+    assert_eq!(a.peer_state(&relay.node_id), None);
+    assert!(a.json(&["pending"]).as_array().unwrap().is_empty());
+    let events = a.run_ok(&["events"]);
+    assert!(events.contains("request_refused"), "{events}");
+}
+
+#[test]
+fn a_request_to_a_stopped_node_says_what_really_happens() {
+    let a = started();
+    let mut b = started();
+    let ticket = b.ticket();
+    b.stop();
+    let out = a.run_ok(&["request", &ticket, "-j", "later"]);
+    assert!(!out.contains("will be resent until it answers"), "{out}");
+    assert!(out.contains("for up to 7 days"), "{out}");
+    assert!(out.contains("after a restart"), "{out}");
+}

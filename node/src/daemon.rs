@@ -14,7 +14,7 @@ use kith_keys::{NodeId, NodeKey};
 use kith_protocol::machine::{
     Command, Config, Event, EventKind, PeerRecord, TrustMachine, TrustState,
 };
-use kith_protocol::validate::escape_for_display;
+use kith_protocol::validate::{Refusal, escape_for_display};
 use kith_protocol::wire::{AckStatus, RelayRef};
 use serde::Serialize;
 use tokio::io::BufReader;
@@ -368,6 +368,9 @@ impl Daemon {
                     return err(message);
                 }
                 match self.node.request(&ticket, &justification).await {
+                    Ok(Delivery::Acked(AckStatus::Refused(refusal))) if is_final(&refusal) => {
+                        self.end_refused_request(&ticket, refusal).await
+                    }
                     Ok(delivery) => self.sent(ticket.node_id, vec![delivery]).await,
                     Err(e) => err(crate::node::error_chain(&e)),
                 }
@@ -614,6 +617,59 @@ impl Daemon {
         ))
     }
 
+    /// The peer itself (over a connection TLS bound to its id) refused our request in a
+    /// way no resend can change: withdraw it, so it neither stays pending nor is
+    /// re-sent for days, and say why, in the answer and as an event.
+    async fn end_refused_request(&self, ticket: &Ticket, refusal: Refusal) -> Response {
+        let peer = ticket.node_id;
+        let pending = self
+            .node
+            .read(move |m, _| m.peer(&peer).map(|p| p.state) == Some(TrustState::OutgoingPending))
+            .await
+            .unwrap_or(false);
+        if pending {
+            if let Err(e) = self.node.command(Command::Cancel { peer }).await {
+                warn!(%peer, error = %e, "could not withdraw a refused request");
+            }
+        }
+        // A relay cannot decode a node's request: tell that mistake apart.
+        if refusal == Refusal::Malformed && self.node.answers_as_relay(ticket).await {
+            let message = format!(
+                "that ticket is a relay's ({peer}), not a node's: a relay only carries messages \
+                 for nodes that cannot be dialled directly (`kith run --relay <RELAY-TICKET>`) \
+                 and grants no trust. Ask for the ticket of the node itself (`kith ticket` on it)"
+            );
+            self.note_event(peer, "request_refused", Some(message.clone()));
+            return err(message);
+        }
+        let detail =
+            format!("{refusal}; resending cannot change that answer, so the request was withdrawn");
+        self.note_event(peer, "request_refused", Some(detail.clone()));
+        ok(SentView {
+            from: self.node.node_id().to_string(),
+            node_id: peer.to_string(),
+            state: "none".into(),
+            delivered: false,
+            detail,
+            path: Some("direct".into()),
+            queued: false,
+            refused: true,
+        })
+    }
+
+    /// An event the daemon itself observed, for `kith events` beside the machine's.
+    fn note_event(&self, peer: NodeId, kind: &str, detail: Option<String>) {
+        let view = EventView {
+            at_ms: now_ms(),
+            node_id: peer.to_string(),
+            short_id: peer.short(),
+            kind: kind.to_string(),
+            detail,
+            address: None,
+        };
+        record_event(self, view);
+    }
+
     async fn run_command(&self, peer: NodeId, command: Command) -> Response {
         match self.node.command(command).await {
             Ok(deliveries) => self.sent(peer, deliveries).await,
@@ -829,6 +885,34 @@ pub fn event_view(event: &Event) -> EventView {
 
 /// Keeps the recent-events ring and the live stream (trust events and relay
 /// events), and runs the `--on-request` hook.
+/// Keeps an event for `kith events` and hands it to followers, under one lock so a
+/// new follower sees it either in the history or live, never both or neither.
+fn record_event(daemon: &Daemon, view: EventView) {
+    let mut recent = daemon.recent.lock().unwrap();
+    if recent.len() == RECENT_EVENTS {
+        recent.pop_front();
+    }
+    recent.push_back(view.clone());
+    let _ = daemon.live.send(view);
+}
+
+/// Whether a peer's refusal of our request is its last word: resending the same
+/// request (re-signed) would be refused again. A skewed clock or a full pending
+/// queue at the peer can change; these cannot.
+fn is_final(refusal: &Refusal) -> bool {
+    matches!(
+        refusal,
+        Refusal::Malformed
+            | Refusal::UnknownVersion(_)
+            | Refusal::WrongAddressee
+            | Refusal::TextTooLong { .. }
+            | Refusal::TextNotPrintable
+            | Refusal::FromSelf
+            | Refusal::SenderMismatch
+            | Refusal::BadSignature
+    )
+}
+
 async fn watch_events(
     daemon: Arc<Daemon>,
     mut events: tokio::sync::broadcast::Receiver<Event>,
@@ -858,14 +942,7 @@ async fn watch_events(
                 }
             },
         };
-        {
-            let mut recent = daemon.recent.lock().unwrap();
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(view.clone());
-            let _ = daemon.live.send(view.clone());
-        }
+        record_event(&daemon, view.clone());
         if view.kind == "request_received" {
             if let Some(hooks) = &daemon.hooks {
                 hooks.request(&view);

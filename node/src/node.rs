@@ -1456,6 +1456,19 @@ impl Node {
         self.shared.apps.protocols()
     }
 
+    /// Whether what answers at the ticket's addresses is a relay: a relay answers any
+    /// client's ping, a node only a peer that it trusts. For telling an operator who
+    /// pasted a relay's ticket where a node's was wanted; it decides nothing else.
+    pub async fn answers_as_relay(&self, ticket: &Ticket) -> bool {
+        let id = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        matches!(
+            self.shared
+                .exchange(ticket.node_id, &ticket.addrs, &Message::Ping { id })
+                .await,
+            Ok(Message::Pong { id: got }) if got == id
+        )
+    }
+
     /// Resolves, with the cause, if the node stops working on its own: a store
     /// commit failed (nothing of that batch was acknowledged, and nothing more can
     /// be), or a bug stopped its core. The node then answers every call with

@@ -402,6 +402,13 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
             print_json(&sent)?;
             return Ok(exit::FAILURE);
         }
+        if sent.state == "outgoing_pending" {
+            bail!(
+                "{} refused the request for now: {}; it stays pending and is resent",
+                sent.node_id,
+                sent.detail
+            );
+        }
         bail!("{} refused the request: {}", sent.node_id, sent.detail);
     }
     if args.wait {
@@ -630,14 +637,19 @@ fn how_it_went(sent: &SentView) -> String {
     } else {
         ""
     };
+    // What the node really does (node/src/node.rs run_resender): the outbox is on
+    // disk, so resends go on across restarts, with backoff up to 5 minutes, until
+    // the peer acknowledges or 7 days pass.
+    const RESENT: &str = "this node resends it (every few minutes at most, also after a restart) \
+                          until the peer answers, for up to 7 days";
     if sent.refused {
         format!("the peer refused it{via} ({detail})")
     } else if sent.delivered {
         format!("the peer was told{via} ({detail})")
     } else if sent.queued {
-        format!("queued: {detail}")
+        format!("queued: {detail}; a relay keeps it only minutes, so {RESENT}")
     } else {
-        format!("the peer could not be told yet ({detail}); it will be resent until it answers")
+        format!("the peer could not be told yet ({detail}); {RESENT}")
     }
 }
 
