@@ -297,3 +297,92 @@ fn a_request_to_a_stopped_node_says_what_really_happens() {
     assert!(out.contains("for up to 7 days"), "{out}");
     assert!(out.contains("after a restart"), "{out}");
 }
+
+#[test]
+fn refusals_name_the_next_command() {
+    let (a, b) = (started(), started());
+    a.run_ok(&["request", &b.ticket(), "-j", "me"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+
+    // Revoking a peer that has only asked: reject or dismiss.
+    let out = b.run(&["revoke", &a.node_id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("kith reject"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("kith dismiss"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        b.peer_state(&a.node_id).as_deref(),
+        Some("incoming_pending")
+    );
+
+    // `pending` says the outgoing request was sent, not received.
+    let pending = a.run_ok(&["pending"]);
+    assert!(pending.contains("sent "), "{pending}");
+    assert!(!pending.contains("received"), "{pending}");
+
+    // A ticket where a peer is expected names its node.
+    let other = TestNode::init();
+    let mut other_running = other;
+    other_running.start();
+    b.run_ok(&["ignore", &other_running.ticket()]);
+    assert_eq!(
+        b.json(&["ignored"])[0]["node_id"],
+        other_running.node_id.as_str()
+    );
+    let ignored = b.run_ok(&["ignored"]);
+    assert!(
+        !ignored.contains("added"),
+        "no column that is always '-': {ignored}"
+    );
+
+    // Approving twice: already trusted.
+    b.run_ok(&["approve", &a.node_id, "--name", "laptop", "--expires", "3d"]);
+    let out = b.run(&["approve", &a.node_id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("already trusted"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The peers table shows the expiry; ping shows the name; -c 0 is refused.
+    let peers = b.run_ok(&["peers"]);
+    assert!(
+        peers.contains("expires") && peers.contains("in 2d"),
+        "{peers}"
+    );
+    a.wait_for_state(&b.node_id, "trusted");
+    let pong = b.run_ok(&["ping", "laptop"]);
+    assert!(pong.starts_with("laptop ("), "{pong}");
+    let out = b.run(&["ping", "laptop", "-c", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_rejection_shows_its_reason_in_wait_and_in_peers() {
+    let (a, b) = (started(), started());
+    let child = a
+        .command(&["request", &b.ticket(), "-j", "me", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["reject", &a.node_id, "--reason", "unknown machine"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let stdout = common::stdout_of(&out);
+    assert!(stdout.contains("unknown machine"), "{stdout}");
+    let peers = a.run_ok(&["peers"]);
+    assert!(
+        peers.contains("reason") && peers.contains("unknown machine"),
+        "{peers}"
+    );
+}

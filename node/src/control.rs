@@ -518,5 +518,8 @@ pub struct EventView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PingView {
     pub node_id: String,
+    /// The name given with `--name`, if any.
+    #[serde(default)]
+    pub name: Option<String>,
     pub rtt_ms: f64,
 }

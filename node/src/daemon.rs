@@ -35,6 +35,7 @@ use crate::reach::PeerReach;
 use crate::service::{SERVICE_ALPN, ServiceClient};
 use crate::ticket::Ticket;
 
+mod advice;
 mod resolve;
 mod services;
 pub use resolve::{MIN_TRUST_PREFIX_LEN, resolve_peer, resolve_peer_to_trust};
@@ -483,9 +484,16 @@ impl Daemon {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
+                let name = self
+                    .node
+                    .read(move |m, _| m.peer(&peer).and_then(|p| p.name.clone()))
+                    .await
+                    .ok()
+                    .flatten();
                 match self.node.ping(peer).await {
                     Ok(rtt) => ok(PingView {
                         node_id: peer.to_string(),
+                        name,
                         rtt_ms: rtt.as_secs_f64() * 1000.0,
                     }),
                     Err(e) => err(crate::node::error_chain(&e)),
@@ -515,8 +523,19 @@ impl Daemon {
     async fn command_for(&self, peer: NodeId, command: Command) -> Response {
         match self.node.command(command).await {
             Ok(_) => ok(serde_json::json!({ "node_id": peer.to_string() })),
-            Err(e) => err(crate::node::error_chain(&e)),
+            Err(e) => self.refused(peer, &e).await,
         }
+    }
+
+    /// A refused command, with the command the operator probably meant.
+    async fn refused(&self, peer: NodeId, e: &NodeError) -> Response {
+        let state = self
+            .node
+            .read(move |m, _| m.peer(&peer).map(|p| p.state))
+            .await
+            .ok()
+            .flatten();
+        err(advice::explain(e, state))
     }
 
     /// `kith rename`: refuses a name another node has, and says when nothing changes.
@@ -673,7 +692,7 @@ impl Daemon {
     async fn run_command(&self, peer: NodeId, command: Command) -> Response {
         match self.node.command(command).await {
             Ok(deliveries) => self.sent(peer, deliveries).await,
-            Err(e) => err(crate::node::error_chain(&e)),
+            Err(e) => self.refused(peer, &e).await,
         }
     }
 

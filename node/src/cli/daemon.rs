@@ -239,6 +239,21 @@ pub(super) fn ago(at_ms: u64) -> String {
     }
 }
 
+/// Human "in how long" for a future millisecond timestamp ("ended" once past).
+fn until(at_ms: u64) -> String {
+    let now = crate::node::now_ms();
+    if at_ms <= now {
+        return "ended".into();
+    }
+    let secs = (at_ms - now) / 1000;
+    match secs {
+        0..=59 => format!("in {secs}s"),
+        60..=3599 => format!("in {}m", secs / 60),
+        3600..=86_399 => format!("in {}h", secs / 3600),
+        _ => format!("in {}d", secs / 86_400),
+    }
+}
+
 pub(super) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
@@ -437,6 +452,7 @@ fn wait_for_answer(
     // An absurd --timeout cannot overflow the clock: it just never expires.
     let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
     let mut state = sent.state.clone();
+    let mut reason = None;
     if state == "outgoing_pending" && !ctx.json {
         eprintln!(
             "waiting for {} to answer; its operator approves with:",
@@ -450,11 +466,12 @@ fn wait_for_answer(
         }
         std::thread::sleep(Duration::from_millis(200));
         let peers: Vec<PeerView> = call(ctx, Request::Peers)?;
-        state = peers
-            .iter()
-            .find(|p| p.node_id == sent.node_id)
+        let peer = peers.into_iter().find(|p| p.node_id == sent.node_id);
+        state = peer
+            .as_ref()
             .map(|p| p.state.clone())
             .unwrap_or_else(|| "none".into());
+        reason = peer.and_then(|p| p.reason).filter(|r| !r.is_empty());
     }
     let (code, outcome) = match state.as_str() {
         "trusted" => (exit::OK, "accepted"),
@@ -463,13 +480,23 @@ fn wait_for_answer(
         _ => (exit::FAILURE, "ended"),
     };
     if ctx.json {
-        print_json(
-            &serde_json::json!({ "node_id": sent.node_id, "outcome": outcome, "state": state }),
-        )?;
+        print_json(&serde_json::json!({
+            "node_id": sent.node_id,
+            "outcome": outcome,
+            "state": state,
+            "reason": reason,
+        }))?;
     } else {
         match outcome {
             "accepted" => outln!("{} accepted: you trust each other now", sent.node_id)?,
-            "rejected" => outln!("{} rejected the request", sent.node_id)?,
+            "rejected" => match &reason {
+                Some(reason) => outln!(
+                    "{} rejected the request: {}",
+                    sent.node_id,
+                    escape_for_display(reason)
+                )?,
+                None => outln!("{} rejected the request (no reason given)", sent.node_id)?,
+            },
             "timed_out" => outln!(
                 "no answer yet from {}; the request stays pending",
                 sent.node_id
@@ -504,12 +531,17 @@ pub fn pending(ctx: &Context, _args: PendingArgs) -> anyhow::Result<u8> {
         outln!("no pending requests")?;
         return Ok(exit::OK);
     }
-    let mut t = table(&["direction", "node", "received", "address", "justification"]);
+    let mut t = table(&["direction", "node", "when", "address", "justification"]);
     for p in &pending {
+        let when = if p.direction == "outgoing" {
+            "sent"
+        } else {
+            "received"
+        };
         t.add_row(vec![
             p.direction.clone(),
             p.short_id.clone(),
-            ago(p.received_at_ms),
+            format!("{when} {}", ago(p.received_at_ms)),
             p.address.clone().unwrap_or_else(|| "-".into()),
             escape_for_display(&p.justification),
         ]);
@@ -549,9 +581,21 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
         )?;
         return Ok(exit::OK);
     }
-    let mut t = table(&["node", "name", "state", "since", "address", "reached"]);
+    // Reason and expiry only when some peer has one, so the usual table stays narrow.
+    let reasons = peers
+        .iter()
+        .any(|p| p.reason.as_deref().is_some_and(|r| !r.is_empty()));
+    let expiries = peers.iter().any(|p| p.expires_at_ms.is_some());
+    let mut header = vec!["node", "name", "state", "since", "address", "reached"];
+    if expiries {
+        header.push("expires");
+    }
+    if reasons {
+        header.push("reason");
+    }
+    let mut t = table(&header);
     for p in &peers {
-        t.add_row(vec![
+        let mut row = vec![
             p.short_id.clone(),
             p.name
                 .as_deref()
@@ -567,7 +611,20 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
                 }
             }),
             p.path.clone().unwrap_or_else(|| "-".into()),
-        ]);
+        ];
+        if expiries {
+            row.push(p.expires_at_ms.map(until).unwrap_or_else(|| "-".into()));
+        }
+        if reasons {
+            row.push(
+                p.reason
+                    .as_deref()
+                    .filter(|r| !r.is_empty())
+                    .map(escape_for_display)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        t.add_row(row);
     }
     outln!("{t}")?;
     Ok(exit::OK)

@@ -124,8 +124,9 @@ Only trusted peers answer. PEER is a node id, a unique prefix of one (8+ charact
 pub struct PingArgs {
     /// Node id, unique id prefix (8+ characters), or name.
     peer: String,
-    /// How many pings.
-    #[arg(long, short = 'c', default_value_t = 1)]
+    /// How many pings (1 or more).
+    #[arg(long, short = 'c', default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
 }
 
@@ -223,12 +224,19 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> anyhow::Result<u8> {
     done(ctx, "renamed", &data)
 }
 
-fn print_listed(ctx: &Context, list: Vec<ListedView>, empty: &str) -> anyhow::Result<u8> {
+/// Prints the allow or deny list. The deny list keeps no names or times, so its
+/// table has no columns that would only ever show "-".
+fn print_listed(
+    ctx: &Context,
+    list: Vec<ListedView>,
+    empty: &str,
+    named: bool,
+) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(&list)?;
     } else if list.is_empty() {
         outln!("{empty}")?;
-    } else {
+    } else if named {
         let mut t = table(&["node", "name", "added", "full id"]);
         for entry in &list {
             t.add_row(vec![
@@ -243,23 +251,29 @@ fn print_listed(ctx: &Context, list: Vec<ListedView>, empty: &str) -> anyhow::Re
             ]);
         }
         outln!("{t}")?;
+    } else {
+        let mut t = table(&["node", "full id"]);
+        for entry in &list {
+            t.add_row(vec![entry.short_id.clone(), entry.node_id.clone()]);
+        }
+        outln!("{t}")?;
     }
     Ok(exit::OK)
 }
 
 pub fn ignored(ctx: &Context, _args: IgnoredArgs) -> anyhow::Result<u8> {
     let list: Vec<ListedView> = call(ctx, Request::Ignored)?;
-    print_listed(ctx, list, "no ignored nodes")
+    print_listed(ctx, list, "no ignored nodes", false)
 }
 
 pub fn allowed(ctx: &Context, _args: AllowedArgs) -> anyhow::Result<u8> {
     let list: Vec<ListedView> = call(ctx, Request::Allowed)?;
-    print_listed(ctx, list, "the allowlist is empty")
+    print_listed(ctx, list, "the allowlist is empty", true)
 }
 
 pub fn ping(ctx: &Context, args: PingArgs) -> anyhow::Result<u8> {
     let mut results = Vec::new();
-    for i in 0..args.count.max(1) {
+    for i in 0..args.count {
         if i > 0 {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
@@ -270,7 +284,11 @@ pub fn ping(ctx: &Context, args: PingArgs) -> anyhow::Result<u8> {
             },
         )?;
         if !ctx.json {
-            outln!("{}: {:.2} ms", &pong.node_id[..10], pong.rtt_ms)?;
+            let who = match &pong.name {
+                Some(name) => format!("{} ({})", escape_for_display(name), &pong.node_id[..10]),
+                None => pong.node_id[..10].to_string(),
+            };
+            outln!("{who}: {:.2} ms", pong.rtt_ms)?;
         }
         results.push(pong);
     }

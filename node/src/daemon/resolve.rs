@@ -17,8 +17,9 @@ use kith_protocol::validate::escape_for_display;
 /// what anyone can grind to match a prefix an operator was shown.
 pub const MIN_TRUST_PREFIX_LEN: usize = 13;
 
-/// Finds the node an operator means: a full id first (so no name can stand for
-/// another node's id), then a name given with `--name`, then a unique id prefix.
+/// Finds the node an operator means: a full id (or a ticket, which names one) first,
+/// so no name can stand for another node's id; then a name given with `--name`, then
+/// a unique id prefix.
 pub fn resolve_peer(machine: &TrustMachine, text: &str) -> Result<NodeId, String> {
     resolve(machine, text, MIN_PREFIX_LEN)
 }
@@ -33,6 +34,10 @@ fn resolve(machine: &TrustMachine, text: &str, min_prefix: usize) -> Result<Node
     let text = text.trim();
     if let Ok(id) = text.parse::<NodeId>() {
         return Ok(id);
+    }
+    // A ticket names a full id too (`kith ignore <the ticket I was sent>`).
+    if let Ok(ticket) = text.parse::<crate::ticket::Ticket>() {
+        return Ok(ticket.node_id);
     }
     let named = named(machine, text);
     match named.len() {
