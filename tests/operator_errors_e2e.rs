@@ -386,3 +386,37 @@ fn a_rejection_shows_its_reason_in_wait_and_in_peers() {
         "{peers}"
     );
 }
+
+#[test]
+fn daemon_logs_into_a_file_carry_no_colour_codes() {
+    let mut a = TestNode::init();
+    a.start_with(&["-v"]);
+    a.stop();
+    let log = a.log();
+    assert!(log.contains("kith node running"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
+}
+
+#[test]
+fn json_errors_are_json_on_stderr_with_the_same_exit_codes() {
+    let a = TestNode::init();
+    for (args, code) in [
+        (&["--json", "status"][..], 1),
+        (&["--json", "ping", "x", "-c", "0"], 2),
+        (&["--json", "no-such-command"], 2),
+    ] {
+        let out = a.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        let line = stderr_of(&out);
+        let value: serde_json::Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+        assert_eq!(value["version"], 1, "{value}");
+        assert!(!value["error"]["message"].as_str().unwrap().is_empty());
+        assert_eq!(value["error"]["exit_code"], code);
+    }
+}

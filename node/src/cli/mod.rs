@@ -152,11 +152,15 @@ pub struct Context {
 
 /// Runs the CLI with the process's arguments; the `kith` binary's whole `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
     init_logging(cli.verbose);
+    let json = cli.json;
     let data_dir = match DataDir::resolve(cli.data_dir.as_deref()) {
         Ok(dir) => dir,
-        Err(e) => return report(&anyhow::Error::new(e)),
+        Err(e) => return report(&anyhow::Error::new(e), json),
     };
     let ctx = Context {
         data_dir,
@@ -201,7 +205,7 @@ pub fn main() -> ExitCode {
         // Whoever read our output went away (`kith peers | head -1`): nothing is
         // wrong, and there is nobody to tell. End quietly, as `head`'s writer should.
         Err(e) if output::is_broken_pipe(&e) => ExitCode::from(exit::OK),
-        Err(e) => report(&e),
+        Err(e) => report(&e, json),
     }
 }
 
@@ -225,19 +229,66 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .try_init();
 }
 
-/// Prints `error: <sentence>` and each cause on its own line; exit code 1.
-fn report(err: &anyhow::Error) -> ExitCode {
-    for line in report_lines(err) {
-        eprintln!("{line}");
+/// Colour only for a person at a terminal: never into a file or the journal, and
+/// not when `NO_COLOR` is set to anything (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Whether `--json` is among the arguments, for errors found before they parse.
+fn json_requested() -> bool {
+    std::env::args_os().any(|a| a == "--json")
+}
+
+/// A command line clap refused (or `--help`/`--version`, which clap prints).
+fn usage(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() || !json_requested() {
+        e.exit();
     }
-    if err.downcast_ref::<UsageError>().is_some() {
-        ExitCode::from(exit::USAGE)
+    let text = e.to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    print_json_error(&message, &[], exit::USAGE);
+    ExitCode::from(exit::USAGE)
+}
+
+/// `{"version":1,"error":{"message":...,"causes":[...],"exit_code":N}}` on stderr
+/// (JSON escapes control characters, so network text cannot reach a terminal raw).
+fn print_json_error(message: &str, causes: &[String], exit_code: u8) {
+    let value = serde_json::json!({
+        "version": output::JSON_VERSION,
+        "error": { "message": message, "causes": causes, "exit_code": exit_code },
+    });
+    eprintln!("{value}");
+}
+
+/// Prints `error: <sentence>` and each cause on its own line (with `--json`, the
+/// same as one JSON object); exit code 1, or 2 for a usage error.
+fn report(err: &anyhow::Error, json: bool) -> ExitCode {
+    let code = if err.downcast_ref::<UsageError>().is_some() {
+        exit::USAGE
     } else {
-        ExitCode::from(exit::FAILURE)
+        exit::FAILURE
+    };
+    if json {
+        let mut chain = err.chain().map(|cause| cause.to_string());
+        let first = chain.next().unwrap_or_default();
+        print_json_error(&first, &new_causes(&first, chain), code);
+    } else {
+        for line in report_lines(err) {
+            eprintln!("{line}");
+        }
     }
+    ExitCode::from(code)
 }
 
 /// The lines [`report`] prints: each cause once. Every message is escaped: errors
