@@ -74,18 +74,32 @@ pub struct RunArgs {
     /// Run the scenario with real nodes over QUIC on loopback, on the wall clock.
     #[arg(long)]
     pub real: bool,
-    /// Override the node count (the workload scales with it).
+    /// Override the node count (the workload scales with it); in real mode, this
+    /// many real nodes run, above the default cap of 200.
     #[arg(long)]
     pub nodes: Option<usize>,
-    /// Override the workload duration ("90s", "10m").
-    #[arg(long, value_parser = parse_millis)]
+    /// Override the workload duration, with a unit ("90s", "10m", "500ms").
+    #[arg(long, value_parser = parse_duration_with_unit)]
     pub duration: Option<Millis>,
-    /// Real mode: play the workload this many times faster.
-    #[arg(long)]
+    /// Real mode: play the workload this many times faster (simulated mode runs on a
+    /// virtual clock, as fast as it can).
+    #[arg(long, requires = "real")]
     pub speed: Option<f64>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// `--duration`: a bare number is refused, since "5" reads as seconds to most
+/// people and as milliseconds to the scenario files.
+fn parse_duration_with_unit(text: &str) -> Result<Millis, String> {
+    if text.trim().parse::<u64>().is_ok() {
+        return Err(format!(
+            "{text:?} has no unit: write e.g. {0}s, {0}m or {0}ms",
+            text.trim()
+        ));
+    }
+    parse_millis(text)
 }
 
 pub fn main() -> i32 {
@@ -128,6 +142,8 @@ fn run(args: RunArgs) -> i32 {
     };
     if let Some(n) = args.nodes {
         scenario = scenario.with_nodes(n);
+        // An explicit count is what runs, in real mode too (no cap of its own).
+        scenario.real.nodes = Some(n);
     }
     if let Some(d) = args.duration {
         scenario = scenario.with_duration(d);
@@ -141,11 +157,26 @@ fn run(args: RunArgs) -> i32 {
     }
     let seed = args.seed.unwrap_or_else(random_seed);
     say!("seed: {seed}");
+    // Real mode runs fewer nodes than a big scenario names: show what really runs.
+    let runs = if args.real {
+        crate::real::real_scenario(&scenario)
+    } else {
+        scenario.clone()
+    };
+    let capped = if runs.nodes.count != scenario.nodes.count {
+        format!(
+            " (of the scenario's {}: real mode runs at most {} unless [real] nodes or --nodes asks for more)",
+            scenario.nodes.count,
+            crate::real::DEFAULT_REAL_NODES
+        )
+    } else {
+        String::new()
+    };
     say!(
-        "scenario: {} ({} nodes, {} relays, mode {})",
-        scenario.name,
-        scenario.nodes.count,
-        scenario.nodes.relays,
+        "scenario: {} ({} nodes{capped}, {} relays, mode {})",
+        runs.name,
+        runs.nodes.count,
+        runs.nodes.relays,
         if args.real { "real" } else { "sim" }
     );
     let out = args.out.clone().unwrap_or_else(|| {
