@@ -420,3 +420,38 @@ fn json_errors_are_json_on_stderr_with_the_same_exit_codes() {
         assert_eq!(value["error"]["exit_code"], code);
     }
 }
+
+#[test]
+fn an_identity_conflict_is_told_once_with_the_data_dir_in_the_advice() {
+    let mut relay = TestNode::init();
+    relay.start_relay(&[]);
+    let mut original = TestNode::init();
+    original.start_private(&relay);
+    original.wait_registered(1);
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["keystore", "instance.json"] {
+        std::fs::copy(original.data_dir().join(name), dir.path().join(name)).unwrap();
+    }
+    let mut copy = TestNode::with_dir(dir, original.node_id.clone());
+    copy.run_ok(&["adopt"]);
+    copy.start_private(&relay);
+    original.wait_until("the identity conflict", |n| {
+        !n.status()["relay"]["conflict"].is_null()
+    });
+    let advice = original.status()["relay"]["conflict"]["advice"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_dir = format!("kith --data-dir {} fork", original.data_dir().display());
+    assert!(advice.contains(&with_dir), "{advice}");
+    let events = original.run_ok(&["events"]);
+    let line = events
+        .lines()
+        .find(|l| l.contains("identity_conflict"))
+        .unwrap_or_else(|| panic!("{events}"));
+    let other = original.status()["relay"]["conflict"]["others"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(line.matches(&other).count(), 1, "{line}");
+}

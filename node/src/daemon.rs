@@ -733,22 +733,37 @@ impl Daemon {
             started_at_ms: self.started_at_ms,
             reachability: self.node.reachability().to_string(),
             private: self.node.is_private(),
-            relay: self.node.relay_status().map(|s| relay_link_view(&s)),
+            relay: self
+                .node
+                .relay_status()
+                .map(|s| relay_link_view(&s, &self.data_dir)),
             services: self.service_views(),
         })
     }
 }
 
-/// What an operator should do about a relay's report of an identity conflict. The
-/// report is the relay's unsigned claim, so the advice is conditional.
-pub const CONFLICT_ADVICE: &str = concat!(
-    "this node has not verified it. If it is true, two copies of one identity are running: ",
-    "if this data dir was copied (a cloned VM, a restored backup), run `kith fork` on the ",
-    "copy to make it a new node; if the node moved here, stop the old copy (and run ",
-    "`kith adopt` here if asked to)"
-);
+/// What an operator should do about a relay's report of an identity conflict, with
+/// `--data-dir` in the commands when this node's data dir is not the one `kith` finds
+/// by default. The report is the relay's unsigned claim, so the advice is conditional.
+pub fn conflict_advice(data_dir: &DataDir) -> String {
+    let kith = match DataDir::resolve(None) {
+        Ok(default) if default.path() == data_dir.path() => "kith".to_string(),
+        _ => format!("kith --data-dir {}", data_dir.path().display()),
+    };
+    let elsewhere = if kith == "kith" {
+        ""
+    } else {
+        " (with the copy's own --data-dir if it lives elsewhere)"
+    };
+    format!(
+        "this node has not verified it. If it is true, two copies of one identity are running: \
+         if this data dir was copied (a cloned VM, a restored backup), run `{kith} fork` on the \
+         copy{elsewhere} to make it a new node; if the node moved here, stop the old copy (and \
+         run `{kith} adopt` here if asked to)"
+    )
+}
 
-fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
+fn relay_link_view(s: &RelayStatus, data_dir: &DataDir) -> RelayLinkView {
     RelayLinkView {
         node_id: s.relay.to_string(),
         addrs: s.addrs.iter().map(|a| a.to_string()).collect(),
@@ -761,7 +776,7 @@ fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
             reported_by: s.relay.to_string(),
             others: c.others.iter().map(|a| a.to_string()).collect(),
             at_ms: c.at_ms,
-            advice: CONFLICT_ADVICE.to_string(),
+            advice: conflict_advice(data_dir),
         }),
         last_error: s.last_error.clone(),
         connects: s.connects,
@@ -769,7 +784,7 @@ fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
 }
 
 /// The name and detail a relay event has in `kith events`.
-pub fn relay_event_view(event: &RelayEvent) -> EventView {
+pub fn relay_event_view(event: &RelayEvent, data_dir: &DataDir) -> EventView {
     let (kind, detail, address) = match &event.kind {
         RelayEventKind::Connected { addr } => ("relay_connected", None, Some(addr.to_string())),
         RelayEventKind::Registered { observed, direct } => (
@@ -785,18 +800,21 @@ pub fn relay_event_view(event: &RelayEvent) -> EventView {
         RelayEventKind::Disconnected { reason } => {
             ("relay_disconnected", Some(reason.clone()), None)
         }
+        // The addresses are the copy's, not the relay's (the event's node): they go in
+        // the detail once, not also in `address`, which would print them twice.
         RelayEventKind::Conflict { others } => (
             "identity_conflict",
             Some(format!(
-                "relay {} says this node's id is also connected to it from {}; {CONFLICT_ADVICE}",
+                "relay {} says this node's id is also connected to it from {}; {}",
                 event.relay,
                 others
                     .iter()
                     .map(|a| a.to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                conflict_advice(data_dir)
             )),
-            others.first().map(|a| a.to_string()),
+            None,
         ),
     };
     EventView {
@@ -953,7 +971,7 @@ async fn watch_events(
                 Err(_) => return,
             },
             event = relay_events.recv(), if relay_open => match event {
-                Ok(event) => relay_event_view(&event),
+                Ok(event) => relay_event_view(&event, &daemon.data_dir),
                 Err(RecvError::Lagged(_)) => continue,
                 Err(_) => {
                     relay_open = false;
