@@ -455,3 +455,24 @@ fn an_identity_conflict_is_told_once_with_the_data_dir_in_the_advice() {
         .to_string();
     assert_eq!(line.matches(&other).count(), 1, "{line}");
 }
+
+#[test]
+fn ticket_inspect_shows_what_a_ticket_says_without_a_daemon() {
+    let mut relay = TestNode::init();
+    relay.start_relay(&[]);
+    let mut b = TestNode::init();
+    b.start_private(&relay);
+    let ticket = b.ticket();
+    let reader = TestNode::init();
+    let shown = reader.json(&["ticket", "inspect", &ticket]);
+    assert_eq!(shown["node_id"], b.node_id.as_str());
+    assert!(shown["addrs"].as_array().unwrap().is_empty(), "{shown}");
+    assert_eq!(shown["relay"]["node_id"], relay.node_id.as_str());
+    let human = reader.run_ok(&["ticket", "inspect", &ticket]);
+    assert!(
+        human.contains(&b.node_id) && human.contains(&relay.node_id),
+        "{human}"
+    );
+    let out = reader.run(&["ticket", "inspect", "kith1garbage"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+}

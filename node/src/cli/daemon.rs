@@ -356,27 +356,6 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// Print this node's ticket: the one string another operator needs to reach it.
-#[derive(Debug, Args)]
-#[command(after_help = "\
-Examples:
-  kith ticket                     print it; send it to the other operator, who runs
-                                  kith request <TICKET> --justification \"why\"
-  kith ticket | xclip             copy it
-
-The ticket is printed alone on stdout. It holds no secret: only the node id and addresses.")]
-pub struct TicketArgs {}
-
-pub fn ticket(ctx: &Context, _args: TicketArgs) -> anyhow::Result<u8> {
-    let data: serde_json::Value = call(ctx, Request::Ticket)?;
-    if ctx.json {
-        print_json(&data)?;
-    } else {
-        outln!("{}", data["ticket"].as_str().unwrap_or_default())?;
-    }
-    Ok(exit::OK)
-}
-
 /// Ask another node for trust. Its operator sees your justification and approves or rejects.
 #[derive(Debug, Args)]
 #[command(after_help = "\

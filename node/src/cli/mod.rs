@@ -20,6 +20,7 @@ mod output;
 mod relay;
 mod secret_io;
 mod service;
+mod ticket;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,7 +90,7 @@ pub enum Command {
     Run(daemon::RunArgs),
     Relay(relay::RelayArgs),
     Status(daemon::StatusArgs),
-    Ticket(daemon::TicketArgs),
+    Ticket(ticket::TicketArgs),
     Request(daemon::RequestArgs),
     Pending(daemon::PendingArgs),
     Approve(daemon::ApproveArgs),
@@ -175,7 +176,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::run(&ctx, args),
         Command::Relay(args) => relay::run(&ctx, args),
         Command::Status(args) => daemon::status(&ctx, args),
-        Command::Ticket(args) => daemon::ticket(&ctx, args),
+        Command::Ticket(args) => ticket::ticket(&ctx, args),
         Command::Request(args) => daemon::request(&ctx, args),
         Command::Pending(args) => daemon::pending(&ctx, args),
         Command::Approve(args) => daemon::approve(&ctx, args),
