@@ -346,7 +346,7 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
     }
     outln!("up since  {}", ago(status.started_at_ms))?;
     outln!("ticket    {}", status.ticket)?;
-    super::service::print_services(&status.services);
+    super::service::print_services(&status.services)?;
     if status.pending_incoming > 0 {
         outln!(
             "\n{} request(s) wait for you: see `kith pending`",
