@@ -476,3 +476,45 @@ fn ticket_inspect_shows_what_a_ticket_says_without_a_daemon() {
     let out = reader.run(&["ticket", "inspect", "kith1garbage"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
 }
+
+#[test]
+fn read_only_commands_answer_from_the_store_while_the_daemon_is_stopped() {
+    let (a, mut b) = (started(), started());
+    let c = TestNode::init();
+    a.run_ok(&["request", &b.ticket(), "-j", "while you sleep"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["allow", &c.node_id, "--name", "build-01"]);
+    b.run_ok(&["ignore", &TestNode::init().node_id]);
+    b.stop();
+    let store = b.data_dir().join("kith.redb");
+    let before = std::fs::read(&store).unwrap();
+
+    let peers = b.json(&["peers"]);
+    assert_eq!(peers[0]["node_id"], a.node_id.as_str(), "{peers}");
+    assert_eq!(peers[0]["state"], "incoming_pending");
+    let pending = b.json(&["pending"]);
+    assert_eq!(pending[0]["justification"], "while you sleep");
+    assert_eq!(b.json(&["allowed"])[0]["name"], "build-01");
+    assert_eq!(b.json(&["ignored"]).as_array().unwrap().len(), 1);
+    let human = b.run(&["peers"]);
+    assert!(stderr_of(&human).contains("no kith daemon is running"));
+    let events = b.run_ok(&["--json", "events"]);
+    assert!(events.contains("\"allowed\""), "{events}");
+    let out = b.run(&["ticket"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("kith run"), "{}", stderr_of(&out));
+    // Commands that change something still need the daemon.
+    assert_eq!(b.run(&["approve", &a.node_id]).status.code(), Some(1));
+
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        before,
+        "the store was not touched"
+    );
+    // Nothing was left locked: the daemon starts again and agrees.
+    b.start();
+    assert_eq!(
+        b.peer_state(&a.node_id).as_deref(),
+        Some("incoming_pending")
+    );
+}

@@ -36,9 +36,11 @@ use crate::service::{SERVICE_ALPN, ServiceClient};
 use crate::ticket::Ticket;
 
 mod advice;
+mod offline;
 mod operator;
 mod resolve;
 mod services;
+pub use offline::answer as answer_offline;
 pub use operator::conflict_advice;
 pub use resolve::{MIN_TRUST_PREFIX_LEN, resolve_peer, resolve_peer_to_trust};
 

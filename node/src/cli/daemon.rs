@@ -195,25 +195,67 @@ pub(super) async fn shutdown_signal() {
     }
 }
 
-/// Sends one request to the daemon and returns its data, or its error as ours.
+/// Sends one request to the daemon and returns its data, or its error as ours. With
+/// no daemon running, a read-only request is answered from the store instead.
 pub(super) fn call<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyhow::Result<T> {
+    call_with(ctx, request, true)
+}
+
+/// Like [`call`], but only the daemon may answer: for polling what it does next.
+pub(super) fn call_live<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyhow::Result<T> {
+    call_with(ctx, request, false)
+}
+
+fn call_with<T: DeserializeOwned>(
+    ctx: &Context,
+    request: Request,
+    offline: bool,
+) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let response = runtime
-        .block_on(control::call(
-            &ctx.data_dir.control_socket(),
-            ctx.data_dir.path(),
-            &request,
-        ))
-        .map_err(|e| unreachable_daemon(ctx, e))?;
+    let response = match runtime.block_on(control::call(
+        &ctx.data_dir.control_socket(),
+        ctx.data_dir.path(),
+        &request,
+    )) {
+        Ok(response) => response,
+        Err(e) => match offline_answer(ctx, &e, &request, offline) {
+            Some(response) => response,
+            None => return Err(unreachable_daemon(ctx, e)),
+        },
+    };
     match response {
         Response::Ok { data } => {
             serde_json::from_value(data).context("the daemon's answer has an unexpected shape")
         }
         Response::Error { message } => bail!("{message}"),
     }
+}
+
+/// The store's answer when no daemon runs for an initialised data dir and the
+/// request only reads; says so on stderr (not with `--json`, whose shape is kept).
+pub(super) fn offline_answer(
+    ctx: &Context,
+    e: &control::ControlError,
+    request: &Request,
+    allowed: bool,
+) -> Option<Response> {
+    if !allowed
+        || !matches!(e, control::ControlError::NotRunning { .. })
+        || ctx.data_dir.require_initialised().is_err()
+    {
+        return None;
+    }
+    let response = crate::daemon::answer_offline(&ctx.data_dir, request)?;
+    if !ctx.json && matches!(response, Response::Ok { .. }) {
+        eprintln!(
+            "(no kith daemon is running for {}: read from its store)",
+            ctx.data_dir.path().display()
+        );
+    }
+    Some(response)
 }
 
 /// Why the daemon could not be asked: with no node in the data dir yet, `kith run`
@@ -444,7 +486,7 @@ fn wait_for_answer(
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
-        let peers: Vec<PeerView> = call(ctx, Request::Peers)?;
+        let peers: Vec<PeerView> = call_live(ctx, Request::Peers)?;
         let peer = peers.into_iter().find(|p| p.node_id == sent.node_id);
         state = peer
             .as_ref()

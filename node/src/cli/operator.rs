@@ -329,16 +329,33 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let request = Request::Events {
+        follow: args.follow,
+    };
     runtime.block_on(async {
-        let mut lines = control::open(
+        let opened = control::open(
             &ctx.data_dir.control_socket(),
             ctx.data_dir.path(),
-            &Request::Events {
-                follow: args.follow,
-            },
+            &request,
         )
-        .await
-        .map_err(|e| super::daemon::unreachable_daemon(ctx, e))?;
+        .await;
+        let mut lines = match opened {
+            Ok(lines) => lines,
+            Err(e) => {
+                // No daemon: `kith events` (not --follow) shows the store's audit log.
+                return match super::daemon::offline_answer(ctx, &e, &request, true) {
+                    Some(Response::Ok { data }) => {
+                        let events: Vec<EventView> = serde_json::from_value(data)?;
+                        for event in &events {
+                            print_event(ctx, event)?;
+                        }
+                        Ok(())
+                    }
+                    Some(Response::Error { message }) => bail!("{message}"),
+                    None => Err(super::daemon::unreachable_daemon(ctx, e)),
+                };
+            }
+        };
         while let Some(line) = lines
             .next_line()
             .await
