@@ -320,7 +320,6 @@ fn print_event(ctx: &Context, event: &EventView) -> anyhow::Result<()> {
             event.short_id
         )?;
     }
-    std::io::stdout().flush().ok();
     Ok(())
 }
 
