@@ -58,6 +58,7 @@ fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
         &["id"],
         &["--json", "status"],
         &["completions", "bash"],
+        &["demo"],
     ] {
         let out = into_closed_pipe(&a, args);
         assert_eq!(
