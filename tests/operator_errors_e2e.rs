@@ -215,9 +215,12 @@ fn before_init_every_command_says_to_run_kith_init() {
 #[test]
 fn init_without_a_passphrase_or_terminal_names_both_ways_out() {
     let dir = tempfile::tempdir().unwrap();
-    let out = kith_in(&dir.path().join("node"), &["init"])
-        .output()
-        .unwrap();
+    let out = kith_in(
+        &dir.path().join("node"),
+        &["init", "--show-phrase-on-stdout"],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let stderr = stderr_of(&out);
     assert!(stderr.contains("--passphrase-file"), "{stderr}");
@@ -248,9 +251,16 @@ fn a_control_socket_that_cannot_be_bound_names_the_path_and_the_fix() {
     // Too long for a Unix socket address.
     let dir = tempfile::tempdir().unwrap();
     let long = dir.path().join("d".repeat(100));
-    kith_in(&long, &["init", "--insecure-no-passphrase"])
-        .output()
-        .unwrap();
+    kith_in(
+        &long,
+        &[
+            "init",
+            "--insecure-no-passphrase",
+            "--show-phrase-on-stdout",
+        ],
+    )
+    .output()
+    .unwrap();
     let out = kith_in(&long, &["run", "--no-harden", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
