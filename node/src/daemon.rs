@@ -349,7 +349,15 @@ impl Daemon {
                     Ok(Delivery::Acked(AckStatus::Refused(refusal)))
                         if operator::is_final(&refusal) =>
                     {
-                        self.end_refused_request(&ticket, refusal).await
+                        self.end_refused_request(&ticket, Some(refusal)).await
+                    }
+                    // A relay refuses a node's handshake (no common ALPN): only then is
+                    // it worth asking whether the ticket is a relay's.
+                    Ok(Delivery::Retrying { reason })
+                        if reason.contains("handshake failed")
+                            && self.node.answers_as_relay(&ticket).await =>
+                    {
+                        self.end_refused_request(&ticket, None).await
                     }
                     Ok(delivery) => self.sent(ticket.node_id, vec![delivery]).await,
                     Err(e) => err(crate::node::error_chain(&e)),

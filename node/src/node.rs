@@ -1456,17 +1456,30 @@ impl Node {
         self.shared.apps.protocols()
     }
 
-    /// Whether what answers at the ticket's addresses is a relay: a relay answers any
-    /// client's ping, a node only a peer that it trusts. For telling an operator who
-    /// pasted a relay's ticket where a node's was wanted; it decides nothing else.
+    /// Whether what answers at the ticket's addresses is a relay: it completes a TLS
+    /// handshake for the ticket's id with the relay ALPN, which no node offers. For
+    /// telling an operator who pasted a relay's ticket where a node's was wanted; it
+    /// decides nothing else, and the connection is closed at once.
     pub async fn answers_as_relay(&self, ticket: &Ticket) -> bool {
-        let id = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
-        matches!(
-            self.shared
-                .exchange(ticket.node_id, &ticket.addrs, &Message::Ping { id })
-                .await,
-            Ok(Message::Pong { id: got }) if got == id
-        )
+        let Some(&addr) = ticket.addrs.first() else {
+            return false;
+        };
+        let dial = tls::dial_relay(
+            &self.shared.endpoint,
+            &self.shared.identity,
+            addr,
+            ticket.node_id,
+        );
+        match tokio::time::timeout(DIRECT_BEFORE_RELAY, dial).await {
+            Ok(Ok(conn)) => {
+                conn.close(
+                    close_code::SHUTDOWN.into(),
+                    b"only asking whether this is a relay",
+                );
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Resolves, with the cause, if the node stops working on its own: a store

@@ -95,10 +95,15 @@ impl Daemon {
         }
     }
 
-    /// The peer itself (over a connection TLS bound to its id) refused our request in a
-    /// way no resend can change: withdraw it, so it neither stays pending nor is
-    /// re-sent for days, and say why, in the answer and as an event.
-    pub(super) async fn end_refused_request(&self, ticket: &Ticket, refusal: Refusal) -> Response {
+    /// The request can never succeed: the peer itself (over a connection TLS bound to
+    /// its id) refused it in a way no resend can change, or (`None`) the ticket is a
+    /// relay's, which speaks only the relay protocol. Withdraw it, so it neither stays
+    /// pending nor is re-sent for days, and say why, in the answer and as an event.
+    pub(super) async fn end_refused_request(
+        &self,
+        ticket: &Ticket,
+        refusal: Option<Refusal>,
+    ) -> Response {
         let peer = ticket.node_id;
         let pending = self
             .node
@@ -110,16 +115,18 @@ impl Daemon {
                 warn!(%peer, error = %e, "could not withdraw a refused request");
             }
         }
-        // A relay cannot decode a node's request: tell that mistake apart.
-        if refusal == Refusal::Malformed && self.node.answers_as_relay(ticket).await {
-            let message = format!(
-                "that ticket is a relay's ({peer}), not a node's: a relay only carries messages \
+        let refusal = match refusal {
+            Some(refusal) => refusal,
+            None => {
+                let message = format!(
+                    "that ticket is a relay's ({peer}), not a node's: a relay only carries messages \
                  for nodes that cannot be dialled directly (`kith run --relay <RELAY-TICKET>`) \
                  and grants no trust. Ask for the ticket of the node itself (`kith ticket` on it)"
-            );
-            self.note_event(peer, "request_refused", Some(message.clone()));
-            return err(message);
-        }
+                );
+                self.note_event(peer, "request_refused", Some(message.clone()));
+                return err(message);
+            }
+        };
         let detail =
             format!("{refusal}; resending cannot change that answer, so the request was withdrawn");
         self.note_event(peer, "request_refused", Some(detail.clone()));
