@@ -118,6 +118,7 @@ fn audit_view(entry: &AuditEntry, own: NodeId) -> EventView {
         AuditAction::AutoApproveSet(_) => "auto_approve_set",
         AuditAction::Forked => "forked",
         AuditAction::Adopted => "adopted",
+        AuditAction::ExpiredByPeer => "expired_by_peer",
     };
     let peer = entry.peer.unwrap_or(own);
     EventView {
