@@ -41,7 +41,7 @@ fn request_pending_approve_makes_both_sides_trusted() {
     let human = b.run_ok(&["pending"]);
     assert!(human.contains(&a.node_id[..10]), "{human}");
 
-    let approved = b.json(&["approve", &a.node_id[..12], "--name", "laptop"]);
+    let approved = b.json(&["approve", &a.node_id[..13], "--name", "laptop"]);
     assert_eq!(approved["delivered"], true, "{approved}");
     assert_eq!(b.peer_state(&a.node_id).as_deref(), Some("trusted"));
     a.wait_for_state(&b.node_id, "trusted");

@@ -132,7 +132,7 @@ fn names_work_wherever_an_id_does() {
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&[
         "approve",
-        &a.node_id[..9],
+        &a.node_id[..13],
         "--name",
         "laptop",
         "--note",

@@ -292,7 +292,7 @@ fn one_identity_connected_twice_is_reported_to_both_as_a_conflict() {
         let status = node.status();
         let advice = status["relay"]["conflict"]["advice"].as_str().unwrap();
         assert!(
-            advice.contains("kith fork") && advice.contains("kith adopt"),
+            advice.contains(" fork`") && advice.contains(" adopt`"),
             "{advice}"
         );
         // An unsigned notice: shown as the relay's claim, naming the relay.

@@ -120,6 +120,13 @@ pub enum ControlError {
     NoAnswer,
     #[error("another kith daemon is already running for {0}")]
     AlreadyRunning(PathBuf),
+    #[error("cannot create the control socket {path}: {fix}")]
+    Bind {
+        path: PathBuf,
+        fix: String,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "refusing a control connection from uid {uid}: only uid {own} or root may control this node"
     )]
@@ -173,18 +180,58 @@ pub async fn open(
 /// Binds the control socket, refusing if a live daemon already answers on it and
 /// removing a stale socket file left by a crash.
 pub async fn bind(socket: &Path) -> Result<UnixListener, ControlError> {
-    if socket.exists() {
+    if socket.symlink_metadata().is_ok() {
         if UnixStream::connect(socket).await.is_ok() {
             return Err(ControlError::AlreadyRunning(
                 socket.parent().unwrap_or(socket).to_path_buf(),
             ));
         }
-        std::fs::remove_file(socket)?;
+        std::fs::remove_file(socket).map_err(|source| ControlError::Bind {
+            path: socket.to_path_buf(),
+            fix: format!(
+                "a stale file is in the way and cannot be removed; if no kith daemon runs \
+                 for this data dir, remove it yourself (`rm -r {}`)",
+                socket.display()
+            ),
+            source,
+        })?;
     }
-    let listener = UnixListener::bind(socket)?;
+    let listener = UnixListener::bind(socket).map_err(|source| bind_error(socket, source))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| bind_error(socket, source))?;
     Ok(listener)
+}
+
+/// Longest path a Unix socket address holds (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A bind failure with the fix for its likely cause.
+fn bind_error(socket: &Path, source: io::Error) -> ControlError {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = socket.parent().unwrap_or(socket).display();
+    let fix = if socket.as_os_str().as_bytes().len() > MAX_SOCKET_PATH {
+        format!(
+            "the path is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have; \
+             use a shorter --data-dir"
+        )
+    } else {
+        match source.kind() {
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!(
+                "this user may not create files in {dir}; run kith as the data dir's owner, \
+                 or fix its permissions"
+            ),
+            io::ErrorKind::AddrInUse => format!(
+                "something else holds that path; if no kith daemon runs for {dir}, remove it"
+            ),
+            _ => format!("check the data dir {dir}"),
+        }
+    };
+    ControlError::Bind {
+        path: socket.to_path_buf(),
+        fix,
+        source,
+    }
 }
 
 /// Checks that the connecting process runs as our uid or as root.
@@ -467,5 +514,8 @@ pub struct EventView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PingView {
     pub node_id: String,
+    /// The name given with `--name`, if any.
+    #[serde(default)]
+    pub name: Option<String>,
     pub rtt_ms: f64,
 }

@@ -5,7 +5,7 @@
 //! views the CLI prints. It must never decide trust itself (that is the state
 //! machine's job) nor answer a control client before the node has committed.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -35,7 +35,14 @@ use crate::reach::PeerReach;
 use crate::service::{SERVICE_ALPN, ServiceClient};
 use crate::ticket::Ticket;
 
+mod advice;
+mod offline;
+mod operator;
+mod resolve;
 mod services;
+pub use offline::answer as answer_offline;
+pub use operator::conflict_advice;
+pub use resolve::{MIN_TRUST_PREFIX_LEN, resolve_peer, resolve_peer_to_trust};
 
 /// How `kith run` was configured.
 #[derive(Debug, Clone)]
@@ -250,50 +257,10 @@ fn peer_view(record: &PeerRecord, now: u64, reach: Option<&PeerReach>) -> PeerVi
     }
 }
 
-/// Finds the node an operator means, among peers and allow and deny list entries:
-/// a full id first (so no name can stand for another node's id), then a name given
-/// with `--name`, then a unique id prefix.
-pub fn resolve_peer(machine: &TrustMachine, text: &str) -> Result<NodeId, String> {
-    let text = text.trim();
-    if let Ok(id) = text.parse::<NodeId>() {
-        return Ok(id);
-    }
-    let is_named = |name: &Option<String>| name.as_deref().map(str::trim) == Some(text);
-    let named: BTreeSet<NodeId> = machine
-        .peers()
-        .filter(|p| is_named(&p.name))
-        .map(|p| p.id)
-        .chain(
-            machine
-                .allowlist()
-                .filter(|(_, entry)| is_named(&entry.name))
-                .map(|(id, _)| *id),
-        )
-        .collect();
-    match named.len() {
-        1 => return Ok(*named.first().expect("one name")),
-        n if n > 1 => return Err(format!("{n} nodes are named {text:?}; use the id instead")),
-        _ => {}
-    }
-    let known: Vec<NodeId> = machine
-        .peers()
-        .map(|p| p.id)
-        .chain(machine.allowlist().map(|(id, _)| *id))
-        .chain(machine.denylist().copied())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    NodeId::resolve_prefix(text, &known).map_err(|e| e.to_string())
-}
-
 impl Daemon {
     async fn resolve(&self, text: &str) -> Result<NodeId, Response> {
         let text = text.to_string();
-        match self.node.read(move |m, _| resolve_peer(m, &text)).await {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(message)) => Err(err(message)),
-            Err(e) => Err(err(e)),
-        }
+        self.answer(move |m| resolve_peer(m, &text)).await
     }
 
     async fn sent(&self, peer: NodeId, deliveries: Vec<Delivery>) -> Response {
@@ -379,6 +346,19 @@ impl Daemon {
                     return err(message);
                 }
                 match self.node.request(&ticket, &justification).await {
+                    Ok(Delivery::Acked(AckStatus::Refused(refusal)))
+                        if operator::is_final(&refusal) =>
+                    {
+                        self.end_refused_request(&ticket, Some(refusal)).await
+                    }
+                    // A relay refuses a node's handshake (no common ALPN): only then is
+                    // it worth asking whether the ticket is a relay's.
+                    Ok(Delivery::Retrying { reason })
+                        if reason.contains("handshake failed")
+                            && self.node.answers_as_relay(&ticket).await =>
+                    {
+                        self.end_refused_request(&ticket, None).await
+                    }
                     Ok(delivery) => self.sent(ticket.node_id, vec![delivery]).await,
                     Err(e) => err(crate::node::error_chain(&e)),
                 }
@@ -414,7 +394,7 @@ impl Daemon {
                 note,
                 expires_in_ms,
             } => {
-                let peer = match self.resolve(&peer).await {
+                let peer = match self.resolve_to_trust(&peer, name.as_deref()).await {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
@@ -453,16 +433,16 @@ impl Daemon {
                 self.simple(&peer, |peer| Command::Unignore { peer }).await
             }
             Request::Allow { peer, name } => {
-                self.simple(&peer, move |peer| Command::Allow { peer, name })
-                    .await
+                let peer = match self.resolve_to_trust(&peer, name.as_deref()).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                self.command_for(peer, Command::Allow { peer, name }).await
             }
             Request::Disallow { peer } => {
                 self.simple(&peer, |peer| Command::Disallow { peer }).await
             }
-            Request::Rename { peer, name, note } => {
-                self.simple(&peer, move |peer| Command::Rename { peer, name, note })
-                    .await
-            }
+            Request::Rename { peer, name, note } => self.rename(peer, name, note).await,
             Request::Ignored => match self
                 .node
                 .read(|m, _| listed(m.denylist().map(|id| (id, None, None))))
@@ -491,9 +471,16 @@ impl Daemon {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
+                let name = self
+                    .node
+                    .read(move |m, _| m.peer(&peer).and_then(|p| p.name.clone()))
+                    .await
+                    .ok()
+                    .flatten();
                 match self.node.ping(peer).await {
                     Ok(rtt) => ok(PingView {
                         node_id: peer.to_string(),
+                        name,
                         rtt_ms: rtt.as_secs_f64() * 1000.0,
                     }),
                     Err(e) => err(crate::node::error_chain(&e)),
@@ -514,13 +501,16 @@ impl Daemon {
 
     /// A command that sends nothing: resolve the peer, run it, answer with the peer's id.
     async fn simple(&self, peer: &str, command: impl FnOnce(NodeId) -> Command) -> Response {
-        let peer = match self.resolve(peer).await {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        match self.node.command(command(peer)).await {
+        match self.resolve(peer).await {
+            Ok(peer) => self.command_for(peer, command(peer)).await,
+            Err(r) => r,
+        }
+    }
+
+    async fn command_for(&self, peer: NodeId, command: Command) -> Response {
+        match self.node.command(command).await {
             Ok(_) => ok(serde_json::json!({ "node_id": peer.to_string() })),
-            Err(e) => err(crate::node::error_chain(&e)),
+            Err(e) => self.refused(peer, &e).await,
         }
     }
 
@@ -592,7 +582,7 @@ impl Daemon {
     async fn run_command(&self, peer: NodeId, command: Command) -> Response {
         match self.node.command(command).await {
             Ok(deliveries) => self.sent(peer, deliveries).await,
-            Err(e) => err(crate::node::error_chain(&e)),
+            Err(e) => self.refused(peer, &e).await,
         }
     }
 
@@ -633,23 +623,17 @@ impl Daemon {
             started_at_ms: self.started_at_ms,
             reachability: self.node.reachability().to_string(),
             private: self.node.is_private(),
-            relay: self.node.relay_status().map(|s| relay_link_view(&s)),
+            relay: self
+                .node
+                .relay_status()
+                .map(|s| relay_link_view(&s, &self.data_dir)),
             services: self.service_views(),
             refused: self.node.refusals(),
         })
     }
 }
 
-/// What an operator should do about a relay's report of an identity conflict. The
-/// report is the relay's unsigned claim, so the advice is conditional.
-pub const CONFLICT_ADVICE: &str = concat!(
-    "this node has not verified it. If it is true, two copies of one identity are running: ",
-    "if this data dir was copied (a cloned VM, a restored backup), run `kith fork` on the ",
-    "copy to make it a new node; if the node moved here, stop the old copy (and run ",
-    "`kith adopt` here if asked to)"
-);
-
-fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
+fn relay_link_view(s: &RelayStatus, data_dir: &DataDir) -> RelayLinkView {
     RelayLinkView {
         node_id: s.relay.to_string(),
         addrs: s.addrs.iter().map(|a| a.to_string()).collect(),
@@ -662,7 +646,7 @@ fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
             reported_by: s.relay.to_string(),
             others: c.others.iter().map(|a| a.to_string()).collect(),
             at_ms: c.at_ms,
-            advice: CONFLICT_ADVICE.to_string(),
+            advice: conflict_advice(data_dir),
         }),
         last_error: s.last_error.clone(),
         connects: s.connects,
@@ -670,7 +654,7 @@ fn relay_link_view(s: &RelayStatus) -> RelayLinkView {
 }
 
 /// The name and detail a relay event has in `kith events`.
-pub fn relay_event_view(event: &RelayEvent) -> EventView {
+pub fn relay_event_view(event: &RelayEvent, data_dir: &DataDir) -> EventView {
     let (kind, detail, address) = match &event.kind {
         RelayEventKind::Connected { addr } => ("relay_connected", None, Some(addr.to_string())),
         RelayEventKind::Registered { observed, direct } => (
@@ -686,18 +670,21 @@ pub fn relay_event_view(event: &RelayEvent) -> EventView {
         RelayEventKind::Disconnected { reason } => {
             ("relay_disconnected", Some(reason.clone()), None)
         }
+        // The addresses are the copy's, not the relay's (the event's node): they go in
+        // the detail once, not also in `address`, which would print them twice.
         RelayEventKind::Conflict { others } => (
             "identity_conflict",
             Some(format!(
-                "relay {} says this node's id is also connected to it from {}; {CONFLICT_ADVICE}",
+                "relay {} says this node's id is also connected to it from {}; {}",
                 event.relay,
                 others
                     .iter()
                     .map(|a| a.to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                conflict_advice(data_dir)
             )),
-            others.first().map(|a| a.to_string()),
+            None,
         ),
     };
     EventView {
@@ -805,6 +792,17 @@ pub fn event_view(event: &Event) -> EventView {
 
 /// Keeps the recent-events ring and the live stream (trust events and relay
 /// events), and runs the `--on-request` hook.
+/// Keeps an event for `kith events` and hands it to followers, under one lock so a
+/// new follower sees it either in the history or live, never both or neither.
+fn record_event(daemon: &Daemon, view: EventView) {
+    let mut recent = daemon.recent.lock().unwrap();
+    if recent.len() == RECENT_EVENTS {
+        recent.pop_front();
+    }
+    recent.push_back(view.clone());
+    let _ = daemon.live.send(view);
+}
+
 async fn watch_events(
     daemon: Arc<Daemon>,
     mut events: tokio::sync::broadcast::Receiver<Event>,
@@ -826,7 +824,7 @@ async fn watch_events(
                 Err(_) => return,
             },
             event = relay_events.recv(), if relay_open => match event {
-                Ok(event) => relay_event_view(&event),
+                Ok(event) => relay_event_view(&event, &daemon.data_dir),
                 Err(RecvError::Lagged(_)) => continue,
                 Err(_) => {
                     relay_open = false;
@@ -834,71 +832,11 @@ async fn watch_events(
                 }
             },
         };
-        {
-            let mut recent = daemon.recent.lock().unwrap();
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(view.clone());
-            let _ = daemon.live.send(view.clone());
-        }
+        record_event(&daemon, view.clone());
         if view.kind == "request_received" {
             if let Some(hooks) = &daemon.hooks {
                 hooks.request(&view);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kith_keys::NodeKey;
-    use kith_protocol::machine::{AllowEntry, Config, PeerRecord};
-
-    fn named(id: NodeId, name: &str) -> PeerRecord {
-        let mut record = PeerRecord::new(id, TrustState::Trusted, 1);
-        record.name = Some(name.into());
-        record
-    }
-
-    #[test]
-    fn a_full_id_means_that_node_even_when_a_peer_is_named_like_it() {
-        let (a, b) = (NodeKey::generate().node_id(), NodeKey::generate().node_id());
-        // A slip of the operator: peer `a` renamed to `b`'s id.
-        let machine = TrustMachine::restore(
-            NodeKey::generate().node_id(),
-            Config::default(),
-            [named(a, &b.to_string()), named(b, "laptop")],
-            [],
-            [],
-        );
-        assert_eq!(resolve_peer(&machine, &b.to_string()), Ok(b));
-        assert_eq!(resolve_peer(&machine, " laptop "), Ok(b));
-    }
-
-    #[test]
-    fn allow_and_deny_list_entries_are_found_by_name_and_prefix() {
-        let (allowed, denied) = (NodeKey::generate().node_id(), NodeKey::generate().node_id());
-        let machine = TrustMachine::restore(
-            NodeKey::generate().node_id(),
-            Config::default(),
-            [],
-            [(
-                allowed,
-                AllowEntry {
-                    name: Some("build-01".into()),
-                    added_ms: 1,
-                },
-            )],
-            [denied],
-        );
-        assert_eq!(resolve_peer(&machine, "build-01"), Ok(allowed));
-        assert_eq!(
-            resolve_peer(&machine, &allowed.to_string()[..8]),
-            Ok(allowed)
-        );
-        assert_eq!(resolve_peer(&machine, &denied.to_string()[..8]), Ok(denied));
-        assert!(resolve_peer(&machine, "nobody00").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! through the relay. The demo says what each side sees. It must never touch the
 //! operator's real data dir or listen on anything but loopback.
 
+use std::io::Write;
 use std::time::Duration;
 
 use kith_keys::NodeKey;
@@ -16,8 +17,24 @@ use kith_protocol::wire::RelayRef;
 use crate::node::{Delivery, Node, NodeBuilder, NodeError};
 use crate::relay::{RelayOptions, RelayServer};
 
+/// `println!` that outlives its reader (`kith demo | head`): the demo still runs to
+/// the end and shuts its nodes down; lines nobody reads are dropped, not a panic.
+macro_rules! show {
+    ($($arg:tt)*) => {
+        show_line(format_args!($($arg)*))
+    };
+}
+
+fn show_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+}
+
 fn say(who: &str, what: impl std::fmt::Display) {
-    println!("  {who:<6} {what}");
+    show!("  {who:<6} {what}");
 }
 
 async fn state_of(node: &Node, peer: kith_keys::NodeId) -> Result<String, NodeError> {
@@ -84,7 +101,7 @@ async fn start(config: Config) -> Result<Node, NodeError> {
 
 /// Runs the demo; returns an error if any step does not turn out as narrated.
 pub async fn run() -> Result<(), NodeError> {
-    println!(
+    show!(
         "kith demo: three nodes on loopback, each with a fresh identity and an in-memory store.\n"
     );
     let alice = start(Config::default()).await?;
@@ -102,7 +119,7 @@ pub async fn run() -> Result<(), NodeError> {
     }
     say("carol", "runs with --auto-approve: she trusts whoever asks");
 
-    println!("\n1. alice asks bob for trust, with a justification");
+    show!("\n1. alice asks bob for trust, with a justification");
     let sent = alice
         .request(&bob.ticket(), "alice's laptop wants to back up to bob")
         .await?;
@@ -128,7 +145,7 @@ pub async fn run() -> Result<(), NodeError> {
         ),
     );
 
-    println!(
+    show!(
         "\n2. bob's operator approves (`kith approve {}`)",
         alice.node_id().short()
     );
@@ -147,7 +164,7 @@ pub async fn run() -> Result<(), NodeError> {
         format!("sees bob as {}", state_of(&alice, bob.node_id()).await?),
     );
 
-    println!("\n3. trusted peers may use the connection: alice pings bob");
+    show!("\n3. trusted peers may use the connection: alice pings bob");
     let rtt = alice.ping(bob.node_id()).await?;
     say(
         "alice",
@@ -162,7 +179,7 @@ pub async fn run() -> Result<(), NodeError> {
         }
     }
 
-    println!("\n4. bob asks carol, whose policy approves at once");
+    show!("\n4. bob asks carol, whose policy approves at once");
     bob.request(&carol.ticket(), "bob joins carol's fleet")
         .await?;
     wait_for(&bob, carol.node_id(), TrustState::Trusted).await?;
@@ -174,7 +191,7 @@ pub async fn run() -> Result<(), NodeError> {
         ),
     );
 
-    println!("\n5. alice revokes bob: bob is told and the connection is closed");
+    show!("\n5. alice revokes bob: bob is told and the connection is closed");
     alice
         .command(Command::Revoke {
             peer: bob.node_id(),
@@ -195,7 +212,7 @@ pub async fn run() -> Result<(), NodeError> {
         }
     }
 
-    println!("\n6. a relay, and dave: a private node that accepts no direct connection");
+    show!("\n6. a relay, and dave: a private node that accepts no direct connection");
     let relay = RelayServer::spawn(
         NodeKey::generate(),
         RelayOptions {
@@ -265,7 +282,7 @@ pub async fn run() -> Result<(), NodeError> {
         node.shutdown().await;
     }
     relay.shutdown().await;
-    println!("\nDone. Every step above was a signed envelope over real QUIC on 127.0.0.1.");
-    println!("Next: `kith init` and `kith run` on two machines (see README.md).");
+    show!("\nDone. Every step above was a signed envelope over real QUIC on 127.0.0.1.");
+    show!("Next: `kith init` and `kith run` on two machines (see README.md).");
     Ok(())
 }

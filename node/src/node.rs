@@ -764,6 +764,8 @@ impl Shared {
                 }
                 Ok(_) => failures.push(NodeError::Protocol { peer }.to_string()),
                 Err(NodeError::Stopped) => return Err(NodeError::Stopped),
+                // The final error says "cannot reach <peer>" once for every path.
+                Err(NodeError::Unreachable { reason, .. }) => failures.push(reason),
                 Err(e) => failures.push(e.to_string()),
             }
         }
@@ -916,8 +918,12 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        // Messages that already end with their source's text would say it twice.
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = cause.source();
     }
     out
@@ -1471,6 +1477,32 @@ impl Node {
     /// The application protocols this node serves.
     pub fn protocols(&self) -> Vec<Vec<u8>> {
         self.shared.apps.protocols()
+    }
+
+    /// Whether what answers at the ticket's addresses is a relay: it completes a TLS
+    /// handshake for the ticket's id with the relay ALPN, which no node offers. For
+    /// telling an operator who pasted a relay's ticket where a node's was wanted; it
+    /// decides nothing else, and the connection is closed at once.
+    pub async fn answers_as_relay(&self, ticket: &Ticket) -> bool {
+        let Some(&addr) = ticket.addrs.first() else {
+            return false;
+        };
+        let dial = tls::dial_relay(
+            &self.shared.endpoint,
+            &self.shared.identity,
+            addr,
+            ticket.node_id,
+        );
+        match tokio::time::timeout(DIRECT_BEFORE_RELAY, dial).await {
+            Ok(Ok(conn)) => {
+                conn.close(
+                    close_code::SHUTDOWN.into(),
+                    b"only asking whether this is a relay",
+                );
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Resolves, with the cause, if the node stops working on its own: a store

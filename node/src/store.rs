@@ -228,6 +228,45 @@ impl Store {
         Self::init(db, Some(path.to_owned()))
     }
 
+    /// Reads the database file at `path` into a private in-memory copy, for commands
+    /// that answer while no daemon runs. redb never opens the file itself, so nothing
+    /// locks it (a daemon starting meanwhile is not refused) and nothing repairs or
+    /// writes it. A file over `max_len` bytes is refused rather than read whole.
+    pub fn open_copy(path: &Path, max_len: u64) -> Result<Self, StoreError> {
+        use redb::StorageBackend;
+        let open_err = |e: std::io::Error| StoreError::Open {
+            path: path.to_owned(),
+            source: Box::new(redb::Error::Io(e)),
+        };
+        let len = std::fs::metadata(path).map_err(open_err)?.len();
+        if len > max_len {
+            return Err(open_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{len} bytes is more than the {max_len} read without a daemon"),
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(open_err)?;
+        let backend = redb::backends::InMemoryBackend::new();
+        backend.set_len(bytes.len() as u64).map_err(open_err)?;
+        backend.write(0, &bytes).map_err(open_err)?;
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.to_owned(),
+            detail,
+        };
+        let db = quietly(|| Database::builder().create_with_backend(backend))
+            .map_err(damaged)?
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                    damaged(detail)
+                }
+                other => StoreError::Open {
+                    path: path.to_owned(),
+                    source: Box::new(other.into()),
+                },
+            })?;
+        Self::init(db, Some(path.to_owned()))
+    }
+
     /// A database over any redb backend, e.g. one that fails on cue.
     #[cfg(test)]
     pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<Self, StoreError> {

@@ -48,6 +48,12 @@ pub enum UnlockError {
         keystore: PathBuf,
         passphrase_file: PathBuf,
     },
+    #[error(
+        "a new keystore needs a passphrase and there is no terminal to ask on: pass \
+         --passphrase-file FILE (or set KITH_PASSPHRASE_FILE), or --insecure-no-passphrase \
+         for a throwaway node"
+    )]
+    NoNewPassphrase,
     #[error("cannot read the passphrase from the terminal")]
     Prompt(#[source] io::Error),
     #[error(
@@ -128,7 +134,7 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, UnlockError> {
         return read_passphrase_file(path);
     }
     if !have_terminal() {
-        return Err(UnlockError::NoPassphrase);
+        return Err(UnlockError::NoNewPassphrase);
     }
     let first = prompt("New keystore passphrase: ")?;
     if first.is_empty() {

@@ -10,8 +10,30 @@
 //! contain simulation logic. Exit codes: 0 clean, 1 invariant violated,
 //! 2 usage or input error.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// `println!` that survives a reader going away (`kith-sim run … | head`): the run
+/// goes on and its report is still written; only the lines nobody reads are lost.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+fn print_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => eprintln!("kith-sim: cannot write to stdout: {e}"),
+    }
+}
 
 use clap::{Parser, Subcommand};
 
@@ -52,18 +74,32 @@ pub struct RunArgs {
     /// Run the scenario with real nodes over QUIC on loopback, on the wall clock.
     #[arg(long)]
     pub real: bool,
-    /// Override the node count (the workload scales with it).
+    /// Override the node count (the workload scales with it); in real mode, this
+    /// many real nodes run, above the default cap of 200.
     #[arg(long)]
     pub nodes: Option<usize>,
-    /// Override the workload duration ("90s", "10m").
-    #[arg(long, value_parser = parse_millis)]
+    /// Override the workload duration, with a unit ("90s", "10m", "500ms").
+    #[arg(long, value_parser = parse_duration_with_unit)]
     pub duration: Option<Millis>,
-    /// Real mode: play the workload this many times faster.
-    #[arg(long)]
+    /// Real mode: play the workload this many times faster (simulated mode runs on a
+    /// virtual clock, as fast as it can).
+    #[arg(long, requires = "real")]
     pub speed: Option<f64>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// `--duration`: a bare number is refused, since "5" reads as seconds to most
+/// people and as milliseconds to the scenario files.
+fn parse_duration_with_unit(text: &str) -> Result<Millis, String> {
+    if text.trim().parse::<u64>().is_ok() {
+        return Err(format!(
+            "{text:?} has no unit: write e.g. {0}s, {0}m or {0}ms",
+            text.trim()
+        ));
+    }
+    parse_millis(text)
 }
 
 pub fn main() -> i32 {
@@ -77,9 +113,13 @@ pub fn main() -> i32 {
     match cli.command {
         Cmd::Check { scenario } => match Scenario::load(&scenario) {
             Ok(s) => {
-                println!(
+                say!(
                     "{}: ok ({} nodes, {} relays, {} workload + {} drain)",
-                    s.name, s.nodes.count, s.nodes.relays, s.duration, s.drain
+                    s.name,
+                    s.nodes.count,
+                    s.nodes.relays,
+                    s.duration,
+                    s.drain
                 );
                 0
             }
@@ -102,6 +142,8 @@ fn run(args: RunArgs) -> i32 {
     };
     if let Some(n) = args.nodes {
         scenario = scenario.with_nodes(n);
+        // An explicit count is what runs, in real mode too (no cap of its own).
+        scenario.real.nodes = Some(n);
     }
     if let Some(d) = args.duration {
         scenario = scenario.with_duration(d);
@@ -114,12 +156,27 @@ fn run(args: RunArgs) -> i32 {
         return 2;
     }
     let seed = args.seed.unwrap_or_else(random_seed);
-    println!("seed: {seed}");
-    println!(
-        "scenario: {} ({} nodes, {} relays, mode {})",
-        scenario.name,
-        scenario.nodes.count,
-        scenario.nodes.relays,
+    say!("seed: {seed}");
+    // Real mode runs fewer nodes than a big scenario names: show what really runs.
+    let runs = if args.real {
+        crate::real::real_scenario(&scenario)
+    } else {
+        scenario.clone()
+    };
+    let capped = if runs.nodes.count != scenario.nodes.count {
+        format!(
+            " (of the scenario's {}: real mode runs at most {} unless [real] nodes or --nodes asks for more)",
+            scenario.nodes.count,
+            crate::real::DEFAULT_REAL_NODES
+        )
+    } else {
+        String::new()
+    };
+    say!(
+        "scenario: {} ({} nodes{capped}, {} relays, mode {})",
+        runs.name,
+        runs.nodes.count,
+        runs.nodes.relays,
         if args.real { "real" } else { "sim" }
     );
     let out = args.out.clone().unwrap_or_else(|| {
@@ -146,7 +203,7 @@ fn run(args: RunArgs) -> i32 {
     let wall = started.elapsed();
     summary(&report, wall.as_secs_f64());
     match report.write(&out) {
-        Ok(path) => println!("report: {}", path.display()),
+        Ok(path) => say!("report: {}", path.display()),
         Err(e) => {
             eprintln!(
                 "kith-sim: cannot write the report into {}: {e}",
@@ -158,7 +215,7 @@ fn run(args: RunArgs) -> i32 {
     match crate::plot::write_all(&out, &report, &latencies) {
         Ok(files) => {
             for f in files {
-                println!("plot: {}", f.display());
+                say!("plot: {}", f.display());
             }
         }
         Err(e) => eprintln!("kith-sim: warning: plots not written: {e}"),
@@ -172,7 +229,7 @@ fn run(args: RunArgs) -> i32 {
 
 fn summary(r: &Report, wall_s: f64) {
     let l = &r.latency_ms.handshake;
-    println!(
+    say!(
         "outcome: {} in {:.2} s wall clock ({} ms {} time, {} events)",
         r.outcome,
         wall_s,
@@ -180,7 +237,7 @@ fn summary(r: &Report, wall_s: f64) {
         if r.mode == "sim" { "simulated" } else { "wall" },
         r.events_processed
     );
-    println!(
+    say!(
         "handshakes: {} requested, {} completed, {} rejected, {} open; latency p50 {} ms, p99 {} ms, max {} ms",
         r.handshakes.requested,
         r.handshakes.completed,
@@ -190,7 +247,7 @@ fn summary(r: &Report, wall_s: f64) {
         l.p99,
         l.max
     );
-    println!(
+    say!(
         "messages: {} envelopes, {} attempts, {} retries, {} lost, {} gave up; trusted pairs at end {}",
         r.messages.envelopes_total,
         r.messages.attempts,
@@ -204,7 +261,7 @@ fn summary(r: &Report, wall_s: f64) {
         .iter()
         .map(|(k, v)| format!("{k} {}", v.checks))
         .collect();
-    println!("invariant checks: {}", checks.join(", "));
+    say!("invariant checks: {}", checks.join(", "));
 }
 
 fn random_seed() -> u64 {

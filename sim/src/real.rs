@@ -152,6 +152,8 @@ struct Driver {
     queue_samples: Vec<u64>,
     max_queue: Vec<u64>,
     lagged: u64,
+    /// Messages handled (the nodes' trust events, decisions, revocations, results).
+    events: u64,
 }
 
 async fn run_async(scenario: &Scenario, seed: u64, progress: bool) -> anyhow::Result<RealOutcome> {
@@ -289,6 +291,7 @@ async fn run_async(scenario: &Scenario, seed: u64, progress: bool) -> anyhow::Re
         queue_samples: Vec::new(),
         max_queue: vec![0; sc.nodes.relays],
         lagged: 0,
+        events: 0,
     };
     if sc.workload.pattern == Pattern::Mesh {
         for a in 0..n as u32 {
@@ -527,6 +530,7 @@ impl Driver {
 
     fn on_msg(&mut self, msg: Msg) {
         self.last_activity = Instant::now();
+        self.events += 1;
         match msg {
             Msg::Event(i, e, at) => self.on_event(i, e, at),
             Msg::Lagged(k) => self.lagged += k,
@@ -952,7 +956,7 @@ impl Driver {
             faults: Default::default(),
             invariants: invariants_map,
             series: std::mem::take(&mut self.series),
-            events_processed: 0,
+            events_processed: self.events,
             not_applied,
         }
     }

@@ -37,7 +37,8 @@ pub struct Report {
     /// Per invariant: how many times it was checked, and whether it failed.
     pub invariants: BTreeMap<String, InvariantReport>,
     pub series: Series,
-    /// Events the engine processed (simulated mode).
+    /// Events the engine processed (simulated mode), or the messages the real-mode
+    /// runner handled: the nodes' trust events, decisions, revocations, results.
     pub events_processed: u64,
     /// What the mode could not apply (real mode: network faults, for example).
     pub not_applied: Vec<String>,

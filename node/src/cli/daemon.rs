@@ -200,23 +200,78 @@ pub(super) async fn shutdown_signal() {
     }
 }
 
-/// Sends one request to the daemon and returns its data, or its error as ours.
+/// Sends one request to the daemon and returns its data, or its error as ours. With
+/// no daemon running, a read-only request is answered from the store instead.
 pub(super) fn call<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyhow::Result<T> {
+    call_with(ctx, request, true)
+}
+
+/// Like [`call`], but only the daemon may answer: for polling what it does next.
+pub(super) fn call_live<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyhow::Result<T> {
+    call_with(ctx, request, false)
+}
+
+fn call_with<T: DeserializeOwned>(
+    ctx: &Context,
+    request: Request,
+    offline: bool,
+) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let response = runtime.block_on(control::call(
+    let response = match runtime.block_on(control::call(
         &ctx.data_dir.control_socket(),
         ctx.data_dir.path(),
         &request,
-    ))?;
+    )) {
+        Ok(response) => response,
+        Err(e) => match offline_answer(ctx, &e, &request, offline) {
+            Some(response) => response,
+            None => return Err(unreachable_daemon(ctx, e)),
+        },
+    };
     match response {
         Response::Ok { data } => {
             serde_json::from_value(data).context("the daemon's answer has an unexpected shape")
         }
         Response::Error { message } => bail!("{message}"),
     }
+}
+
+/// The store's answer when no daemon runs for an initialised data dir and the
+/// request only reads; says so on stderr (not with `--json`, whose shape is kept).
+pub(super) fn offline_answer(
+    ctx: &Context,
+    e: &control::ControlError,
+    request: &Request,
+    allowed: bool,
+) -> Option<Response> {
+    if !allowed
+        || !matches!(e, control::ControlError::NotRunning { .. })
+        || ctx.data_dir.require_initialised().is_err()
+    {
+        return None;
+    }
+    let response = crate::daemon::answer_offline(&ctx.data_dir, request)?;
+    if !ctx.json && matches!(response, Response::Ok { .. }) {
+        eprintln!(
+            "(no kith daemon is running for {}: read from its store)",
+            ctx.data_dir.path().display()
+        );
+    }
+    Some(response)
+}
+
+/// Why the daemon could not be asked: with no node in the data dir yet, `kith run`
+/// cannot help, so the advice is `kith init`.
+pub(super) fn unreachable_daemon(ctx: &Context, e: control::ControlError) -> anyhow::Error {
+    if matches!(e, control::ControlError::NotRunning { .. }) {
+        if let Err(uninitialised) = ctx.data_dir.require_initialised() {
+            return uninitialised.into();
+        }
+    }
+    e.into()
 }
 
 /// Human "how long ago" for a millisecond timestamp.
@@ -228,6 +283,21 @@ pub(super) fn ago(at_ms: u64) -> String {
         60..=3599 => format!("{}m ago", secs / 60),
         3600..=86_399 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// Human "in how long" for a future millisecond timestamp ("ended" once past).
+fn until(at_ms: u64) -> String {
+    let now = crate::node::now_ms();
+    if at_ms <= now {
+        return "ended".into();
+    }
+    let secs = (at_ms - now) / 1000;
+    match secs {
+        0..=59 => format!("in {secs}s"),
+        60..=3599 => format!("in {}m", secs / 60),
+        3600..=86_399 => format!("in {}h", secs / 3600),
+        _ => format!("in {}d", secs / 86_400),
     }
 }
 
@@ -266,8 +336,8 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
         print_json(&status)?;
         return Ok(exit::OK);
     }
-    println!("node      {}", status.node_id);
-    println!(
+    outln!("node      {}", status.node_id)?;
+    outln!(
         "listening {}{}",
         status.listen,
         if status.private {
@@ -275,8 +345,8 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
         } else {
             ""
         }
-    );
-    println!("reachable {}", status.reachability);
+    )?;
+    outln!("reachable {}", status.reachability)?;
     if let Some(relay) = &status.relay {
         let mut line = format!("{} ({})", relay.state, relay.node_id);
         if let Some(observed) = &relay.observed {
@@ -291,33 +361,35 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
                 line.push_str(&format!(", last error: {}", escape_for_display(err)));
             }
         }
-        println!("relay     {line}");
+        outln!("relay     {line}")?;
         if let Some(conflict) = &relay.conflict {
-            println!(
+            outln!(
                 "\nrelay {} says this node's id is also connected to it from {} ({}).\n{}",
                 conflict.reported_by,
                 conflict.others.join(", "),
                 ago(conflict.at_ms),
                 conflict.advice
-            );
+            )?;
         }
     }
-    println!("data dir  {}", status.data_dir);
-    println!(
+    outln!("data dir  {}", status.data_dir)?;
+    outln!(
         "peers     {} trusted, {} waiting for your approval, {} waiting for theirs",
-        status.trusted, status.pending_incoming, status.pending_outgoing
-    );
-    println!(
+        status.trusted,
+        status.pending_incoming,
+        status.pending_outgoing
+    )?;
+    outln!(
         "keystore  {}",
         if status.keystore_encrypted {
             "encrypted"
         } else {
             "NOT encrypted"
         }
-    );
-    println!("hardened  {}", if status.hardened { "yes" } else { "no" });
+    )?;
+    outln!("hardened  {}", if status.hardened { "yes" } else { "no" })?;
     if status.auto_approve {
-        println!("policy    auto-approve (every request is trusted)");
+        outln!("policy    auto-approve (every request is trusted)")?;
     }
     if !status.refused.is_empty() {
         let total: u64 = status.refused.values().sum();
@@ -326,37 +398,16 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|(reason, n)| format!("{reason} {n}"))
             .collect();
-        println!("refused   {total} envelope(s): {}", reasons.join(", "));
+        outln!("refused   {total} envelope(s): {}", reasons.join(", "))?;
     }
-    println!("up since  {}", ago(status.started_at_ms));
-    println!("ticket    {}", status.ticket);
-    super::service::print_services(&status.services);
+    outln!("up since  {}", ago(status.started_at_ms))?;
+    outln!("ticket    {}", status.ticket)?;
+    super::service::print_services(&status.services)?;
     if status.pending_incoming > 0 {
-        println!(
+        outln!(
             "\n{} request(s) wait for you: see `kith pending`",
             status.pending_incoming
-        );
-    }
-    Ok(exit::OK)
-}
-
-/// Print this node's ticket: the one string another operator needs to reach it.
-#[derive(Debug, Args)]
-#[command(after_help = "\
-Examples:
-  kith ticket                     print it; send it to the other operator, who runs
-                                  kith request <TICKET> --justification \"why\"
-  kith ticket | xclip             copy it
-
-The ticket is printed alone on stdout. It holds no secret: only the node id and addresses.")]
-pub struct TicketArgs {}
-
-pub fn ticket(ctx: &Context, _args: TicketArgs) -> anyhow::Result<u8> {
-    let data: serde_json::Value = call(ctx, Request::Ticket)?;
-    if ctx.json {
-        print_json(&data)?;
-    } else {
-        println!("{}", data["ticket"].as_str().unwrap_or_default());
+        )?;
     }
     Ok(exit::OK)
 }
@@ -401,6 +452,13 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
             print_json(&sent)?;
             return Ok(exit::FAILURE);
         }
+        if sent.state == "outgoing_pending" {
+            bail!(
+                "{} refused the request for now: {}; it stays pending and is resent",
+                sent.node_id,
+                sent.detail
+            );
+        }
         bail!("{} refused the request: {}", sent.node_id, sent.detail);
     }
     if args.wait {
@@ -410,12 +468,12 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
         print_json(&sent)?;
         return Ok(exit::OK);
     }
-    println!("request for {}: {}", sent.node_id, how_it_went(&sent));
+    outln!("request for {}: {}", sent.node_id, how_it_went(&sent))?;
     if sent.state == "outgoing_pending" {
-        println!(
+        outln!(
             "the other operator approves it with:\n  kith approve {}",
             sent.from
-        );
+        )?;
     }
     Ok(exit::OK)
 }
@@ -429,6 +487,7 @@ fn wait_for_answer(
     // An absurd --timeout cannot overflow the clock: it just never expires.
     let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
     let mut state = sent.state.clone();
+    let mut reason = None;
     if state == "outgoing_pending" && !ctx.json {
         eprintln!(
             "waiting for {} to answer; its operator approves with:",
@@ -441,12 +500,13 @@ fn wait_for_answer(
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
-        let peers: Vec<PeerView> = call(ctx, Request::Peers)?;
-        state = peers
-            .iter()
-            .find(|p| p.node_id == sent.node_id)
+        let peers: Vec<PeerView> = call_live(ctx, Request::Peers)?;
+        let peer = peers.into_iter().find(|p| p.node_id == sent.node_id);
+        state = peer
+            .as_ref()
             .map(|p| p.state.clone())
             .unwrap_or_else(|| "none".into());
+        reason = peer.and_then(|p| p.reason).filter(|r| !r.is_empty());
     }
     let (code, outcome) = match state.as_str() {
         "trusted" => (exit::OK, "accepted"),
@@ -455,22 +515,32 @@ fn wait_for_answer(
         _ => (exit::FAILURE, "ended"),
     };
     if ctx.json {
-        print_json(
-            &serde_json::json!({ "node_id": sent.node_id, "outcome": outcome, "state": state }),
-        )?;
+        print_json(&serde_json::json!({
+            "node_id": sent.node_id,
+            "outcome": outcome,
+            "state": state,
+            "reason": reason,
+        }))?;
     } else {
         match outcome {
-            "accepted" => println!("{} accepted: you trust each other now", sent.node_id),
-            "rejected" => println!("{} rejected the request", sent.node_id),
-            "timed_out" => println!(
+            "accepted" => outln!("{} accepted: you trust each other now", sent.node_id)?,
+            "rejected" => match &reason {
+                Some(reason) => outln!(
+                    "{} rejected the request: {}",
+                    sent.node_id,
+                    escape_for_display(reason)
+                )?,
+                None => outln!("{} rejected the request (no reason given)", sent.node_id)?,
+            },
+            "timed_out" => outln!(
                 "no answer yet from {}; the request stays pending",
                 sent.node_id
-            ),
-            _ => println!(
+            )?,
+            _ => outln!(
                 "the request to {} ended: {}",
                 sent.node_id,
                 state.replace('_', " ")
-            ),
+            )?,
         }
     }
     Ok(code)
@@ -493,22 +563,35 @@ pub fn pending(ctx: &Context, _args: PendingArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     if pending.is_empty() {
-        println!("no pending requests");
+        outln!("no pending requests")?;
         return Ok(exit::OK);
     }
-    let mut t = table(&["direction", "node", "received", "address", "justification"]);
+    let mut t = table(&["direction", "node", "when", "address", "justification"]);
     for p in &pending {
+        let when = if p.direction == "outgoing" {
+            "sent"
+        } else {
+            "received"
+        };
         t.add_row(vec![
             p.direction.clone(),
             p.short_id.clone(),
-            ago(p.received_at_ms),
+            format!("{when} {}", ago(p.received_at_ms)),
             p.address.clone().unwrap_or_else(|| "-".into()),
             escape_for_display(&p.justification),
         ]);
     }
-    println!("{t}");
-    if pending.iter().any(|p| p.direction == "incoming") {
-        println!("approve with `kith approve <node>`, refuse with `kith reject <node>`");
+    outln!("{t}")?;
+    // The full id, not the table's short one: granting trust needs 13+ characters.
+    let incoming: Vec<&PendingView> = pending
+        .iter()
+        .filter(|p| p.direction == "incoming")
+        .collect();
+    if !incoming.is_empty() {
+        outln!("approve with (or refuse with `kith reject <id>`):")?;
+        for p in incoming {
+            outln!("  kith approve {}", p.node_id)?;
+        }
     }
     Ok(exit::OK)
 }
@@ -528,14 +611,26 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     if peers.is_empty() {
-        println!(
+        outln!(
             "no peers yet: share `kith ticket`, or ask another node with `kith request <TICKET>`"
-        );
+        )?;
         return Ok(exit::OK);
     }
-    let mut t = table(&["node", "name", "state", "since", "address", "reached"]);
+    // Reason and expiry only when some peer has one, so the usual table stays narrow.
+    let reasons = peers
+        .iter()
+        .any(|p| p.reason.as_deref().is_some_and(|r| !r.is_empty()));
+    let expiries = peers.iter().any(|p| p.expires_at_ms.is_some());
+    let mut header = vec!["node", "name", "state", "since", "address", "reached"];
+    if expiries {
+        header.push("expires");
+    }
+    if reasons {
+        header.push("reason");
+    }
+    let mut t = table(&header);
     for p in &peers {
-        t.add_row(vec![
+        let mut row = vec![
             p.short_id.clone(),
             p.name
                 .as_deref()
@@ -551,9 +646,22 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
                 }
             }),
             p.path.clone().unwrap_or_else(|| "-".into()),
-        ]);
+        ];
+        if expiries {
+            row.push(p.expires_at_ms.map(until).unwrap_or_else(|| "-".into()));
+        }
+        if reasons {
+            row.push(
+                p.reason
+                    .as_deref()
+                    .filter(|r| !r.is_empty())
+                    .map(escape_for_display)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        t.add_row(row);
     }
-    println!("{t}");
+    outln!("{t}")?;
     Ok(exit::OK)
 }
 
@@ -561,13 +669,14 @@ pub fn peers(ctx: &Context, _args: PeersArgs) -> anyhow::Result<u8> {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
-  kith approve 4hrqrear                     by a unique id prefix (8+ characters)
-  kith approve 4hrqrear --name laptop --note \"alice's laptop\"
+  kith approve 4hrqrear5ntvq                by a unique id prefix (13+ characters)
+  kith approve 4hrqrear5ntvq --name laptop --note \"alice's laptop\"
   kith approve laptop --expires 30d         trust ends in 30 days, then fails closed
 
-PEER is a node id, a unique prefix of one (8+ characters), or a peer's name.")]
+PEER is a node id, a unique prefix of one (13+ characters: a shorter one can be matched
+by a key made for the purpose), or a peer's name.")]
 pub struct ApproveArgs {
-    /// Node id, unique id prefix (8+ characters), or name.
+    /// Node id, unique id prefix (13+ characters), or name.
     peer: String,
     /// A name for the peer, usable wherever an id is.
     #[arg(long)]
@@ -620,14 +729,19 @@ fn how_it_went(sent: &SentView) -> String {
     } else {
         ""
     };
+    // What the node really does (node/src/node.rs run_resender): the outbox is on
+    // disk, so resends go on across restarts, with backoff up to 5 minutes, until
+    // the peer acknowledges or 7 days pass.
+    const RESENT: &str = "this node resends it (every few minutes at most, also after a restart) \
+                          until the peer answers, for up to 7 days";
     if sent.refused {
         format!("the peer refused it{via} ({detail})")
     } else if sent.delivered {
         format!("the peer was told{via} ({detail})")
     } else if sent.queued {
-        format!("queued: {detail}")
+        format!("queued: {detail}; a relay keeps it only minutes, so {RESENT}")
     } else {
-        format!("the peer could not be told yet ({detail}); it will be resent until it answers")
+        format!("the peer could not be told yet ({detail}); {RESENT}")
     }
 }
 
@@ -635,7 +749,7 @@ fn print_sent(ctx: &Context, verb: &str, sent: &SentView) -> anyhow::Result<u8> 
     if ctx.json {
         print_json(sent)?;
     } else {
-        println!("{verb} {}; {}", sent.node_id, how_it_went(sent));
+        outln!("{verb} {}; {}", sent.node_id, how_it_went(sent))?;
     }
     Ok(exit::OK)
 }

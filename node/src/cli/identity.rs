@@ -50,7 +50,7 @@ pub struct InitArgs {
     passphrase: super::PassphraseArgs,
 
     /// Write the keystore unencrypted (tests and simulations only; the daemon warns on every start).
-    #[arg(long, conflicts_with = "passphrase_file")]
+    #[arg(long)]
     insecure_no_passphrase: bool,
 
     /// Optional BIP39 passphrase ("25th word") for the recovery phrase, read from this file.
@@ -122,6 +122,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
              (use another --data-dir, or move the old one away first)",
             ctx.data_dir.path().display()
         );
+    }
+    if let (true, Some(file)) = (args.insecure_no_passphrase, args.passphrase.file()) {
+        return Err(insecure_with_passphrase_file(file).into());
     }
     let show_phrase = !args.recover;
     let on_terminal = io::stdout().is_terminal();
@@ -201,18 +204,22 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         })?
         .print()?;
     } else if show_phrase && on_terminal {
-        secret_io::phrase_for_backup(&secrets.mnemonic().phrase())?.print()?;
-        println!("node id: {node_id}");
+        secret_io::phrase_for_backup(&secrets.mnemonic().phrase())?
+            .print()
+            .map_err(phrase_not_shown)?;
+        outln!("node id: {node_id}")?;
     } else if show_phrase {
         // Asked for with --show-phrase-on-stdout: once, alone on its line, for a script to keep.
-        secret_io::phrase_line(&secrets.mnemonic().phrase())?.print()?;
+        secret_io::phrase_line(&secrets.mnemonic().phrase())?
+            .print()
+            .map_err(phrase_not_shown)?;
         eprintln!(
             "initialised node {node_id} in {}",
             ctx.data_dir.path().display()
         );
         eprintln!("the recovery phrase was printed once on stdout: store it offline");
     } else {
-        println!("{node_id}");
+        outln!("{node_id}")?;
         eprintln!(
             "recovered node {node_id} in {}",
             ctx.data_dir.path().display()
@@ -222,6 +229,31 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<u8> {
         eprintln!("warning: the keystore is NOT encrypted (--insecure-no-passphrase)");
     }
     Ok(exit::OK)
+}
+
+/// `--insecure-no-passphrase` with a passphrase file: one of them is a mistake, and
+/// the file may come from the environment, where the operator will not see it.
+fn insecure_with_passphrase_file(file: &std::path::Path) -> super::UsageError {
+    let from_env = std::env::var_os("KITH_PASSPHRASE_FILE").is_some_and(|v| v == file.as_os_str());
+    super::UsageError(if from_env {
+        format!(
+            "KITH_PASSPHRASE_FILE is set ({}) but --insecure-no-passphrase asks for an \
+             unencrypted keystore: unset KITH_PASSPHRASE_FILE for a throwaway node, or drop \
+             --insecure-no-passphrase to encrypt the keystore with that file's passphrase",
+            file.display()
+        )
+    } else {
+        "--passphrase-file and --insecure-no-passphrase contradict each other: pass one".into()
+    })
+}
+
+/// A recovery phrase that did not reach the operator is a failure, even on a closed
+/// pipe (which other output treats as a quiet end): say how to see it again.
+fn phrase_not_shown(e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the recovery phrase could not be printed ({e}); the identity exists: \
+         show the phrase with `kith mnemonic`"
+    )
 }
 
 fn read_recovery_phrase() -> anyhow::Result<Mnemonic> {
@@ -271,10 +303,10 @@ pub fn id(ctx: &Context, args: IdArgs) -> anyhow::Result<u8> {
             mnemonic: None,
         })?;
     } else {
-        println!("{node_id}");
-        println!("index: {index} (m/7444'/0'/{index}')");
+        outln!("{node_id}")?;
+        outln!("index: {index} (m/7444'/0'/{index}')")?;
         if let Some(parent) = parent {
-            println!("forked from: {} (index {})", parent.node_id, parent.index);
+            outln!("forked from: {} (index {})", parent.node_id, parent.index)?;
         }
     }
     Ok(exit::OK)
@@ -399,7 +431,7 @@ pub fn fork(ctx: &Context, args: ForkArgs) -> anyhow::Result<u8> {
             "store_owner": new_id.to_string(),
         }))?;
     } else {
-        println!("{new_id}");
+        outln!("{new_id}")?;
         eprintln!(
             "this data dir is now node {new_id} (index {new_index}), forked from {old_id}; \
              its database now belongs to {new_id} and keeps the allow and deny lists and the \
@@ -447,7 +479,7 @@ pub fn adopt(ctx: &Context, args: AdoptArgs) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(&serde_json::json!({ "node_id": node_id.to_string(), "index": record.index }))?;
     } else {
-        println!("{node_id}");
+        outln!("{node_id}")?;
         eprintln!(
             "node {node_id} adopted at {} on {}",
             record.data_dir.display(),

@@ -2,6 +2,17 @@
 //! human sentence plus its causes. It must never print a secret except where the
 //! operator asked for it (`init` shows a new recovery phrase once, `mnemonic` on request).
 
+/// `println!` that hands back the write error (see `output::write_line`): use it
+/// with `?` so a closed pipe ends the command quietly instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($arg)*))
+    };
+}
+
 mod daemon;
 mod identity;
 mod operator;
@@ -9,6 +20,7 @@ mod output;
 mod relay;
 mod secret_io;
 mod service;
+mod ticket;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,7 +90,7 @@ pub enum Command {
     Run(daemon::RunArgs),
     Relay(relay::RelayArgs),
     Status(daemon::StatusArgs),
-    Ticket(daemon::TicketArgs),
+    Ticket(ticket::TicketArgs),
     Request(daemon::RequestArgs),
     Pending(daemon::PendingArgs),
     Approve(daemon::ApproveArgs),
@@ -127,6 +139,12 @@ impl PassphraseArgs {
     }
 }
 
+/// A mistake in how a command was called that parsing alone cannot see: reported
+/// like any error, with clap's exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Context every command gets.
 pub struct Context {
     pub data_dir: DataDir,
@@ -135,11 +153,15 @@ pub struct Context {
 
 /// Runs the CLI with the process's arguments; the `kith` binary's whole `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
     init_logging(cli.verbose);
+    let json = cli.json;
     let data_dir = match DataDir::resolve(cli.data_dir.as_deref()) {
         Ok(dir) => dir,
-        Err(e) => return report(&anyhow::Error::new(e)),
+        Err(e) => return report(&anyhow::Error::new(e), json),
     };
     let ctx = Context {
         data_dir,
@@ -154,7 +176,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::run(&ctx, args),
         Command::Relay(args) => relay::run(&ctx, args),
         Command::Status(args) => daemon::status(&ctx, args),
-        Command::Ticket(args) => daemon::ticket(&ctx, args),
+        Command::Ticket(args) => ticket::ticket(&ctx, args),
         Command::Request(args) => daemon::request(&ctx, args),
         Command::Pending(args) => daemon::pending(&ctx, args),
         Command::Approve(args) => daemon::approve(&ctx, args),
@@ -181,7 +203,10 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(e) => report(&e),
+        // Whoever read our output went away (`kith peers | head -1`): nothing is
+        // wrong, and there is nobody to tell. End quietly, as `head`'s writer should.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::from(exit::OK),
+        Err(e) => report(&e, json),
     }
 }
 
@@ -205,29 +230,95 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .try_init();
 }
 
-/// Prints `error: <sentence>` and each cause on its own line; exit code 1.
-fn report(err: &anyhow::Error) -> ExitCode {
-    for line in report_lines(err) {
-        eprintln!("{line}");
-    }
-    ExitCode::from(exit::FAILURE)
+/// Colour only for a person at a terminal: never into a file or the journal, and
+/// not when `NO_COLOR` is set to anything (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// The lines [`report`] prints. Every message is escaped: errors carry text from the
-/// network (a peer's or a relay's close reason, a daemon's error message) and must
-/// never move the cursor, recolour or retitle the operator's terminal.
+/// Whether `--json` is among the arguments, for errors found before they parse.
+fn json_requested() -> bool {
+    std::env::args_os().any(|a| a == "--json")
+}
+
+/// A command line clap refused (or `--help`/`--version`, which clap prints).
+fn usage(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() || !json_requested() {
+        e.exit();
+    }
+    let text = e.to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    print_json_error(&message, &[], exit::USAGE);
+    ExitCode::from(exit::USAGE)
+}
+
+/// `{"version":1,"error":{"message":...,"causes":[...],"exit_code":N}}` on stderr
+/// (JSON escapes control characters, so network text cannot reach a terminal raw).
+fn print_json_error(message: &str, causes: &[String], exit_code: u8) {
+    let value = serde_json::json!({
+        "version": output::JSON_VERSION,
+        "error": { "message": message, "causes": causes, "exit_code": exit_code },
+    });
+    eprintln!("{value}");
+}
+
+/// Prints `error: <sentence>` and each cause on its own line (with `--json`, the
+/// same as one JSON object); exit code 1, or 2 for a usage error.
+fn report(err: &anyhow::Error, json: bool) -> ExitCode {
+    let code = if err.downcast_ref::<UsageError>().is_some() {
+        exit::USAGE
+    } else {
+        exit::FAILURE
+    };
+    if json {
+        let mut chain = err.chain().map(|cause| cause.to_string());
+        let first = chain.next().unwrap_or_default();
+        print_json_error(&first, &new_causes(&first, chain), code);
+    } else {
+        for line in report_lines(err) {
+            eprintln!("{line}");
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// The lines [`report`] prints: each cause once. Every message is escaped: errors
+/// carry text from the network (a peer's or a relay's close reason, a daemon's error
+/// message) and must never move the cursor, recolour or retitle the operator's terminal.
 fn report_lines(err: &anyhow::Error) -> Vec<String> {
-    let mut lines = vec![format!("error: {}", escape_for_display(&err.to_string()))];
-    for cause in err.chain().skip(1) {
-        lines.push(format!(
-            "  caused by: {}",
-            escape_for_display(&cause.to_string())
-        ));
+    let mut chain = err.chain().map(|cause| cause.to_string());
+    let first = chain.next().unwrap_or_default();
+    let mut lines = vec![format!("error: {}", escape_for_display(&first))];
+    for cause in new_causes(&first, chain) {
+        lines.push(format!("  caused by: {}", escape_for_display(&cause)));
     }
     lines
+}
+
+/// The causes not already said: many error types end their message with their
+/// source's (`could not bind X: address in use`), which the chain then repeats.
+fn new_causes(first: &str, causes: impl Iterator<Item = String>) -> Vec<String> {
+    let mut said = first.to_string();
+    let mut out = Vec::new();
+    for cause in causes {
+        if cause.is_empty() || said.contains(&cause) {
+            continue;
+        }
+        said.push('\n');
+        said.push_str(&cause);
+        out.push(cause);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -250,6 +341,15 @@ mod tests {
         assert!(
             lines[1].contains("\\u{1b}]52;c;ZXZpbA==\\u{7}"),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let causes = ["address in use".to_string(), "a new cause".to_string()];
+        assert_eq!(
+            new_causes("cannot bind 1.2.3.4: address in use", causes.into_iter()),
+            vec!["a new cause".to_string()]
         );
     }
 }

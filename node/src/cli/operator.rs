@@ -70,9 +70,10 @@ pub struct IgnoredArgs {}
 Examples:
   kith allow 4hrqrear5ntvqkjacj6ckxr4sor6umyu2hi47lbh4pb7775kfbia --name build-01
 
-PEER may be a full id of a node this one has never heard of.")]
+PEER may be a full id of a node this one has never heard of. As for `approve`, an id
+prefix must have 13+ characters: shorter ones can be matched by a key made for the purpose.")]
 pub struct AllowArgs {
-    /// Node id, unique id prefix (8+ characters), or name.
+    /// Node id, unique id prefix (13+ characters), or name.
     peer: String,
     /// Name the peer gets when it is trusted.
     #[arg(long)]
@@ -123,8 +124,9 @@ Only trusted peers answer. PEER is a node id, a unique prefix of one (8+ charact
 pub struct PingArgs {
     /// Node id, unique id prefix (8+ characters), or name.
     peer: String,
-    /// How many pings.
-    #[arg(long, short = 'c', default_value_t = 1)]
+    /// How many pings (1 or more).
+    #[arg(long, short = 'c', default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
 }
 
@@ -158,7 +160,7 @@ fn done(ctx: &Context, what: &str, data: &serde_json::Value) -> anyhow::Result<u
     if ctx.json {
         print_json(data)?;
     } else {
-        println!("{what} {}", data["node_id"].as_str().unwrap_or_default());
+        outln!("{what} {}", data["node_id"].as_str().unwrap_or_default())?;
     }
     Ok(exit::OK)
 }
@@ -200,7 +202,7 @@ pub fn disallow(ctx: &Context, args: DisallowArgs) -> anyhow::Result<u8> {
 }
 
 pub fn rename(ctx: &Context, args: RenameArgs) -> anyhow::Result<u8> {
-    let data = call(
+    let data: serde_json::Value = call(
         ctx,
         Request::Rename {
             peer: args.peer,
@@ -208,15 +210,33 @@ pub fn rename(ctx: &Context, args: RenameArgs) -> anyhow::Result<u8> {
             note: args.note,
         },
     )?;
+    if data["changed"] == false {
+        if ctx.json {
+            print_json(&data)?;
+        } else {
+            outln!(
+                "nothing changed: {} already has that name and note",
+                data["node_id"].as_str().unwrap_or_default()
+            )?;
+        }
+        return Ok(exit::OK);
+    }
     done(ctx, "renamed", &data)
 }
 
-fn print_listed(ctx: &Context, list: Vec<ListedView>, empty: &str) -> anyhow::Result<u8> {
+/// Prints the allow or deny list. The deny list keeps no names or times, so its
+/// table has no columns that would only ever show "-".
+fn print_listed(
+    ctx: &Context,
+    list: Vec<ListedView>,
+    empty: &str,
+    named: bool,
+) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(&list)?;
     } else if list.is_empty() {
-        println!("{empty}");
-    } else {
+        outln!("{empty}")?;
+    } else if named {
         let mut t = table(&["node", "name", "added", "full id"]);
         for entry in &list {
             t.add_row(vec![
@@ -230,24 +250,30 @@ fn print_listed(ctx: &Context, list: Vec<ListedView>, empty: &str) -> anyhow::Re
                 entry.node_id.clone(),
             ]);
         }
-        println!("{t}");
+        outln!("{t}")?;
+    } else {
+        let mut t = table(&["node", "full id"]);
+        for entry in &list {
+            t.add_row(vec![entry.short_id.clone(), entry.node_id.clone()]);
+        }
+        outln!("{t}")?;
     }
     Ok(exit::OK)
 }
 
 pub fn ignored(ctx: &Context, _args: IgnoredArgs) -> anyhow::Result<u8> {
     let list: Vec<ListedView> = call(ctx, Request::Ignored)?;
-    print_listed(ctx, list, "no ignored nodes")
+    print_listed(ctx, list, "no ignored nodes", false)
 }
 
 pub fn allowed(ctx: &Context, _args: AllowedArgs) -> anyhow::Result<u8> {
     let list: Vec<ListedView> = call(ctx, Request::Allowed)?;
-    print_listed(ctx, list, "the allowlist is empty")
+    print_listed(ctx, list, "the allowlist is empty", true)
 }
 
 pub fn ping(ctx: &Context, args: PingArgs) -> anyhow::Result<u8> {
     let mut results = Vec::new();
-    for i in 0..args.count.max(1) {
+    for i in 0..args.count {
         if i > 0 {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
@@ -258,7 +284,11 @@ pub fn ping(ctx: &Context, args: PingArgs) -> anyhow::Result<u8> {
             },
         )?;
         if !ctx.json {
-            println!("{}: {:.2} ms", &pong.node_id[..10], pong.rtt_ms);
+            let who = match &pong.name {
+                Some(name) => format!("{} ({})", escape_for_display(name), &pong.node_id[..10]),
+                None => pong.node_id[..10].to_string(),
+            };
+            outln!("{who}: {:.2} ms", pong.rtt_ms)?;
         }
         results.push(pong);
     }
@@ -283,14 +313,13 @@ fn print_event(ctx: &Context, event: &EventView) -> anyhow::Result<()> {
             .as_deref()
             .map(|a| format!(" from {a}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{} {:<16} {}{address}{detail}",
             super::daemon::clock(event.at_ms),
             event.kind,
             event.short_id
-        );
+        )?;
     }
-    std::io::stdout().flush().ok();
     Ok(())
 }
 
@@ -299,15 +328,33 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let request = Request::Events {
+        follow: args.follow,
+    };
     runtime.block_on(async {
-        let mut lines = control::open(
+        let opened = control::open(
             &ctx.data_dir.control_socket(),
             ctx.data_dir.path(),
-            &Request::Events {
-                follow: args.follow,
-            },
+            &request,
         )
-        .await?;
+        .await;
+        let mut lines = match opened {
+            Ok(lines) => lines,
+            Err(e) => {
+                // No daemon: `kith events` (not --follow) shows the store's audit log.
+                return match super::daemon::offline_answer(ctx, &e, &request, true) {
+                    Some(Response::Ok { data }) => {
+                        let events: Vec<EventView> = serde_json::from_value(data)?;
+                        for event in &events {
+                            print_event(ctx, event)?;
+                        }
+                        Ok(())
+                    }
+                    Some(Response::Error { message }) => bail!("{message}"),
+                    None => Err(super::daemon::unreachable_daemon(ctx, e)),
+                };
+            }
+        };
         while let Some(line) = lines
             .next_line()
             .await
@@ -323,6 +370,14 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
                 Response::Error { message } => bail!("{message}"),
             }
         }
+        if args.follow {
+            // A follower is never told "that was all": the end of the stream means the
+            // daemon stopped or crashed, and a script watching must hear of it.
+            bail!(
+                "the daemon went away (it stopped or crashed): no more events will come; \
+                 check `kith status`, then start it with `kith run`"
+            );
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(exit::OK)
@@ -331,6 +386,11 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<u8> {
     use clap::CommandFactory;
     let mut cmd = super::Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "kith", &mut std::io::stdout());
+    // Into a buffer first: clap_complete panics on a write error, and a closed pipe is not one.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "kith", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)?;
+    out.flush()?;
     Ok(exit::OK)
 }

@@ -191,10 +191,10 @@ pub fn print_status(ctx: &Context, s: &RelayServerView) -> anyhow::Result<u8> {
         print_json(s)?;
         return Ok(exit::OK);
     }
-    println!("relay     {}", s.node_id);
-    println!("listening {}", s.listen);
-    println!("data dir  {}", s.data_dir);
-    println!(
+    outln!("relay     {}", s.node_id)?;
+    outln!("listening {}", s.listen)?;
+    outln!("data dir  {}", s.data_dir)?;
+    outln!(
         "clients   {} connected ({} registered; at most {}){}",
         s.clients,
         s.registered,
@@ -203,8 +203,8 @@ pub fn print_status(ctx: &Context, s: &RelayServerView) -> anyhow::Result<u8> {
             Some(n) => format!(", {n} node ids on the allow list"),
             None => String::new(),
         }
-    );
-    println!(
+    )?;
+    outln!(
         "forwarded {} ({} pushed at once, {} queued, {} of them delivered later, {} expired, \
          {} to unknown nodes, {} refused)",
         s.forwarded,
@@ -214,20 +214,20 @@ pub fn print_status(ctx: &Context, s: &RelayServerView) -> anyhow::Result<u8> {
         s.expired,
         s.unknown_destination,
         s.refused
-    );
-    println!("queued    {} now", s.queued);
+    )?;
+    outln!("queued    {} now", s.queued)?;
     if s.conflicts > 0 {
-        println!("conflicts {} identity conflicts reported", s.conflicts);
+        outln!("conflicts {} identity conflicts reported", s.conflicts)?;
     }
-    println!(
+    outln!(
         "keystore  {}",
         if s.keystore_encrypted {
             "encrypted"
         } else {
             "NOT encrypted"
         }
-    );
-    println!("up since  {}", ago(s.started_at_ms));
-    println!("ticket    {}", s.ticket);
+    )?;
+    outln!("up since  {}", ago(s.started_at_ms))?;
+    outln!("ticket    {}", s.ticket)?;
     Ok(exit::OK)
 }

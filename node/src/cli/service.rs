@@ -48,12 +48,12 @@ pub fn expose(ctx: &Context, args: ExposeArgs) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(&view)?;
     } else {
-        println!(
+        outln!(
             "exposed {} -> {} to {}",
             view.name,
             view.target,
             audience(&view)
-        );
+        )?;
     }
     Ok(exit::OK)
 }
@@ -72,7 +72,7 @@ pub fn unexpose(ctx: &Context, args: UnexposeArgs) -> anyhow::Result<u8> {
     if ctx.json {
         print_json(&data)?;
     } else {
-        println!("unexposed {}", data["name"].as_str().unwrap_or_default());
+        outln!("unexposed {}", data["name"].as_str().unwrap_or_default())?;
     }
     Ok(exit::OK)
 }
@@ -215,15 +215,16 @@ fn audience(view: &ServiceView) -> String {
 }
 
 /// The services lines of `kith status`.
-pub(super) fn print_services(services: &[ServiceView]) {
+pub(super) fn print_services(services: &[ServiceView]) -> std::io::Result<()> {
     for (i, s) in services.iter().enumerate() {
-        println!(
+        outln!(
             "{} {} -> {} ({}, exposed {})",
             if i == 0 { "services " } else { "         " },
             s.name,
             s.target,
             audience(s),
             ago(s.added_ms)
-        );
+        )?;
     }
+    Ok(())
 }
