@@ -13,6 +13,7 @@ macro_rules! outln {
     };
 }
 
+mod common;
 mod daemon;
 mod identity;
 mod operator;

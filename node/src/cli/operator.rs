@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use kith_protocol::validate::escape_for_display;
 
-use super::daemon::{ago, call, table};
+use super::common::{ago, call, table};
 use super::output::print_json;
 use super::{Context, exit};
 use crate::control::{self, EventView, ListedView, PingView, Request, Response};
@@ -315,7 +315,7 @@ fn print_event(ctx: &Context, event: &EventView) -> anyhow::Result<()> {
             .unwrap_or_default();
         outln!(
             "{} {:<16} {}{address}{detail}",
-            super::daemon::clock(event.at_ms),
+            super::common::clock(event.at_ms),
             event.kind,
             event.short_id
         )?;
@@ -342,7 +342,7 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
             Ok(lines) => lines,
             Err(e) => {
                 // No daemon: `kith events` (not --follow) shows the store's audit log.
-                return match super::daemon::offline_answer(ctx, &e, &request, true) {
+                return match super::common::offline_answer(ctx, &e, &request, true) {
                     Some(Response::Ok { data }) => {
                         let events: Vec<EventView> = serde_json::from_value(data)?;
                         for event in &events {
@@ -351,7 +351,7 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
                         Ok(())
                     }
                     Some(Response::Error { message }) => bail!("{message}"),
-                    None => Err(super::daemon::unreachable_daemon(ctx, e)),
+                    None => Err(super::common::unreachable_daemon(ctx, e)),
                 };
             }
         };

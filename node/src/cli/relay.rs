@@ -12,7 +12,7 @@ use kith_keys::NodeId;
 use kith_protocol::machine::DEFAULT_SKEW_MS;
 use kith_protocol::relay::RelayConfig;
 
-use super::daemon::{ago, parse_duration};
+use super::common::{ago, parse_duration};
 use super::output::print_json;
 use super::{Context, exit};
 use crate::control::RelayServerView;
@@ -180,7 +180,7 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         key,
         options,
         info,
-        super::daemon::shutdown_signal(),
+        super::common::shutdown_signal(),
     ))?;
     Ok(exit::OK)
 }

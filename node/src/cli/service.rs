@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use std::io::Write as _;
 
-use super::daemon::{ago, call};
+use super::common::{ago, call};
 use super::output::print_json;
 use super::{Context, exit};
 use crate::control::{self, Request, Response, ServiceView};

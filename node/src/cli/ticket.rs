@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use super::daemon::call;
+use super::common::call;
 use super::output::print_json;
 use super::{Context, exit};
 use crate::control::Request;
