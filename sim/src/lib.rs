@@ -20,7 +20,17 @@
 //! - [`scenario`]: the scenario file format (TOML), validation and scaling.
 //! - [`dist`]: durations and latency/delay distributions.
 //! - [`engine`]: the deterministic event loop: virtual clock, network,
-//!   delivery with retries, relays, faults, workload.
+//!   delivery with retries, relays, faults, workload. The simulator, its
+//!   construction and the main loop; inside it:
+//!   - `engine/events`: the events and their queue order.
+//!   - `engine/machines`: running inputs through the machines, flips, ticks, commands.
+//!   - `engine/workload`: requests, operators deciding, renewing, withdrawing, revoking.
+//!   - `engine/delivery`: direct connections and delivery with retries and backoff.
+//!   - `engine/relays`: relay connections, forwarding through relays, pushes.
+//!   - `engine/faults`: crashes, restarts, partitions, the replaying adversary.
+//!   - `engine/checks`: invariant checks as it runs and at the end, violations.
+//!   - `engine/metrics`: samples and the finished run's report.
+//!   - `engine/fleet`: the fleet's make-up and the node and relay configs (shared with real mode).
 //! - [`node`]: a simulated node — machine, key, store built from its writes,
 //!   clock skew — restartable from its store.
 //! - [`invariants`]: what is checked, the bookkeeping it needs, the bounded
