@@ -9,6 +9,9 @@
 //!   gates application connections on trust ([`Node::connect`], [`Node::accept`]);
 //!   `core` owns the trust machine and the store (group commit); `admission` and
 //!   `budget` bound inbound connections and what their streams may buffer.
+//!   - `builder`: [`NodeBuilder`]: opens the store, binds the endpoint, starts the tasks.
+//!   - `deliver`: dialling, exchanges, delivery over every path, the outbox and the resender.
+//!   - `serve`: the accept loop, serving inbound connections and streams, one message each way.
 //! - [`service`]: services a node exposes to trusted peers (`kith expose`, `connect`,
 //!   `forward`) and their protocol, `kith-svc/1`, on top of application connections.
 //! - [`daemon`]: `kith run` — a node bound to a data dir, answering on its control socket.
