@@ -22,8 +22,14 @@
 //!   showing peer text to operators.
 //! - [`replay`]: the bounded, time-limited (sender, nonce) cache.
 //! - [`machine`]: [`TrustMachine`], the per-node trust state machine:
-//!   [`Input`] in, [`Output`] out; `machine::consent` is where our consent comes
-//!   from, `machine::index` the indexes that bound its work (pending, declined).
+//!   [`Input`] in, [`Output`] out (its struct, constructors, accessors, `handle`
+//!   and output helpers). In `machine/`:
+//!   - `types`: the public data types ([`Config`], [`PeerRecord`], [`Command`], ...).
+//!   - `envelopes`: validating an envelope and the transitions a peer's word makes.
+//!   - `commands`: operator commands and the checks of their text.
+//!   - `tick`: time passing: pending and trust expiry, reaping declined records.
+//!   - `consent`: where our consent comes from.
+//!   - `index`: the indexes that bound its work (pending, declined).
 //! - [`relay`]: [`Relay`], the relay state machine (routing, queueing,
 //!   expiry, limits, identity conflicts): [`RelayInput`] in, [`RelayOutput`]s out.
 
