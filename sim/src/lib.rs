@@ -38,6 +38,8 @@
 //! - [`report`]: the JSON report (the same shape in both modes).
 //! - [`plot`]: SVG plots (latency histogram, trusted pairs, relay queue).
 //! - [`real`]: real mode over QUIC.
+//!   - `real/driver`: the workload driver — requests, operator commands, watching events, checks.
+//!   - `real/collect`: relay queue samples, the time series and the finished run's report.
 //! - [`cli`]: the `kith-sim` command line.
 
 pub mod cli;
