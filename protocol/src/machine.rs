@@ -131,6 +131,45 @@ pub struct TrustMachine {
     /// envelope from a sender we hold no record of is refused as stale at or
     /// below it. In memory only, like the nonce cache.
     reaped_floor_ms: u64,
+    /// Declines (a withdrawal, a reject, a revoke) that found no record of their
+    /// sender, by sender: their timestamp. The request a withdrawal withdraws is
+    /// older, so when it arrives late (held back, or replayed) it is refused as
+    /// stale instead of making a trust its sender no longer consents to. In memory
+    /// only, bounded, and kept only as long as the skew window could still let
+    /// such an older envelope in; not part of a snapshot.
+    #[serde(skip_serializing)]
+    withdrawn: Withdrawn,
+}
+
+/// Timestamps of declines from senders we held no record of (see
+/// [`TrustMachine::withdrawn`]), indexed by sender and by time for pruning.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Withdrawn {
+    by_sender: BTreeMap<NodeId, u64>,
+    by_time: BTreeSet<(u64, NodeId)>,
+}
+
+impl Withdrawn {
+    fn get(&self, from: &NodeId) -> u64 {
+        self.by_sender.get(from).copied().unwrap_or(0)
+    }
+
+    /// Remembers `at_ms` for `from`; forgets what the skew window already refuses
+    /// (older than `now - 2 * skew`) and, past `capacity`, the oldest.
+    fn note(&mut self, from: NodeId, at_ms: u64, now_ms: u64, skew_ms: u64, capacity: usize) {
+        if let Some(old) = self.by_sender.insert(from, at_ms.max(self.get(&from))) {
+            self.by_time.remove(&(old, from));
+        }
+        self.by_time.insert((self.get(&from), from));
+        let horizon = now_ms.saturating_sub(skew_ms.saturating_mul(2));
+        while let Some(&(at, id)) = self.by_time.first() {
+            if at >= horizon && self.by_time.len() <= capacity.max(1) {
+                break;
+            }
+            self.by_time.remove(&(at, id));
+            self.by_sender.remove(&id);
+        }
+    }
 }
 
 /// A snapshot as serialized: everything but the derived index, rebuilt on load.
@@ -159,6 +198,7 @@ impl From<MachineSnapshot> for TrustMachine {
             nonces: s.nonces,
             relayed: RelayBuckets::default(),
             reaped_floor_ms: s.reaped_floor_ms,
+            withdrawn: Withdrawn::default(),
         }
     }
 }
@@ -176,6 +216,7 @@ impl TrustMachine {
             sent_floor: 0,
             relayed: RelayBuckets::default(),
             reaped_floor_ms: 0,
+            withdrawn: Withdrawn::default(),
         }
     }
 

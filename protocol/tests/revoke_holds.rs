@@ -376,3 +376,27 @@ fn a_revoke_spends_the_consent_of_the_side_it_reaches() {
     assert!(w.spent[0]);
     assert_ne!(w.state(0), Some(TrustState::Trusted));
 }
+
+/// Found by `once_everything_is_delivered_the_pair_is_allowed` in CI: a withdrawn
+/// request held back (here: lost, then replayed from capture) reaches its addressee
+/// after the withdrawal did, when the addressee had no record yet and so refused the
+/// withdrawal as unsolicited. The late request must not create trust on that side.
+#[test]
+fn a_withdrawal_that_overtakes_its_request_still_withdraws_it() {
+    let mut w = World::new();
+    for op in [
+        Op::Cmd(0, CmdKind::Request),
+        Op::Drop(0),
+        Op::Cmd(0, CmdKind::Cancel),
+        Op::Cmd(0, CmdKind::Unignore),
+        Op::Deliver(0),
+        Op::Cmd(1, CmdKind::Request),
+        Op::Deliver(0),
+        Op::Cmd(0, CmdKind::Ignore),
+        Op::Replay(242_856_944_930_396_697),
+    ] {
+        w.run(op);
+    }
+    w.quiesce();
+    w.check_allowed_pair();
+}

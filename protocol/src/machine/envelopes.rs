@@ -90,7 +90,10 @@ impl TrustMachine {
             Some(rec) => rec.high_water_ms,
             // The mark of a record reaped early may have been this sender's.
             None => self.reaped_floor_ms,
-        };
+        }
+        // A decline of theirs that found no record outranks anything older, even
+        // under a record made since (e.g. by our own request to them).
+        .max(self.withdrawn.get(&body.from));
         if body.timestamp_ms <= high_water_ms {
             return Err(Refusal::Stale);
         }
@@ -351,7 +354,18 @@ impl TrustMachine {
     ) -> Result<Applied, Refusal> {
         let now = cx.now;
         let Some(rec) = self.peers.get_mut(&from) else {
-            // No record: nothing to decline, and no record is created for it.
+            // No record: nothing to decline, and no record is created for it. But
+            // the request it withdraws may still arrive (held back by a relay, or
+            // replayed): remember the decline's time, so that older request is stale.
+            if let Some((sender, at_ms)) = cx.seen.filter(|(s, _)| *s == from) {
+                self.withdrawn.note(
+                    sender,
+                    at_ms,
+                    now,
+                    self.config.skew_ms,
+                    self.config.nonce_cache_capacity,
+                );
+            }
             return Err(Refusal::Unsolicited);
         };
         match rec.state {
