@@ -16,6 +16,7 @@ macro_rules! outln {
 mod common;
 mod daemon;
 mod identity;
+mod log;
 mod operator;
 mod output;
 mod relay;
@@ -230,7 +231,7 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log::OneLinePerEvent(std::io::stderr))
         .with_ansi(colour_on_stderr())
         .try_init();
 }
