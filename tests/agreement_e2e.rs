@@ -4,26 +4,10 @@
 mod common;
 
 use common::{TestNode, stderr_of};
-use serde_json::Value;
-
-fn started() -> TestNode {
-    let mut n = TestNode::init();
-    n.start();
-    n
-}
-
-fn event_kinds(node: &TestNode, peer: &str) -> Vec<String> {
-    let out = node.run_ok(&["--json", "events"]);
-    out.lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["data"]["node_id"] == peer)
-        .map(|v| v["data"]["kind"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[test]
 fn an_expired_approval_tells_the_peer_and_approve_renews_it() {
-    let (e, f) = (started(), started());
+    let (e, f) = (TestNode::started(), TestNode::started());
     e.run_ok(&["request", &f.ticket(), "-j", "for a while"]);
     f.wait_for_state(&e.node_id, "incoming_pending");
     f.run_ok(&["approve", &e.node_id, "--expires", "3s"]);
@@ -32,9 +16,10 @@ fn an_expired_approval_tells_the_peer_and_approve_renews_it() {
     // E is told: it no longer shows F as trusted, and its request stands again.
     e.wait_for_state(&f.node_id, "outgoing_pending");
     assert!(
-        event_kinds(&e, &f.node_id).contains(&"expired_by_peer".to_string()),
+        e.event_kinds(&f.node_id)
+            .contains(&"expired_by_peer".to_string()),
         "{:?}",
-        event_kinds(&e, &f.node_id)
+        e.event_kinds(&f.node_id)
     );
     // F renews with the command the operator would try first.
     f.run_ok(&["approve", &e.node_id]);
@@ -46,7 +31,7 @@ fn an_expired_approval_tells_the_peer_and_approve_renews_it() {
 
 #[test]
 fn an_expired_peer_may_ask_again() {
-    let (e, f) = (started(), started());
+    let (e, f) = (TestNode::started(), TestNode::started());
     e.run_ok(&["request", &f.ticket()]);
     f.wait_for_state(&e.node_id, "incoming_pending");
     f.run_ok(&["approve", &e.node_id, "--expires", "2s"]);
@@ -61,7 +46,7 @@ fn an_expired_peer_may_ask_again() {
 
 #[test]
 fn ignore_withdraws_our_request_and_the_peer_is_told() {
-    let (b, c) = (started(), started());
+    let (b, c) = (TestNode::started(), TestNode::started());
     b.run_ok(&["request", &c.ticket(), "-j", "hello"]);
     c.wait_for_state(&b.node_id, "incoming_pending");
     b.run_ok(&["ignore", &c.node_id]);

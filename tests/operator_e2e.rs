@@ -8,22 +8,6 @@ use std::time::Duration;
 use common::{TestNode, stderr_of, stdout_of};
 use serde_json::Value;
 
-fn started() -> TestNode {
-    let mut n = TestNode::init();
-    n.start();
-    n
-}
-
-fn event_kinds(node: &TestNode, peer: &str) -> Vec<String> {
-    let out = node.run_ok(&["--json", "events"]);
-    out.lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .inspect(|v| assert_eq!(v["version"], 1))
-        .filter(|v| v["data"]["node_id"] == peer)
-        .map(|v| v["data"]["kind"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Starts `kith request --wait` in the background and returns its handle.
 fn request_wait(a: &TestNode, ticket: &str, extra: &[&str]) -> std::process::Child {
     let mut args = vec!["request", ticket, "-j", "wait for me", "--wait"];
@@ -37,7 +21,7 @@ fn request_wait(a: &TestNode, ticket: &str, extra: &[&str]) -> std::process::Chi
 
 #[test]
 fn request_wait_accepted_exits_0_and_prints_the_approve_command() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     let child = request_wait(&a, &b.ticket(), &[]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&["approve", &a.node_id]);
@@ -53,7 +37,7 @@ fn request_wait_accepted_exits_0_and_prints_the_approve_command() {
 
 #[test]
 fn request_wait_rejected_exits_3() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     let child = request_wait(&a, &b.ticket(), &[]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&["reject", &a.node_id, "--reason", "no"]);
@@ -63,7 +47,7 @@ fn request_wait_rejected_exits_3() {
 
 #[test]
 fn request_wait_timeout_exits_4_and_stays_pending() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     let out = request_wait(&a, &b.ticket(), &["--timeout", "1s"])
         .wait_with_output()
         .unwrap();
@@ -80,7 +64,7 @@ fn request_wait_timeout_exits_4_and_stays_pending() {
 
 #[test]
 fn ignore_drops_requests_quietly_until_unignored() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     b.run_ok(&["ignore", &a.node_id]);
     let ignored = b.json(&["ignored"]);
     assert_eq!(ignored[0]["node_id"], a.node_id.as_str());
@@ -91,7 +75,7 @@ fn ignore_drops_requests_quietly_until_unignored() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(b.peer_state(&a.node_id), None);
     assert!(b.json(&["pending"]).as_array().unwrap().is_empty());
-    assert!(event_kinds(&b, &a.node_id).contains(&"ignored".to_string()));
+    assert!(b.event_kinds(&a.node_id).contains(&"ignored".to_string()));
 
     // A deny-list entry is found by a prefix of its id, as the help shows.
     b.run_ok(&["unignore", &a.node_id[..8]]);
@@ -103,7 +87,7 @@ fn ignore_drops_requests_quietly_until_unignored() {
 
 #[test]
 fn allowlisted_nodes_are_trusted_without_asking() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     b.run_ok(&["allow", &a.node_id, "--name", "ci-runner"]);
     let allowed = b.json(&["allowed"]);
     assert_eq!(allowed[0]["name"], "ci-runner");
@@ -111,12 +95,15 @@ fn allowlisted_nodes_are_trusted_without_asking() {
     a.wait_for_state(&b.node_id, "trusted");
     assert_eq!(b.peer_state(&a.node_id).as_deref(), Some("trusted"));
     assert_eq!(b.peer(&a.node_id).unwrap()["name"], "ci-runner");
-    assert!(event_kinds(&b, &a.node_id).contains(&"auto_approved".to_string()));
+    assert!(
+        b.event_kinds(&a.node_id)
+            .contains(&"auto_approved".to_string())
+    );
 }
 
 #[test]
 fn auto_approve_trusts_everyone_and_says_so_loudly() {
-    let a = started();
+    let a = TestNode::started();
     let mut b = TestNode::init();
     b.start_with(&["--auto-approve"]);
     assert!(b.log().contains("--auto-approve is on"), "{}", b.log());
@@ -127,7 +114,7 @@ fn auto_approve_trusts_everyone_and_says_so_loudly() {
 
 #[test]
 fn names_work_wherever_an_id_does() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket()]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&[
@@ -150,7 +137,7 @@ fn names_work_wherever_an_id_does() {
 
 #[test]
 fn ping_is_refused_for_untrusted_peers_with_a_reason() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket()]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     let out = a.run(&["ping", &b.node_id]);
@@ -164,7 +151,7 @@ fn ping_is_refused_for_untrusted_peers_with_a_reason() {
 
 #[test]
 fn expired_trust_fails_closed() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket()]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&["approve", &a.node_id, "--expires", "2s"]);
@@ -181,22 +168,25 @@ fn expired_trust_fails_closed() {
         "{}",
         stderr_of(&out)
     );
-    assert!(event_kinds(&b, &a.node_id).contains(&"trust_expired".to_string()));
+    assert!(
+        b.event_kinds(&a.node_id)
+            .contains(&"trust_expired".to_string())
+    );
 }
 
 #[test]
 fn dismiss_drops_a_pending_request() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket(), "-j", "meh"]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&["dismiss", &a.node_id]);
     assert!(b.json(&["pending"]).as_array().unwrap().is_empty());
-    assert!(event_kinds(&b, &a.node_id).contains(&"dismissed".to_string()));
+    assert!(b.event_kinds(&a.node_id).contains(&"dismissed".to_string()));
 }
 
 #[test]
 fn every_transition_emits_an_event() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket(), "-j", "events please"]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&["approve", &a.node_id]);
@@ -204,18 +194,18 @@ fn every_transition_emits_an_event() {
     a.run_ok(&["revoke", &b.node_id]);
     b.wait_for_state(&a.node_id, "revoked_by_peer");
     assert_eq!(
-        event_kinds(&b, &a.node_id),
+        b.event_kinds(&a.node_id),
         ["request_received", "approved", "revoked_by_peer"]
     );
     assert_eq!(
-        event_kinds(&a, &b.node_id),
+        a.event_kinds(&b.node_id),
         ["request_sent", "accepted_by_peer", "revoked"]
     );
 }
 
 #[test]
 fn events_follow_streams_new_events() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     let mut follower = b
         .command(&["--json", "events", "--follow"])
         .stdout(std::process::Stdio::piped())
@@ -243,7 +233,7 @@ fn events_follow_streams_new_events() {
 
 #[test]
 fn terminal_escapes_in_a_justification_are_printed_harmlessly() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     let evil = "\u{1b}[2J\u{1b}[31mhi\u{7}\u{202e}there";
     a.run_ok(&["request", &b.ticket(), "-j", evil]);
     b.wait_for_state(&a.node_id, "incoming_pending");
@@ -263,7 +253,7 @@ fn terminal_escapes_in_a_justification_are_printed_harmlessly() {
 
 #[test]
 fn on_request_runs_the_hook_with_the_details() {
-    let a = started();
+    let a = TestNode::started();
     let mut b = TestNode::init();
     let out_file = b.data_dir().join("hook.out");
     let hook = format!(
@@ -291,8 +281,8 @@ fn on_request_runs_the_hook_with_the_details() {
 
 #[test]
 fn a_known_address_with_a_new_key_is_refused_loudly() {
-    let a = started();
-    let mut b = started();
+    let a = TestNode::started();
+    let mut b = TestNode::started();
     a.run_ok(&["request", &b.ticket()]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&["approve", &a.node_id]);
@@ -312,7 +302,7 @@ fn a_known_address_with_a_new_key_is_refused_loudly() {
 
 #[test]
 fn every_listing_speaks_versioned_json() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket()]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     for args in [
@@ -415,7 +405,7 @@ fn the_demo_walks_through_every_step_and_exits_0() {
 
 #[test]
 fn pending_ttl_forget_and_disallow_through_the_binary() {
-    let a = started();
+    let a = TestNode::started();
     let mut b = TestNode::init();
     b.start_with(&["--pending-ttl", "2s"]);
     a.run_ok(&["request", &b.ticket(), "-j", "soon stale"]);
@@ -429,7 +419,10 @@ fn pending_ttl_forget_and_disallow_through_the_binary() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(event_kinds(&b, &a.node_id).contains(&"pending_expired".to_string()));
+    assert!(
+        b.event_kinds(&a.node_id)
+            .contains(&"pending_expired".to_string())
+    );
 
     // forget: every record of a peer goes, and nothing is sent to it.
     assert!(a.peer(&b.node_id).is_some());

@@ -9,12 +9,6 @@ use std::process::Stdio;
 
 use common::{TestNode, stderr_of};
 
-fn started() -> TestNode {
-    let mut n = TestNode::init();
-    n.start();
-    n
-}
-
 /// Runs `kith args` with its stdout a pipe whose reader is already gone.
 fn into_closed_pipe(node: &TestNode, args: &[&str]) -> std::process::Output {
     let mut child = node
@@ -41,8 +35,8 @@ fn into_closed_pipe(node: &TestNode, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
-    let a = started();
-    let b = started();
+    let a = TestNode::started();
+    let b = TestNode::started();
     a.run_ok(&[
         "request",
         &b.ticket(),
@@ -78,7 +72,7 @@ fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
 
 #[test]
 fn events_follow_fails_when_the_daemon_goes_away() {
-    let mut a = started();
+    let mut a = TestNode::started();
     let follower = a
         .command(&["events", "--follow"])
         .stdout(Stdio::piped())
@@ -111,8 +105,8 @@ fn each_cause_of_an_error_is_printed_once() {
 
 #[test]
 fn a_request_to_a_stopped_node_says_cannot_reach_once() {
-    let a = started();
-    let mut b = started();
+    let a = TestNode::started();
+    let mut b = TestNode::started();
     let ticket = b.ticket();
     b.stop();
     let out = a.run_ok(&["request", &ticket, "-j", "are you there"]);
@@ -121,7 +115,7 @@ fn a_request_to_a_stopped_node_says_cannot_reach_once() {
 
 #[test]
 fn granting_trust_needs_13_characters_of_the_id_and_shows_the_full_id() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket(), "-j", "me"]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     // `kith pending` tells the operator the command with the full id.
@@ -155,7 +149,7 @@ fn granting_trust_needs_13_characters_of_the_id_and_shows_the_full_id() {
 
 #[test]
 fn names_are_resolved_and_kept_unique_with_clear_refusals() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket(), "-j", "me"]);
     b.wait_for_state(&a.node_id, "incoming_pending");
     b.run_ok(&["approve", &a.node_id, "--name", "laptop"]);
@@ -284,7 +278,7 @@ fn a_control_socket_that_cannot_be_bound_names_the_path_and_the_fix() {
 fn a_request_to_a_relays_ticket_says_so_and_leaves_nothing_pending() {
     let mut relay = TestNode::init();
     relay.start_relay(&[]);
-    let a = started();
+    let a = TestNode::started();
     let out = a.run(&["request", &relay.ticket(), "-j", "hello?"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let stderr = stderr_of(&out);
@@ -302,8 +296,8 @@ fn a_request_to_a_relays_ticket_says_so_and_leaves_nothing_pending() {
 
 #[test]
 fn a_request_to_a_stopped_node_says_what_really_happens() {
-    let a = started();
-    let mut b = started();
+    let a = TestNode::started();
+    let mut b = TestNode::started();
     let ticket = b.ticket();
     b.stop();
     let out = a.run_ok(&["request", &ticket, "-j", "later"]);
@@ -314,7 +308,7 @@ fn a_request_to_a_stopped_node_says_what_really_happens() {
 
 #[test]
 fn refusals_name_the_next_command() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     a.run_ok(&["request", &b.ticket(), "-j", "me"]);
     b.wait_for_state(&a.node_id, "incoming_pending");
 
@@ -381,7 +375,7 @@ fn refusals_name_the_next_command() {
 
 #[test]
 fn a_rejection_shows_its_reason_in_wait_and_in_peers() {
-    let (a, b) = (started(), started());
+    let (a, b) = (TestNode::started(), TestNode::started());
     let child = a
         .command(&["request", &b.ticket(), "-j", "me", "--wait"])
         .stdout(Stdio::piped())
@@ -493,7 +487,7 @@ fn ticket_inspect_shows_what_a_ticket_says_without_a_daemon() {
 
 #[test]
 fn read_only_commands_answer_from_the_store_while_the_daemon_is_stopped() {
-    let (a, mut b) = (started(), started());
+    let (a, mut b) = (TestNode::started(), TestNode::started());
     let c = TestNode::init();
     a.run_ok(&["request", &b.ticket(), "-j", "while you sleep"]);
     b.wait_for_state(&a.node_id, "incoming_pending");

@@ -144,6 +144,24 @@ impl TestNode {
         value["data"].clone()
     }
 
+    /// [`init`](Self::init) and [`start`](Self::start).
+    pub fn started() -> Self {
+        let mut node = Self::init();
+        node.start();
+        node
+    }
+
+    /// The kinds of this node's events about `peer`, oldest first.
+    pub fn event_kinds(&self, peer: &str) -> Vec<String> {
+        let out = self.run_ok(&["--json", "events"]);
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .inspect(|v| assert_eq!(v["version"], 1))
+            .filter(|v| v["data"]["node_id"] == peer)
+            .map(|v| v["data"]["kind"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Starts `kith run` on a free loopback port and waits until it answers.
     pub fn start(&mut self) {
         self.start_with(&[]);
