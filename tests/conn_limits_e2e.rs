@@ -123,3 +123,68 @@ fn one_host_cannot_take_every_inbound_connection() {
     });
     assert!(idle_closed, "the node closed them as idle");
 }
+
+/// A client's first flight to `to_id` (a QUIC Initial carrying a ClientHello),
+/// captured from a real client on `from` instead of being sent.
+async fn captured_initial(from: std::net::IpAddr, to_id: NodeId) -> Vec<u8> {
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
+    let endpoint = tls::make_endpoint(&identity, SocketAddr::new(from, 0)).unwrap();
+    let target = capture.local_addr().unwrap();
+    let dialling =
+        tokio::spawn(async move { tls::dial(&endpoint, &identity, target, to_id).await });
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), capture.recv(&mut buf))
+        .await
+        .expect("the client sends its Initial")
+        .unwrap();
+    dialling.abort();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn half_open_handshakes_from_many_addresses_do_not_lock_out_an_honest_node() {
+    let mut b = TestNode::init();
+    b.start();
+    let mut honest = TestNode::init();
+    honest.start();
+    let to = b.listen_addr();
+    let to_id: NodeId = b.node_id.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // What a host that spoofs its source addresses can do: send first flights it
+    // never follows up, each from another address, so that no per-address cap
+    // applies (loopback has 127/8; 20 addresses × 16 each is more than the node's
+    // 256 handshake slots).
+    let spoofed: Vec<(std::net::UdpSocket, Vec<u8>)> = runtime.block_on(async {
+        let mut out = Vec::new();
+        for host in 10..30u8 {
+            let ip = std::net::IpAddr::from([127, 0, 0, host]);
+            for _ in 0..16 {
+                let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+                out.push((socket, captured_initial(ip, to_id).await));
+            }
+        }
+        out
+    });
+    for (socket, initial) in &spoofed {
+        socket.send_to(initial, to).unwrap();
+    }
+    // The half-open handshakes would hold their slots for the dial timeout (5 s):
+    // an honest stranger's request, made now, must still get through.
+    std::thread::sleep(Duration::from_millis(200));
+    let out = honest.run(&["request", &b.ticket(), "-j", "honest"]);
+    assert!(
+        out.status.success() && stdout_of(&out).contains("the peer was told"),
+        "{}\n{}",
+        stdout_of(&out),
+        common::stderr_of(&out)
+    );
+    b.wait_for_state(&honest.node_id, "incoming_pending");
+    drop(spoofed);
+}

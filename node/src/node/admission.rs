@@ -20,6 +20,12 @@ pub const MAX_INBOUND_CONNECTIONS: usize = 4096;
 pub const TRUSTED_RESERVE: usize = 512;
 /// Most handshakes in progress at once (each is bounded by the dial timeout).
 pub const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress above which a client must first prove its source
+/// address (a QUIC Retry round trip) before it may take a handshake slot. Per-address
+/// caps count only what an address can be made to hold, and a host that spoofs
+/// source addresses can send first flights from any number of them; a Retry token
+/// reaches only a real address. Below this, handshakes cost no extra round trip.
+pub const RETRY_ABOVE_HANDSHAKES: usize = MAX_HANDSHAKES / 4;
 /// Most handshaking plus untrusted connections from one address (an IPv4 address
 /// or an IPv6 /64). An honest node needs one; several nodes behind one NAT fit.
 pub const MAX_PER_ADDRESS: usize = 16;
@@ -118,6 +124,13 @@ impl Admitted {
 }
 
 impl Admission {
+    /// Whether a client that has not proved its source address must do so (with a
+    /// QUIC Retry) before it may take a handshake slot: only when many handshakes
+    /// are in progress, see [`RETRY_ABOVE_HANDSHAKES`].
+    pub fn wants_address_proof(&self, address_validated: bool) -> bool {
+        !address_validated && self.counts.lock().unwrap().handshakes >= RETRY_ABOVE_HANDSHAKES
+    }
+
     /// Takes a handshake slot for a connection from `remote`, before any
     /// handshake work.
     pub fn begin_handshake(self: &Arc<Self>, remote: SocketAddr) -> Result<Handshake, Refused> {
@@ -217,6 +230,23 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_proof_is_asked_only_while_many_handshakes_are_in_progress() {
+        let admission = Arc::new(Admission::default());
+        assert!(!admission.wants_address_proof(false));
+        let held: Vec<_> = (0..RETRY_ABOVE_HANDSHAKES)
+            .map(|i| {
+                admission
+                    .begin_handshake(SocketAddr::from(([198, 51, 100, i as u8], 1)))
+                    .unwrap()
+            })
+            .collect();
+        assert!(admission.wants_address_proof(false));
+        assert!(!admission.wants_address_proof(true));
+        drop(held);
+        assert!(!admission.wants_address_proof(false));
     }
 
     #[test]

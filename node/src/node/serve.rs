@@ -40,6 +40,18 @@ pub(super) async fn accept_loop(shared: Arc<Shared>) {
             incoming.refuse();
             continue;
         }
+        if shared
+            .admission
+            .wants_address_proof(incoming.remote_address_validated())
+            && incoming.may_retry()
+        {
+            // Stateless: the client holds nothing of ours until it comes back
+            // from the address it claims.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
         let handshake = match shared.admission.begin_handshake(remote) {
             Ok(handshake) => handshake,
             Err(why) => {
