@@ -124,15 +124,21 @@ fn one_host_cannot_take_every_inbound_connection() {
     assert!(idle_closed, "the node closed them as idle");
 }
 
-/// A client's first flight to `to_id` (a QUIC Initial carrying a ClientHello),
-/// captured from a real client on `from` instead of being sent.
-async fn captured_initial(from: std::net::IpAddr, to_id: NodeId) -> Vec<u8> {
+/// A client's first flight to `to_id` (a QUIC Initial carrying a ClientHello for
+/// kith's ALPN, or a relay link's), captured from a real client on `from` instead
+/// of being sent.
+async fn captured_initial(from: std::net::IpAddr, to_id: NodeId, relay: bool) -> Vec<u8> {
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
     let endpoint = tls::make_endpoint(&identity, SocketAddr::new(from, 0)).unwrap();
     let target = capture.local_addr().unwrap();
-    let dialling =
-        tokio::spawn(async move { tls::dial(&endpoint, &identity, target, to_id).await });
+    let dialling = tokio::spawn(async move {
+        if relay {
+            tls::dial_relay(&endpoint, &identity, target, to_id).await
+        } else {
+            tls::dial(&endpoint, &identity, target, to_id).await
+        }
+    });
     let mut buf = vec![0u8; 2048];
     let n = tokio::time::timeout(Duration::from_secs(5), capture.recv(&mut buf))
         .await
@@ -167,7 +173,7 @@ fn half_open_handshakes_from_many_addresses_do_not_lock_out_an_honest_node() {
             let ip = std::net::IpAddr::from([127, 0, 0, host]);
             for _ in 0..16 {
                 let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
-                out.push((socket, captured_initial(ip, to_id).await));
+                out.push((socket, captured_initial(ip, to_id, false).await));
             }
         }
         out
@@ -187,4 +193,49 @@ fn half_open_handshakes_from_many_addresses_do_not_lock_out_an_honest_node() {
     );
     b.wait_for_state(&honest.node_id, "incoming_pending");
     drop(spoofed);
+}
+
+#[test]
+fn first_flights_spoofed_from_a_nodes_address_do_not_keep_it_from_its_relay() {
+    let mut relay = TestNode::init();
+    relay.start_relay(&["--max-per-address", "2"]);
+    let relay_addr = relay.listen_addr();
+    let relay_id: NodeId = relay.node_id.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A spoofer claims the honest node's address (127.0.0.1 here) and keeps sending
+    // first flights it never follows up, more than that address's share, resending
+    // them as the relay gives their half-open handshakes up.
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    let flights: Vec<Vec<u8>> = runtime.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            out.push(captured_initial(localhost, relay_id, true).await);
+        }
+        out
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spoofer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let sockets: Vec<_> = flights
+                .iter()
+                .map(|_| std::net::UdpSocket::bind((localhost, 0)).unwrap())
+                .collect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (socket, flight) in sockets.iter().zip(&flights) {
+                    let _ = socket.send_to(flight, relay_addr);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut private = TestNode::init();
+    private.start_private(&relay);
+    private.wait_registered(1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spoofer.join().unwrap();
 }

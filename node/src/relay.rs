@@ -493,6 +493,16 @@ async fn tick_loop(inner: Arc<Inner>) {
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
         let remote = incoming.remote_address();
+        // A per-address share means something only for an address the client has
+        // proved it holds: a spoofer could otherwise spend a node's share by sending
+        // first flights in its name. A Retry is stateless, and links are long-lived,
+        // so the extra round trip is paid once per link.
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
         // Before any handshake work: one host gets a bounded share of the relay.
         let Some(slot) = inner.slots.claim(remote.ip()) else {
             debug!(%remote, "refused: too many connections from this address");
