@@ -8,10 +8,7 @@
 //! dropped, past [`MAX_AUDIT_ENTRIES`], so that a flood of strangers cannot grow it
 //! without bound.
 
-use std::cell::Cell;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
 use kith_keys::NodeId;
 use kith_protocol::machine::{AllowEntry, AuditEntry, PeerRecord, StoreWrite};
@@ -35,6 +32,7 @@ const OUTBOX: TableDefinition<&[u8], u64> = TableDefinition::new("outbox");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 
 mod migrate;
+mod open;
 
 /// Bumped when a table's encoding changes; a newer file is refused, not misread,
 /// and an older one is upgraded on open (see [`migrate`]). 2: peer consent by origin.
@@ -163,69 +161,10 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if missing) the database file. A damaged file is refused
-    /// with an error naming it, and left as it is.
+    /// with an error naming it, and left as it is. See [`open`] for how a new file
+    /// is made whole.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        // redb writes a fresh database into an empty file: one cut to nothing (a crash
-        // mid-copy, a full disk, `truncate`) would silently come back with no peers and
-        // no owner. Only a missing file is new.
-        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
-            return Err(StoreError::Damaged {
-                path: path.to_owned(),
-                detail: "the file is empty".into(),
-            });
-        }
-        // Created 0600 here, not by redb with the umask's mode; redb then fills the
-        // empty file as a new database.
-        if let Err(e) = std::os::unix::fs::OpenOptionsExt::mode(
-            std::fs::OpenOptions::new().write(true).create_new(true),
-            0o600,
-        )
-        .open(path)
-            && e.kind() != std::io::ErrorKind::AlreadyExists
-        {
-            return Err(StoreError::Open {
-                path: path.to_owned(),
-                source: Box::new(redb::Error::Io(e)),
-            });
-        }
-        // redb asserts, rather than reports, some damage it finds on opening (a file
-        // cut short, a foreign page size): its panic becomes our error.
-        let opened = quietly(|| Database::create(path)).map_err(|detail| StoreError::Damaged {
-            path: path.to_owned(),
-            detail,
-        })?;
-        let db = opened.map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-                path: path.to_owned(),
-            },
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
-                StoreError::Damaged {
-                    path: path.to_owned(),
-                    detail,
-                }
-            }
-            redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                if io.kind() == std::io::ErrorKind::InvalidData =>
-            {
-                StoreError::Damaged {
-                    path: path.to_owned(),
-                    detail: "not a kith database, or its header is unreadable".into(),
-                }
-            }
-            redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                if io.kind() == std::io::ErrorKind::UnexpectedEof =>
-            {
-                StoreError::Damaged {
-                    path: path.to_owned(),
-                    detail: "the file is cut short".into(),
-                }
-            }
-            other => StoreError::Open {
-                path: path.to_owned(),
-                source: Box::new(other.into()),
-            },
-        })?;
-        Self::init(db, Some(path.to_owned()))
+        Self::init(open::open_file(path)?, Some(path.to_owned()))
     }
 
     /// Reads the database file at `path` into a private in-memory copy, for commands
@@ -233,38 +172,7 @@ impl Store {
     /// locks it (a daemon starting meanwhile is not refused) and nothing repairs or
     /// writes it. A file over `max_len` bytes is refused rather than read whole.
     pub fn open_copy(path: &Path, max_len: u64) -> Result<Self, StoreError> {
-        use redb::StorageBackend;
-        let open_err = |e: std::io::Error| StoreError::Open {
-            path: path.to_owned(),
-            source: Box::new(redb::Error::Io(e)),
-        };
-        let len = std::fs::metadata(path).map_err(open_err)?.len();
-        if len > max_len {
-            return Err(open_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{len} bytes is more than the {max_len} read without a daemon"),
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(open_err)?;
-        let backend = redb::backends::InMemoryBackend::new();
-        backend.set_len(bytes.len() as u64).map_err(open_err)?;
-        backend.write(0, &bytes).map_err(open_err)?;
-        let damaged = |detail: String| StoreError::Damaged {
-            path: path.to_owned(),
-            detail,
-        };
-        let db = quietly(|| Database::builder().create_with_backend(backend))
-            .map_err(damaged)?
-            .map_err(|e| match e {
-                redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
-                    damaged(detail)
-                }
-                other => StoreError::Open {
-                    path: path.to_owned(),
-                    source: Box::new(other.into()),
-                },
-            })?;
-        Self::init(db, Some(path.to_owned()))
+        Self::init(open::read_copy(path, max_len)?, Some(path.to_owned()))
     }
 
     /// A database over any redb backend, e.g. one that fails on cue.
@@ -601,37 +509,6 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_err)?;
         txn.open_table(AUDIT).map_err(db_err)?.len().map_err(db_err)
     }
-}
-
-thread_local! {
-    /// Set while this thread runs [`quietly`]: its panics are caught and reported as
-    /// errors, so the panic hook must not print them as crashes.
-    static QUIET: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f`, turning a panic into `Err` with its message, without the panic hook
-/// printing it. The hook is wrapped once per process and stays as it was for every
-/// other panic, on every thread.
-fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    static WRAP_HOOK: Once = Once::new();
-    WRAP_HOOK.call_once(|| {
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-    QUIET.with(|q| q.set(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
-    QUIET.with(|q| q.set(false));
-    result.map_err(|payload| {
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "the database library gave up on it".into())
-    })
 }
 
 fn node_id(table: &'static str, bytes: &[u8]) -> Result<NodeId, StoreError> {
