@@ -180,6 +180,37 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a pasted ticket holds, parsing it answers (never panics), and
+        /// what it accepts is within bounds and says the same when written again.
+        #[test]
+        fn any_ticket_text_is_refused_or_read_back_the_same(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            let text = format!("{PREFIX}{}", BASE32_NOPAD.encode(&body).to_ascii_lowercase());
+            if let Ok(ticket) = text.parse::<Ticket>() {
+                proptest::prop_assert!(ticket.addrs.len() <= MAX_ADDRS);
+                if let Some(relay) = &ticket.relay {
+                    proptest::prop_assert!(!relay.addrs.is_empty() && relay.addrs.len() <= MAX_ADDRS);
+                }
+                proptest::prop_assert_eq!(ticket.to_string().parse::<Ticket>(), Ok(ticket));
+            }
+        }
+
+        #[test]
+        fn a_ticket_changed_anywhere_is_refused_or_read_whole(
+            at in 0usize..200, with in proptest::char::range('0', 'z'),
+        ) {
+            let text = sample().to_string();
+            let at = at % text.len();
+            let mut changed = text.clone();
+            changed.replace_range(at..at + 1, &with.to_string());
+            if let Ok(ticket) = changed.parse::<Ticket>() {
+                proptest::prop_assert_eq!(ticket.to_string().parse::<Ticket>(), Ok(ticket));
+            }
+        }
+    }
+
     #[test]
     fn round_trips_and_is_one_lowercase_word() {
         let ticket = sample();
