@@ -383,6 +383,13 @@ pub struct StatusView {
     /// `bad_signature`); `kith events` shows only the first few of each minute.
     #[serde(default)]
     pub refused: std::collections::BTreeMap<String, u64>,
+    /// Messages of ours that peers refused for good since the daemon started: they
+    /// are not resent (a request is withdrawn).
+    #[serde(default)]
+    pub refused_by_peers: u64,
+    /// The latest of them, as its `request_refused` or `delivery_refused` event.
+    #[serde(default)]
+    pub last_refused_by_peer: Option<EventView>,
 }
 
 /// One exposed service, as `kith status` and `kith expose` show it.

@@ -28,8 +28,8 @@ use crate::control::{
 use crate::datadir::DataDir;
 use crate::hooks::Hooks;
 use crate::node::{
-    Delivery, Node, NodeBuilder, NodeError, RelayEvent, RelayEventKind, RelayStatus, StoreLocation,
-    now_ms,
+    Delivery, FinalRefusal, Node, NodeBuilder, NodeError, RelayEvent, RelayEventKind, RelayStatus,
+    StoreLocation, now_ms,
 };
 use crate::reach::PeerReach;
 use crate::service::{SERVICE_ALPN, ServiceClient};
@@ -156,6 +156,7 @@ pub async fn run(
         daemon.clone(),
         daemon.node.subscribe(),
         daemon.node.subscribe_relay(),
+        daemon.node.subscribe_final_refusals(),
     ));
     let failure = tokio::select! {
         () = shutdown => {
@@ -347,7 +348,7 @@ impl Daemon {
                 }
                 match self.node.request(&ticket, &justification).await {
                     Ok(Delivery::Acked(AckStatus::Refused(refusal)))
-                        if operator::is_final(&refusal) =>
+                        if crate::node::is_final(&refusal) =>
                     {
                         self.end_refused_request(&ticket, Some(refusal)).await
                     }
@@ -608,6 +609,7 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return err(e),
         };
+        let (refused_by_peers, latest) = self.node.final_refusals();
         ok(StatusView {
             node_id: self.node.node_id().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -629,6 +631,8 @@ impl Daemon {
                 .map(|s| relay_link_view(&s, &self.data_dir)),
             services: self.service_views(),
             refused: self.node.refusals(),
+            refused_by_peers,
+            last_refused_by_peer: latest.last().map(final_refusal_view),
         })
     }
 }
@@ -694,6 +698,24 @@ pub fn relay_event_view(event: &RelayEvent, data_dir: &DataDir) -> EventView {
         kind: kind.to_string(),
         detail,
         address,
+    }
+}
+
+/// A message of ours the peer refused for good, as `kith events` shows it:
+/// `request_refused` when it was our request (now withdrawn).
+pub fn final_refusal_view(refusal: &FinalRefusal) -> EventView {
+    EventView {
+        at_ms: refusal.at_ms,
+        node_id: refusal.peer.to_string(),
+        short_id: refusal.peer.short(),
+        kind: if refusal.kind == "request" {
+            "request_refused"
+        } else {
+            "delivery_refused"
+        }
+        .to_string(),
+        detail: Some(refusal.detail()),
+        address: None,
     }
 }
 
@@ -807,9 +829,11 @@ async fn watch_events(
     daemon: Arc<Daemon>,
     mut events: tokio::sync::broadcast::Receiver<Event>,
     mut relay_events: tokio::sync::broadcast::Receiver<RelayEvent>,
+    mut final_refusals: tokio::sync::broadcast::Receiver<FinalRefusal>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     let mut relay_open = true;
+    let mut final_open = true;
     loop {
         let view = tokio::select! {
             event = events.recv() => match event {
@@ -828,6 +852,14 @@ async fn watch_events(
                 Err(RecvError::Lagged(_)) => continue,
                 Err(_) => {
                     relay_open = false;
+                    continue;
+                }
+            },
+            refusal = final_refusals.recv(), if final_open => match refusal {
+                Ok(refusal) => final_refusal_view(&refusal),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(_) => {
+                    final_open = false;
                     continue;
                 }
             },

@@ -24,6 +24,7 @@ mod budget;
 mod builder;
 mod core;
 mod deliver;
+mod final_refusal;
 mod link;
 mod refusals;
 mod serve;
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use app::{Accepted, ConnectError};
+pub use final_refusal::{FinalRefusal, is_final};
 pub use link::{
     BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LINK_IDLE, LinkState, RelayEvent, RelayEventKind,
     RelayStatus,
@@ -178,6 +180,8 @@ struct Shared {
     events: broadcast::Sender<Event>,
     /// Every envelope refused, by the machine or before it, per reason.
     refusals: Arc<refusals::Refusals>,
+    /// Messages of ours that peers refused for good.
+    final_refusals: final_refusal::FinalRefusals,
     /// Direct connections to peers, by peer.
     conns: Mutex<HashMap<NodeId, quinn::Connection>>,
     /// Envelopes produced while serving a peer (auto-approvals, mutual trust), delivered

@@ -275,6 +275,15 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
             .collect();
         outln!("refused   {total} envelope(s): {}", reasons.join(", "))?;
     }
+    if let Some(last) = &status.last_refused_by_peer {
+        outln!(
+            "given up  {} message(s) refused for good by the peer; latest to {} ({}): {}",
+            status.refused_by_peers,
+            last.short_id,
+            ago(last.at_ms),
+            escape_for_display(last.detail.as_deref().unwrap_or_default())
+        )?;
+    }
     outln!("up since  {}", ago(status.started_at_ms))?;
     outln!("ticket    {}", status.ticket)?;
     super::service::print_services(&status.services)?;

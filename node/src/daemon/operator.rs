@@ -11,7 +11,7 @@ use tracing::warn;
 use super::{Daemon, advice, err, ok, record_event, resolve};
 use crate::control::{EventView, Response, SentView};
 use crate::datadir::DataDir;
-use crate::node::{NodeError, now_ms};
+use crate::node::{FinalRefusal, NodeError, now_ms};
 use crate::ticket::Ticket;
 
 impl Daemon {
@@ -97,39 +97,45 @@ impl Daemon {
 
     /// The request can never succeed: the peer itself (over a connection TLS bound to
     /// its id) refused it in a way no resend can change, or (`None`) the ticket is a
-    /// relay's, which speaks only the relay protocol. Withdraw it, so it neither stays
-    /// pending nor is re-sent for days, and say why, in the answer and as an event.
+    /// relay's, which speaks only the relay protocol. Either way it is withdrawn, so
+    /// it neither stays pending nor is re-sent for days, and the answer and an event
+    /// say why. (A peer's final refusal is withdrawn and recorded by the node itself,
+    /// on every path a request takes: see `crate::node::FinalRefusal`.)
     pub(super) async fn end_refused_request(
         &self,
         ticket: &Ticket,
         refusal: Option<Refusal>,
     ) -> Response {
         let peer = ticket.node_id;
-        let pending = self
-            .node
-            .read(move |m, _| m.peer(&peer).map(|p| p.state) == Some(TrustState::OutgoingPending))
-            .await
-            .unwrap_or(false);
-        if pending {
-            if let Err(e) = self.node.command(Command::Cancel { peer }).await {
-                warn!(%peer, error = %e, "could not withdraw a refused request");
+        let Some(refusal) = refusal else {
+            let pending = self
+                .node
+                .read(move |m, _| {
+                    m.peer(&peer).map(|p| p.state) == Some(TrustState::OutgoingPending)
+                })
+                .await
+                .unwrap_or(false);
+            if pending {
+                if let Err(e) = self.node.command(Command::Cancel { peer }).await {
+                    warn!(%peer, error = %e, "could not withdraw a refused request");
+                }
             }
-        }
-        let refusal = match refusal {
-            Some(refusal) => refusal,
-            None => {
-                let message = format!(
-                    "that ticket is a relay's ({peer}), not a node's: a relay only carries messages \
+            let message = format!(
+                "that ticket is a relay's ({peer}), not a node's: a relay only carries messages \
                  for nodes that cannot be dialled directly (`kith run --relay <RELAY-TICKET>`) \
                  and grants no trust. Ask for the ticket of the node itself (`kith ticket` on it)"
-                );
-                self.note_event(peer, "request_refused", Some(message.clone()));
-                return err(message);
-            }
+            );
+            self.note_event(peer, "request_refused", Some(message.clone()));
+            return err(message);
         };
-        let detail =
-            format!("{refusal}; resending cannot change that answer, so the request was withdrawn");
-        self.note_event(peer, "request_refused", Some(detail.clone()));
+        let detail = FinalRefusal {
+            peer,
+            kind: "request",
+            refusal,
+            at_ms: now_ms(),
+            withdrawn: true,
+        }
+        .detail();
         ok(SentView {
             from: self.node.node_id().to_string(),
             node_id: peer.to_string(),
@@ -154,23 +160,6 @@ impl Daemon {
         };
         record_event(self, view);
     }
-}
-
-/// Whether a peer's refusal of our request is its last word: resending the same
-/// request (re-signed) would be refused again. A skewed clock or a full pending
-/// queue at the peer can change; these cannot.
-pub(super) fn is_final(refusal: &Refusal) -> bool {
-    matches!(
-        refusal,
-        Refusal::Malformed
-            | Refusal::UnknownVersion(_)
-            | Refusal::WrongAddressee
-            | Refusal::TextTooLong { .. }
-            | Refusal::TextNotPrintable
-            | Refusal::FromSelf
-            | Refusal::SenderMismatch
-            | Refusal::BadSignature
-    )
 }
 
 /// What an operator should do about a relay's report of an identity conflict, with

@@ -21,7 +21,7 @@ use super::deliver::{run_outbox, run_resender};
 use super::serve::accept_loop;
 use super::{
     CoreLinks, EVENT_BUFFER, Node, NodeError, ReachMap, ServiceMap, Shared, StoreLocation, Unacked,
-    UnackedMap, app, budget, link, refusals,
+    UnackedMap, app, budget, final_refusal, link, refusals,
 };
 use crate::metrics::NodeMetrics;
 use crate::store::Store;
@@ -191,6 +191,7 @@ impl NodeBuilder {
             core,
             events: events.clone(),
             refusals,
+            final_refusals: final_refusal::FinalRefusals::new(),
             conns: Mutex::new(HashMap::new()),
             outbox,
             reach: reach.clone(),

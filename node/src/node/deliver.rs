@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use kith_keys::NodeId;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
-use kith_protocol::machine::{Command, Input};
+use kith_protocol::machine::{Command, Input, Reply};
 use kith_protocol::relay::ForwardResult;
 use kith_protocol::validate::Refusal;
-use kith_protocol::wire::{Ack, AckStatus, Envelope, Message};
+use kith_protocol::wire::{Ack, AckStatus, Envelope, Kind, Message};
 use tracing::{debug, warn};
 
+use super::final_refusal::is_final;
 use super::serve::serve_connection;
 use super::{
-    CoreMsg, DIAL_TIMEOUT, DIRECT_BEFORE_RELAY, Delivery, NodeError, Outgoing, RESEND_FIRST,
-    RESEND_GIVE_UP_MS, RESEND_MAX, STREAM_TIMEOUT, Shared, Unacked, error_chain, link, now_ms,
+    CoreMsg, DIAL_TIMEOUT, DIRECT_BEFORE_RELAY, Delivery, FinalRefusal, Handled, NodeError,
+    Outgoing, RESEND_FIRST, RESEND_GIVE_UP_MS, RESEND_MAX, STREAM_TIMEOUT, Shared, Unacked,
+    error_chain, link, now_ms,
 };
 use crate::reach::PathKind;
 use crate::tls;
@@ -164,15 +166,17 @@ impl Shared {
         match self.deliver_once(&out).await {
             Ok(delivery) => {
                 self.after_delivery(&out, &delivery);
+                if let Delivery::Acked(AckStatus::Refused(refusal)) = &delivery {
+                    if is_final(refusal) {
+                        self.refused_for_good(&out, refusal.clone()).await;
+                    }
+                }
                 delivery
             }
             Err(e) => {
                 let reason = e.to_string();
                 debug!(peer = %out.envelope.body.to, %reason, "delivery failed; it will be resent");
-                if matches!(
-                    out.envelope.body.kind,
-                    kith_protocol::wire::Kind::Revoke { .. }
-                ) {
+                if matches!(out.envelope.body.kind, Kind::Revoke { .. }) {
                     // Revoked is revoked at once, whether or not the peer heard it yet.
                     self.close_peer(&out.envelope.body.to, "revoked");
                 }
@@ -184,22 +188,64 @@ impl Shared {
     fn after_delivery(&self, out: &Outgoing, delivery: &Delivery) {
         // Only the peer's own acknowledgement proves receipt: a relay's "queued" or an
         // unanswered push may still be lost (relay restart, dead connection).
-        if delivery.ack().is_some_and(settles_debt) {
+        if delivery.ack().is_some_and(settles_debt) || final_refusal_heard(delivery) {
             let _ = self.core.submit(CoreMsg::Delivered {
                 peer: out.envelope.body.to,
                 seq: out.seq,
             });
         }
-        if let Some(AckStatus::Refused(refusal)) = delivery.ack() {
+        if let Some(AckStatus::Refused(refusal)) =
+            delivery.ack().filter(|_| !final_refusal_heard(delivery))
+        {
             warn!(peer = %out.envelope.body.to, %refusal, "peer refused our {} envelope", kind_name(&out.envelope));
         }
-        if matches!(
-            out.envelope.body.kind,
-            kith_protocol::wire::Kind::Revoke { .. }
-        ) {
+        if matches!(out.envelope.body.kind, Kind::Revoke { .. }) {
             self.close_peer(&out.envelope.body.to, "revoked");
         }
     }
+
+    /// The peer itself refused `out` for good (see [`is_final`]): it is no longer
+    /// resent ([`Shared::after_delivery`] settled it), a request of ours is withdrawn
+    /// (so it neither stays pending nor is resent for days), and the operator is told.
+    /// The same whichever path sent it: `kith request`, the outbox or the resender.
+    async fn refused_for_good(self: &Arc<Self>, out: &Outgoing, refusal: Refusal) {
+        let peer = out.envelope.body.to;
+        let request = matches!(out.envelope.body.kind, Kind::Request { .. });
+        let withdrawn = request && self.withdraw(peer).await;
+        warn!(%peer, %refusal, withdrawn, "peer refused our {} for good; not resending it", kind_name(&out.envelope));
+        self.final_refusals.note(FinalRefusal {
+            peer,
+            kind: kind_name(&out.envelope),
+            refusal,
+            at_ms: now_ms(),
+            withdrawn,
+        });
+    }
+
+    /// Withdraws our pending request to `peer` (as `kith cancel` does); the peer is
+    /// told through the outbox. False if there was no pending request to withdraw.
+    async fn withdraw(&self, peer: NodeId) -> bool {
+        match self.handle(Input::Command(Command::Cancel { peer })).await {
+            Ok(Handled {
+                reply: Reply::Failed(_),
+                ..
+            })
+            | Err(_) => false,
+            Ok(handled) => {
+                for out in handled.outgoing {
+                    // Delivered in the background, like everything produced while serving.
+                    let _ = self.outbox.send(out);
+                }
+                true
+            }
+        }
+    }
+}
+
+/// Whether the peer itself, over a direct connection, refused for good. A relay's
+/// report of a refusal is unsigned, so it never ends what we owe.
+fn final_refusal_heard(delivery: &Delivery) -> bool {
+    matches!(delivery, Delivery::Acked(AckStatus::Refused(refusal)) if is_final(refusal))
 }
 
 fn kind_name(envelope: &Envelope) -> &'static str {
