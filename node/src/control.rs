@@ -421,6 +421,10 @@ pub struct RelayLinkView {
     pub conflict: Option<ConflictView>,
     pub last_error: Option<String>,
     pub connects: u64,
+    /// What the link's state means for this node, with the next step (the sentence
+    /// `kith run` printed when its first attempt settled); absent while connecting.
+    #[serde(default)]
+    pub summary: Option<String>,
 }
 
 /// A relay's claim of an identity conflict: the same node id connected to it from

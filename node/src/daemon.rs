@@ -38,6 +38,7 @@ use crate::ticket::Ticket;
 mod advice;
 mod offline;
 mod operator;
+mod relay_report;
 mod resolve;
 mod services;
 pub use offline::answer as answer_offline;
@@ -118,12 +119,16 @@ pub async fn run(
         node.local_addr(),
         data_dir.control_socket().display(),
         match (&options.relay, options.private) {
-            (Some(r), true) => format!("; private, reachable through relay {}", r.node_id.short()),
-            (Some(r), false) => format!("; home relay {}", r.node_id.short()),
+            (Some(r), true) => format!(
+                "; private: reachable only through relay {}, joining it",
+                r.node_id.short()
+            ),
+            (Some(r), false) => format!("; home relay {}, joining it", r.node_id.short()),
             (None, true) => "; private, and without a relay nobody can reach it".to_string(),
             (None, false) => String::new(),
         }
     );
+    let reporter = tokio::spawn(relay_report::report_first_outcome(node.clone()));
     let (live, _) = tokio::sync::broadcast::channel(1024);
     let serving = tokio::spawn(crate::service::serve(node.clone()));
     let metrics = match options.metrics {
@@ -167,6 +172,7 @@ pub async fn run(
         cause = daemon.node.failed() => Some(cause),
     };
     watcher.abort();
+    reporter.abort();
     let _ = watcher.await;
     serving.abort();
     if let Some(metrics) = metrics {
@@ -628,7 +634,7 @@ impl Daemon {
             relay: self
                 .node
                 .relay_status()
-                .map(|s| relay_link_view(&s, &self.data_dir)),
+                .map(|s| relay_link_view(&s, &self.node, &self.data_dir)),
             services: self.service_views(),
             refused: self.node.refusals(),
             refused_by_peers,
@@ -637,8 +643,9 @@ impl Daemon {
     }
 }
 
-fn relay_link_view(s: &RelayStatus, data_dir: &DataDir) -> RelayLinkView {
+fn relay_link_view(s: &RelayStatus, node: &Node, data_dir: &DataDir) -> RelayLinkView {
     RelayLinkView {
+        summary: relay_report::relay_summary(s, node.node_id(), node.is_private()),
         node_id: s.relay.to_string(),
         addrs: s.addrs.iter().map(|a| a.to_string()).collect(),
         state: s.state.as_str().to_string(),
@@ -674,6 +681,15 @@ pub fn relay_event_view(event: &RelayEvent, data_dir: &DataDir) -> EventView {
         RelayEventKind::Disconnected { reason } => {
             ("relay_disconnected", Some(reason.clone()), None)
         }
+        RelayEventKind::NotARelay { addr } => (
+            "relay_not_a_relay",
+            Some(
+                "the --relay ticket names an ordinary node, not a relay; not retrying: use \
+                 the relay's ticket (`kith ticket` on the relay) and restart"
+                    .to_string(),
+            ),
+            Some(addr.to_string()),
+        ),
         // The addresses are the copy's, not the relay's (the event's node): they go in
         // the detail once, not also in `address`, which would print them twice.
         RelayEventKind::Conflict { others } => (

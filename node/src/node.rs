@@ -522,13 +522,24 @@ impl Node {
     }
 
     /// "direct" when peers can dial this node, "relay only" when they must go
-    /// through its relay (private, or the relay's dial-back failed). Without a relay
-    /// nothing tested it: "direct (untested)".
+    /// through its relay (private, or the relay's dial-back failed), "unreachable"
+    /// when private and its relay refused it or is no relay (or it has none).
+    /// Without a relay nothing tested a public node: "direct (untested)".
     pub fn reachability(&self) -> &'static str {
+        let status = self.relay_status();
         if self.shared.private {
-            return "relay only";
+            // Refused by its relay, or the relay is none: nobody can reach it.
+            let cut_off = status.as_ref().is_some_and(|s| {
+                s.state == LinkState::NotARelay
+                    || (s.refusal.is_some() && s.state != LinkState::Registered)
+            });
+            return if cut_off || status.is_none() {
+                "unreachable"
+            } else {
+                "relay only"
+            };
         }
-        match self.relay_status().and_then(|s| s.direct) {
+        match status.and_then(|s| s.direct) {
             Some(true) => "direct",
             Some(false) => "relay only",
             None => "direct (untested)",

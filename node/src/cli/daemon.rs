@@ -221,7 +221,13 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
             ""
         }
     )?;
-    outln!("reachable {}", status.reachability)?;
+    outln!(
+        "reachable {}",
+        match status.reachability.as_str() {
+            "unreachable" => "no (private, and no relay registers it)",
+            other => other,
+        }
+    )?;
     if let Some(relay) = &status.relay {
         let mut line = format!("{} ({})", relay.state, relay.node_id);
         if let Some(observed) = &relay.observed {
@@ -231,12 +237,21 @@ pub fn status(ctx: &Context, _args: StatusArgs) -> anyhow::Result<u8> {
         if let Some(refusal) = &relay.refusal {
             line.push_str(&format!(", refused: {}", escape_for_display(refusal)));
         }
-        if relay.state != "registered" {
+        // The summary below says it, with the next step.
+        if relay.state != "registered" && relay.summary.is_none() {
             if let Some(err) = &relay.last_error {
                 line.push_str(&format!(", last error: {}", escape_for_display(err)));
             }
         }
         outln!("relay     {line}")?;
+        // The same sentence `kith run` printed when its first attempt settled.
+        if let Some(summary) = relay
+            .summary
+            .as_ref()
+            .filter(|_| relay.state != "registered")
+        {
+            outln!("\n{}\n", escape_for_display(summary))?;
+        }
         if let Some(conflict) = &relay.conflict {
             outln!(
                 "\nrelay {} says this node's id is also connected to it from {} ({}).\n{}",

@@ -77,6 +77,8 @@ pub enum LinkState {
     Refused,
     /// Not connected; a reconnect is scheduled.
     Disconnected,
+    /// What the ticket names is an ordinary node, not a relay: no reconnect.
+    NotARelay,
 }
 
 impl LinkState {
@@ -87,6 +89,7 @@ impl LinkState {
             LinkState::Registered => "registered",
             LinkState::Refused => "refused",
             LinkState::Disconnected => "disconnected",
+            LinkState::NotARelay => "not_a_relay",
         }
     }
 }
@@ -167,6 +170,10 @@ pub enum RelayEventKind {
     Conflict {
         others: Vec<SocketAddr>,
     },
+    /// The home relay's id answered at `addr` as an ordinary node; the link stopped.
+    NotARelay {
+        addr: SocketAddr,
+    },
 }
 
 impl Shared {
@@ -223,16 +230,26 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + r * 0.5)
 }
 
+/// A relay dial that failed, and an address that answered without the relay protocol.
+struct DialFailure {
+    error: NodeError,
+    not_relay: Option<SocketAddr>,
+}
+
 /// Dials `relay` at its addresses, a new one every [`DIAL_STAGGER`] until one answers,
 /// all within [`LINK_DIAL_BOUND`]: a ticket or hint naming a relay with many silent
 /// addresses costs one bounded wait, never one timeout per address.
-async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connection, NodeError> {
-    let failed = |reason: String| NodeError::Relay {
-        relay: relay.node_id,
-        reason: format!("cannot connect: {reason}"),
+async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connection, DialFailure> {
+    let mut not_relay = None;
+    let failed = |reason: String, not_relay| DialFailure {
+        error: NodeError::Relay {
+            relay: relay.node_id,
+            reason: format!("cannot connect: {reason}"),
+        },
+        not_relay,
     };
     if relay.addrs.is_empty() {
-        return Err(failed("the relay has no address".into()));
+        return Err(failed("the relay has no address".into(), None));
     }
     let mut dials = tokio::task::JoinSet::new();
     for (i, &addr) in relay.addrs.iter().take(MAX_REACH_ADDRS).enumerate() {
@@ -252,9 +269,12 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
     loop {
         match tokio::time::timeout_at(deadline, dials.join_next()).await {
             Ok(Some(Ok((_, Ok(conn))))) => return Ok(conn),
-            Ok(Some(Ok((addr, Err(e))))) if refused_relay_protocol(&e) => failures.push(format!(
-                "{addr}: it is not a relay (it does not speak the relay protocol)"
-            )),
+            Ok(Some(Ok((addr, Err(e))))) if refused_relay_protocol(&e) => {
+                not_relay = Some(addr);
+                failures.push(format!(
+                    "{addr}: it is not a relay (it does not speak the relay protocol)"
+                ))
+            }
             Ok(Some(Ok((addr, Err(e))))) if refused_connection(&e) => failures.push(format!(
                 "{addr}: the relay refused the connection (it is full, or holds as many \
                  connections from this address as it allows)"
@@ -272,7 +292,25 @@ async fn dial_relay(shared: &Shared, relay: &RelayRef) -> Result<quinn::Connecti
         }
     }
     // Dropping the set aborts the dials still running.
-    Err(failed(failures.join("; ")))
+    Err(failed(failures.join("; "), not_relay))
+}
+
+/// Whether `id` answers at `addr` as an ordinary node: a handshake with the node
+/// protocol proves it holds the id's key. A refused relay protocol alone is no
+/// proof (it comes before the server shows its key); this is. The connection is
+/// closed at once.
+async fn answers_as_node(shared: &Shared, addr: SocketAddr, id: NodeId) -> bool {
+    let dial = tls::dial(&shared.endpoint, &shared.identity, addr, id);
+    match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+        Ok(Ok(conn)) => {
+            conn.close(
+                close_code::SHUTDOWN.into(),
+                b"only asking whether this is a relay",
+            );
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Whether a dial failed because the server does not offer the relay protocol
@@ -312,12 +350,31 @@ pub(super) async fn run_home(shared: Arc<Shared>, relay: RelayRef) {
                     backoff = BACKOFF_MIN;
                 }
             }
-            Err(e) => {
-                debug!(relay = %relay.node_id, error = %e, "home relay unreachable");
+            Err(DialFailure {
+                not_relay: Some(addr),
+                ..
+            }) if answers_as_node(&shared, addr, relay.node_id).await => {
+                // Retrying cannot help: the operator gave a node's ticket for a relay's.
+                let reason = format!(
+                    "{} at {addr} is an ordinary node, not a relay (it proved that id with the \
+                     node protocol and refuses the relay protocol)",
+                    relay.node_id
+                );
+                warn!(relay = %relay.node_id, %addr, "the home relay's ticket is a node's; not retrying");
+                shared.update_status(|s| {
+                    s.state = LinkState::NotARelay;
+                    s.since_ms = now_ms();
+                    s.last_error = Some(reason);
+                });
+                shared.relay_event(relay.node_id, RelayEventKind::NotARelay { addr });
+                return;
+            }
+            Err(DialFailure { error, .. }) => {
+                debug!(relay = %relay.node_id, %error, "home relay unreachable");
                 shared.update_status(|s| {
                     s.state = LinkState::Disconnected;
                     s.since_ms = now_ms();
-                    s.last_error = Some(e.to_string());
+                    s.last_error = Some(error.to_string());
                 });
             }
         }
@@ -473,7 +530,7 @@ async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connectio
     if let Some(conn) = shared.live_link(&relay.node_id) {
         return Ok(conn);
     }
-    let conn = dial_relay(shared, relay).await?;
+    let conn = dial_relay(shared, relay).await.map_err(|f| f.error)?;
     shared
         .links
         .lock()

@@ -1,0 +1,87 @@
+//! What an operator meets when a node's relay is wrong or will not have it, with
+//! real `kith run` and `kith relay` processes on loopback: startup output and `kith
+//! status` say the same thing, say why, and name the next step.
+
+mod common;
+
+use common::TestNode;
+
+/// Waits until the daemon's own output (its log) contains `text`.
+fn wait_for_output(node: &TestNode, text: &str) {
+    node.wait_until("the startup report", |n| n.log().contains(text));
+}
+
+#[test]
+fn a_nodes_ticket_given_as_relay_is_named_at_startup_and_in_status_and_not_retried() {
+    let not_a_relay = TestNode::started();
+    let mut a = TestNode::init();
+    a.start_private(&not_a_relay);
+    a.wait_until("the link to give up", |n| {
+        n.status()["relay"]["state"] == "not_a_relay"
+    });
+    let status = a.status();
+    let summary = status["relay"]["summary"].as_str().unwrap().to_string();
+    assert!(summary.contains("not a relay's"), "{summary}");
+    assert!(summary.contains(&not_a_relay.node_id), "{summary}");
+    assert!(summary.contains("`kith ticket` on the relay"), "{summary}");
+    assert!(
+        summary.contains("kith run --relay <RELAY-TICKET>"),
+        "{summary}"
+    );
+    assert!(summary.contains("Not retrying"), "{summary}");
+    assert_eq!(status["reachability"], "unreachable", "{status}");
+
+    // Startup said the same, and never that the node is reachable through it.
+    wait_for_output(&a, &summary);
+    assert!(!a.log().contains("reachable through relay"), "{}", a.log());
+    let human = a.run_ok(&["status"]);
+    assert!(human.contains(&summary), "{human}");
+    assert!(human.contains("reachable no"), "{human}");
+    assert!(
+        a.event_kinds(&not_a_relay.node_id)
+            .contains(&"relay_not_a_relay".to_string())
+    );
+
+    // It stopped: a retry would move the link to connecting and back.
+    let since = status["relay"]["since_ms"].clone();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let later = a.status();
+    assert_eq!(later["relay"]["state"], "not_a_relay", "{later}");
+    assert_eq!(later["relay"]["since_ms"], since, "{later}");
+}
+
+#[test]
+fn a_private_node_refused_by_its_relay_says_so_at_startup_and_in_status() {
+    let mut relay = TestNode::init();
+    let allow = relay.data_dir().join("allow");
+    std::fs::write(&allow, format!("{}\n", TestNode::init().node_id)).unwrap();
+    relay.start_relay(&["--allow", allow.to_str().unwrap()]);
+    let mut stranger = TestNode::init();
+    stranger.start_private(&relay);
+    stranger.wait_until("the refusal", |n| n.status()["relay"]["state"] == "refused");
+
+    let status = stranger.status();
+    let summary = status["relay"]["summary"].as_str().unwrap().to_string();
+    assert!(
+        summary.contains("refused to register this node"),
+        "{summary}"
+    );
+    assert!(summary.contains("allow list"), "{summary}");
+    assert!(summary.contains(&stranger.node_id), "{summary}");
+    assert!(summary.contains("kith relay --allow FILE"), "{summary}");
+    assert!(
+        summary.contains("Peers cannot reach this node"),
+        "{summary}"
+    );
+    assert_eq!(status["reachability"], "unreachable", "{status}");
+
+    wait_for_output(&stranger, &summary);
+    assert!(
+        !stranger.log().contains("reachable through relay"),
+        "{}",
+        stranger.log()
+    );
+    let human = stranger.run_ok(&["status"]);
+    assert!(human.contains(&summary), "{human}");
+    assert!(!human.contains("relay only"), "{human}");
+}
