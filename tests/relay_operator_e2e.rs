@@ -85,3 +85,38 @@ fn a_private_node_refused_by_its_relay_says_so_at_startup_and_in_status() {
     assert!(human.contains(&summary), "{human}");
     assert!(!human.contains("relay only"), "{human}");
 }
+
+#[test]
+fn two_private_nodes_ping_each_other_through_their_relay() {
+    let mut relay = TestNode::init();
+    relay.start_relay(&[]);
+    let mut a = TestNode::init();
+    a.start_private(&relay);
+    let mut b = TestNode::init();
+    b.start_private(&relay);
+    a.wait_registered(1);
+    b.wait_registered(1);
+    a.run_ok(&["request", &b.ticket(), "-j", "hello"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["approve", &a.node_id]);
+    a.wait_for_state(&b.node_id, "trusted");
+
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let out = from.run_ok(&["ping", &to.node_id]);
+        assert!(out.contains(" ms"), "{out}");
+        assert!(
+            out.contains(&format!("relayed by relay {}", &relay.node_id[..10])),
+            "{out}"
+        );
+        let pings = from.json(&["ping", &to.node_id]);
+        assert_eq!(pings[0]["path"], "relayed", "{pings}");
+        assert_eq!(pings[0]["relay"], relay.node_id, "{pings}");
+    }
+
+    // A peer that is gone is said to be so, naming the relay's answer.
+    b.stop();
+    let out = a.run(&["ping", &b.node_id]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr_of(&out);
+    assert!(stderr.contains("unknown destination"), "{stderr}");
+}

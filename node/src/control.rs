@@ -529,4 +529,10 @@ pub struct PingView {
     #[serde(default)]
     pub name: Option<String>,
     pub rtt_ms: f64,
+    /// Which path answered: `direct` or `relayed`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The relay that carried a relayed ping (its unsigned word that the peer answered).
+    #[serde(default)]
+    pub relay: Option<String>,
 }

@@ -484,11 +484,13 @@ impl Daemon {
                     .await
                     .ok()
                     .flatten();
-                match self.node.ping(peer).await {
-                    Ok(rtt) => ok(PingView {
+                match self.node.ping_path(peer).await {
+                    Ok(pinged) => ok(PingView {
                         node_id: peer.to_string(),
                         name,
-                        rtt_ms: rtt.as_secs_f64() * 1000.0,
+                        rtt_ms: pinged.rtt.as_secs_f64() * 1000.0,
+                        path: Some(pinged.path.as_str().to_string()),
+                        relay: pinged.relay.map(|r| r.to_string()),
                     }),
                     Err(e) => err(crate::node::error_chain(&e)),
                 }

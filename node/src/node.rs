@@ -26,6 +26,7 @@ mod core;
 mod deliver;
 mod final_refusal;
 mod link;
+mod ping;
 mod refusals;
 mod serve;
 
@@ -41,11 +42,12 @@ pub use link::{
     BACKOFF_MAX, BACKOFF_MIN, ConflictInfo, LINK_IDLE, LinkState, RelayEvent, RelayEventKind,
     RelayStatus,
 };
+pub use ping::Pinged;
 
 use kith_keys::{NodeId, NodeKey};
 use kith_protocol::machine::{Command, Event, Input, PeerRecord, Reply, TrustMachine, TrustState};
 use kith_protocol::validate::Refusal;
-use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayRef};
+use kith_protocol::wire::{AckStatus, Envelope, Reach, RelayRef};
 use tokio::sync::{broadcast, oneshot};
 
 pub use self::admission::{
@@ -640,30 +642,6 @@ impl Node {
         self.shared
             .read(move |m, now| m.is_trusted(&peer, now))
             .await
-    }
-
-    /// Round-trip time to a trusted peer over its connection.
-    pub async fn ping(&self, peer: NodeId) -> Result<Duration, NodeError> {
-        let (trusted, addrs) = self
-            .shared
-            .read(move |m, now| (m.is_trusted(&peer, now), dial_addrs(m.peer(&peer))))
-            .await?;
-        if !trusted {
-            return Err(NodeError::NotTrusted(peer));
-        }
-        let id = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
-        let started = std::time::Instant::now();
-        match self
-            .shared
-            .exchange(peer, &addrs, &Message::Ping { id })
-            .await?
-        {
-            Message::Pong { id: got } if got == id => Ok(started.elapsed()),
-            Message::Ack(Ack {
-                status: AckStatus::Refused(refusal),
-            }) => Err(NodeError::Refused { peer, refusal }),
-            _ => Err(NodeError::Protocol { peer }),
-        }
     }
 
     /// A connection to `peer`'s application `alpn`, once both sides found the other

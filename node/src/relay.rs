@@ -99,6 +99,8 @@ struct State {
     /// machine queues envelopes only; the hint goes out with the envelope when it is
     /// pushed.
     hints: HashMap<(NodeId, NodeId, [u8; 16]), Reach>,
+    /// Client connections with a [`Message::PingThrough`] under way (one each).
+    pinging: std::collections::HashSet<ConnId>,
 }
 
 /// A push to carry out: the destination connection, the envelope and its hint.
@@ -152,6 +154,7 @@ impl RelayServer {
                 conns: HashMap::new(),
                 notices: HashMap::new(),
                 hints: HashMap::new(),
+                pinging: Default::default(),
             }),
             wake: Notify::new(),
             next_conn: AtomicU64::new(1),
@@ -374,6 +377,38 @@ impl Inner {
         }
     }
 
+    /// A client's ping of the node `to` (`kith ping` to a private node): a node
+    /// answers its relay's pings over its link, so the relay asks and passes the
+    /// answer on. Only a client may ask, one ping at a time per connection, each
+    /// bounded by the probe timeout: it costs the destination one stream.
+    async fn ping_through(&self, id: ConnId, to: NodeId, ping: u64) -> Message {
+        let result = |result| Message::Forwarded { result, ack: None };
+        let dest = {
+            let mut state = self.state.lock().unwrap();
+            if state.relay.client(id).is_none() {
+                return result(ForwardResult::Refused(RelayRefusal::UnknownConnection));
+            }
+            if !state.pinging.insert(id) {
+                return result(ForwardResult::Refused(RelayRefusal::RateLimited));
+            }
+            state
+                .relay
+                .route(&to)
+                .and_then(|c| state.conns.get(&c).cloned())
+        };
+        let answer = match dest {
+            None => result(ForwardResult::UnknownDestination),
+            Some(dest) => {
+                match exchange_on(&dest, &Message::Ping { id: ping }, self.probe_timeout).await {
+                    Ok(Message::Pong { id: got }) if got == ping => Message::Pong { id: ping },
+                    _ => result(ForwardResult::Delivered),
+                }
+            }
+        };
+        self.state.lock().unwrap().pinging.remove(&id);
+        answer
+    }
+
     /// A forward from connection `id`: route it, push it, answer with what happened.
     async fn forward(self: &Arc<Self>, id: ConnId, envelope: Envelope, reach: Reach) -> Message {
         // The hint is kept next to a queued envelope: held to the bounds a receiver
@@ -581,6 +616,9 @@ async fn serve_stream(
         }
         Ok(Some((Message::Register { dial_back }, _))) => inner.register(id, node, dial_back).await,
         Ok(Some((Message::Ping { id }, _))) => Message::Pong { id },
+        Ok(Some((Message::PingThrough { to, id: ping }, _))) => {
+            inner.ping_through(id, to, ping).await
+        }
         _ => Message::Ack(Ack {
             status: AckStatus::Refused(Refusal::Malformed),
         }),

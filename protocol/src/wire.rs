@@ -264,6 +264,7 @@ pub enum RelayNotice {
 /// | node → relay     | `Forward`             | `Forwarded`                  |
 /// | relay → node     | `Relayed`             | `Ack`                        |
 /// | relay → node     | `RelayNotice`         | nothing (the stream is finished) |
+/// | node → relay     | `PingThrough`         | `Pong`, or `Forwarded`       |
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Envelope(Envelope),
@@ -305,6 +306,16 @@ pub enum Message {
     },
     /// From a relay: see [`RelayNotice`].
     RelayNotice(RelayNotice),
+    /// To a relay: ping the node `to` over its own connection to the relay (a
+    /// private node can be reached no other way). Answered with `Pong { id }` when
+    /// `to` answered in time — the relay's unsigned word, like
+    /// [`Message::Forwarded`] — else with `Forwarded { result, ack: None }`:
+    /// `UnknownDestination` (not connected there), `Delivered` (no answer in time)
+    /// or a refusal.
+    PingThrough {
+        to: NodeId,
+        id: u64,
+    },
 }
 
 /// Why an incoming envelope (or message) was refused. One kind per rule; a
@@ -652,6 +663,13 @@ mod tests {
                 RelayRefusal::NotAllowed
             ))),
             9
+        );
+        assert_eq!(
+            first(&Message::PingThrough {
+                to: key(2).node_id(),
+                id: 0
+            }),
+            10
         );
     }
 

@@ -288,7 +288,15 @@ pub fn ping(ctx: &Context, args: PingArgs) -> anyhow::Result<u8> {
                 Some(name) => format!("{} ({})", escape_for_display(name), &pong.node_id[..10]),
                 None => pong.node_id[..10].to_string(),
             };
-            outln!("{who}: {:.2} ms", pong.rtt_ms)?;
+            let path = match (&pong.path, &pong.relay) {
+                (_, Some(relay)) => format!(
+                    " (relayed by relay {}, as it says)",
+                    relay.chars().take(10).collect::<String>()
+                ),
+                (Some(path), None) => format!(" ({path})"),
+                (None, None) => String::new(),
+            };
+            outln!("{who}: {:.2} ms{path}", pong.rtt_ms)?;
         }
         results.push(pong);
     }

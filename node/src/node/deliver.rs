@@ -68,17 +68,7 @@ impl Shared {
     }
 
     /// Sends one message on a new stream and waits for the single answer.
-    pub(super) async fn exchange(
-        self: &Arc<Self>,
-        peer: NodeId,
-        addrs: &[SocketAddr],
-        message: &Message,
-    ) -> Result<Message, NodeError> {
-        self.exchange_within(peer, addrs, message, DIAL_TIMEOUT)
-            .await
-    }
-
-    async fn exchange_within(
+    pub(super) async fn exchange_within(
         self: &Arc<Self>,
         peer: NodeId,
         addrs: &[SocketAddr],

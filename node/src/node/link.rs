@@ -609,6 +609,41 @@ pub(super) async fn forward(
     }
 }
 
+/// Asks `relay` to ping `peer` over the peer's own link to it; Ok when the relay
+/// says the peer answered (its unsigned word: see [`Message::PingThrough`]).
+pub(super) async fn ping_through(
+    shared: &Arc<Shared>,
+    relay: &RelayRef,
+    peer: NodeId,
+    id: u64,
+) -> Result<(), NodeError> {
+    let conn = link(shared, relay).await?;
+    let failed = |reason: String| NodeError::Relay {
+        relay: relay.node_id,
+        reason,
+    };
+    match exchange_on(
+        &conn,
+        &Message::PingThrough { to: peer, id },
+        STREAM_TIMEOUT,
+    )
+    .await
+    {
+        Ok(Message::Pong { id: got }) if got == id => Ok(()),
+        Ok(Message::Forwarded {
+            result: ForwardResult::Delivered,
+            ..
+        }) => Err(failed(format!("{} did not answer in time", peer.short()))),
+        Ok(Message::Forwarded { result, .. }) => Err(failed(result.to_string())),
+        // An older relay does not know the message and refuses it as malformed.
+        Ok(Message::Ack(_)) => Err(failed(
+            "this relay cannot ping through (it predates that; upgrade it)".into(),
+        )),
+        Ok(_) | Err(ExchangeError::Garbled) => Err(failed("answered with something else".into())),
+        Err(ExchangeError::Io(reason)) => Err(failed(reason)),
+    }
+}
+
 /// Serves what a relay opens on our connection to it: pushed envelopes, notices, pings.
 async fn serve_link(shared: Arc<Shared>, conn: quinn::Connection, relay: RelayRef) {
     while let Ok((send, recv)) = conn.accept_bi().await {
