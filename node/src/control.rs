@@ -390,6 +390,28 @@ pub struct StatusView {
     /// The latest of them, as its `request_refused` or `delivery_refused` event.
     #[serde(default)]
     pub last_refused_by_peer: Option<EventView>,
+    /// The request waiting longest in each direction (incoming first), if any.
+    #[serde(default)]
+    pub longest_waiting: Vec<PendingView>,
+    /// Authenticated envelopes whose sender's clock was more than a minute from
+    /// ours, since the daemon started (applied, or refused outside the window).
+    #[serde(default)]
+    pub clock_skew_warnings: u64,
+    /// The latest of them.
+    #[serde(default)]
+    pub last_clock_skew: Option<ClockSkewView>,
+}
+
+/// A peer whose clock was far from ours, as `kith status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClockSkewView {
+    pub node_id: String,
+    pub short_id: String,
+    /// Its time minus ours (positive: it is ahead).
+    pub skew_ms: i64,
+    pub at_ms: u64,
+    /// Its envelope was refused for it (outside the skew window).
+    pub refused: bool,
 }
 
 /// One exposed service, as `kith status` and `kith expose` show it.
@@ -421,6 +443,9 @@ pub struct RelayLinkView {
     pub conflict: Option<ConflictView>,
     pub last_error: Option<String>,
     pub connects: u64,
+    /// The connection's round-trip time (QUIC's estimate), while connected.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
     /// What the link's state means for this node, with the next step (the sentence
     /// `kith run` printed when its first attempt settled); absent while connecting.
     #[serde(default)]

@@ -22,8 +22,8 @@ use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
 
 use crate::control::{
-    self, ConflictView, ControlError, EventView, ListedView, PeerView, PendingView, PingView,
-    RelayLinkView, Request, Response, SentView, StatusView,
+    self, ClockSkewView, ConflictView, ControlError, EventView, ListedView, PeerView, PendingView,
+    PingView, RelayLinkView, Request, Response, SentView, StatusView,
 };
 use crate::datadir::DataDir;
 use crate::hooks::Hooks;
@@ -610,14 +610,25 @@ impl Daemon {
                         _ => {}
                     }
                 }
-                (trusted, incoming, outgoing, m.config().auto_approve)
+                // Sorted by direction, then oldest first: the first of each waits longest.
+                let mut longest = pending_views(m);
+                longest.dedup_by(|b, a| a.direction == b.direction);
+                (
+                    trusted,
+                    incoming,
+                    outgoing,
+                    m.config().auto_approve,
+                    longest,
+                )
             })
             .await;
-        let (trusted, pending_incoming, pending_outgoing, auto_approve) = match counts {
-            Ok(c) => c,
-            Err(e) => return err(e),
-        };
+        let (trusted, pending_incoming, pending_outgoing, auto_approve, longest_waiting) =
+            match counts {
+                Ok(c) => c,
+                Err(e) => return err(e),
+            };
         let (refused_by_peers, latest) = self.node.final_refusals();
+        let skew = self.node.clock_skew();
         ok(StatusView {
             node_id: self.node.node_id().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -641,12 +652,22 @@ impl Daemon {
             refused: self.node.refusals(),
             refused_by_peers,
             last_refused_by_peer: latest.last().map(final_refusal_view),
+            longest_waiting,
+            clock_skew_warnings: skew.count,
+            last_clock_skew: skew.last.map(|s| ClockSkewView {
+                node_id: s.peer.to_string(),
+                short_id: s.peer.short(),
+                skew_ms: s.skew_ms,
+                at_ms: s.at_ms,
+                refused: s.refused,
+            }),
         })
     }
 }
 
 fn relay_link_view(s: &RelayStatus, node: &Node, data_dir: &DataDir) -> RelayLinkView {
     RelayLinkView {
+        rtt_ms: node.home_relay_rtt().map(|d| d.as_secs_f64() * 1000.0),
         summary: relay_report::relay_summary(s, node.node_id(), node.is_private()),
         node_id: s.relay.to_string(),
         addrs: s.addrs.iter().map(|a| a.to_string()).collect(),

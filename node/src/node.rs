@@ -43,6 +43,7 @@ pub use link::{
     RelayStatus,
 };
 pub use ping::Pinged;
+pub use refusals::{SKEW_WARN_MS, SkewSeen, SkewWarnings};
 
 use kith_keys::{NodeId, NodeKey};
 use kith_protocol::machine::{Command, Event, Input, PeerRecord, Reply, TrustMachine, TrustState};
@@ -573,6 +574,19 @@ impl Node {
     /// each minute also reach [`Node::subscribe`] as events.
     pub fn refusals(&self) -> std::collections::BTreeMap<String, u64> {
         self.shared.refusals.counts()
+    }
+
+    /// Authenticated envelopes whose sender's clock was far from ours.
+    pub fn clock_skew(&self) -> SkewWarnings {
+        self.shared.refusals.skew()
+    }
+
+    /// The QUIC round-trip estimate of the home relay connection, while it is up.
+    pub fn home_relay_rtt(&self) -> Option<Duration> {
+        let home = self.shared.home.as_ref()?;
+        let links = self.shared.links.lock().unwrap();
+        let conn = links.get(&home.node_id)?;
+        conn.close_reason().is_none().then(|| conn.rtt())
     }
 
     /// Runs an operator command; envelopes it produces are delivered before this returns

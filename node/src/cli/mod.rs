@@ -22,6 +22,7 @@ mod output;
 mod relay;
 mod secret_io;
 mod service;
+mod status;
 mod ticket;
 
 use std::path::PathBuf;
@@ -91,7 +92,7 @@ pub enum Command {
     Adopt(identity::AdoptArgs),
     Run(daemon::RunArgs),
     Relay(relay::RelayArgs),
-    Status(daemon::StatusArgs),
+    Status(status::StatusArgs),
     Ticket(ticket::TicketArgs),
     Request(daemon::RequestArgs),
     Pending(daemon::PendingArgs),
@@ -177,7 +178,7 @@ pub fn main() -> ExitCode {
         Command::Adopt(args) => identity::adopt(&ctx, args),
         Command::Run(args) => daemon::run(&ctx, args),
         Command::Relay(args) => relay::run(&ctx, args),
-        Command::Status(args) => daemon::status(&ctx, args),
+        Command::Status(args) => status::status(&ctx, args),
         Command::Ticket(args) => ticket::ticket(&ctx, args),
         Command::Request(args) => daemon::request(&ctx, args),
         Command::Pending(args) => daemon::pending(&ctx, args),

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use kith_keys::NodeId;
 use kith_protocol::machine::{Command, EventKind, Input, Output, Reply, StoreWrite, TrustMachine};
+use kith_protocol::validate::Refusal;
 use tokio::sync::{Notify, watch};
 use tracing::warn;
 
@@ -338,11 +339,39 @@ impl CoreState {
                         Input::Command(Command::Resend { peer }) => Some(*peer),
                         _ => None,
                     };
+                    let stamped = match &*input {
+                        Input::Envelope {
+                            envelope,
+                            via_relay,
+                            ..
+                        } => Some((
+                            envelope.body.from,
+                            envelope.body.timestamp_ms,
+                            via_relay.is_some(),
+                        )),
+                        _ => None,
+                    };
                     let out = machine.handle(now, *input, key, &mut rng);
                     if let Some(status) = out.ack() {
                         handled_envelopes.push((status.clone(), arrived));
                     }
                     let applied = out.refusal().is_none() && !matches!(out.reply, Reply::Failed(_));
+                    // Only authenticated envelopes count: the signature is checked
+                    // before the skew, so a skew refusal is as authentic as an apply.
+                    // A relay may have held an envelope for minutes, so one that came
+                    // through a relay looking old says nothing about its sender's clock.
+                    if let Some((from, stamp, relayed)) = stamped {
+                        let skew = stamp as i64 - now as i64;
+                        match out.refusal() {
+                            None if applied && !(relayed && skew < 0) => {
+                                refusals.note_skew(from, skew, false, now);
+                            }
+                            Some(Refusal::ClockSkew { skew_ms }) => {
+                                refusals.note_skew(from, *skew_ms, true, now);
+                            }
+                            _ => {}
+                        }
+                    }
                     for w in &out.writes {
                         if let StoreWrite::RemovePeer(id) = w {
                             reach_changes.insert(*id, None);
