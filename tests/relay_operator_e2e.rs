@@ -120,3 +120,44 @@ fn two_private_nodes_ping_each_other_through_their_relay() {
     let stderr = common::stderr_of(&out);
     assert!(stderr.contains("unknown destination"), "{stderr}");
 }
+
+#[test]
+fn an_identity_conflict_warning_is_cleared_when_the_copy_stops() {
+    let mut relay = TestNode::init();
+    relay.start_relay(&[]);
+    let mut original = TestNode::init();
+    original.start_private(&relay);
+    original.wait_registered(1);
+
+    // A copy of the data dir, adopted so it runs, connects from another port.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["keystore", "instance.json"] {
+        std::fs::copy(original.data_dir().join(name), dir.path().join(name)).unwrap();
+    }
+    let mut copy = TestNode::with_dir(dir, original.node_id.clone());
+    copy.run_ok(&["adopt"]);
+    copy.start_private(&relay);
+    original.wait_until("the identity conflict", |n| {
+        !n.status()["relay"]["conflict"].is_null()
+    });
+
+    copy.stop();
+    original.wait_until("the conflict to be over", |n| {
+        n.status()["relay"]["conflict"].is_null()
+    });
+    let human = original.run_ok(&["status"]);
+    assert!(
+        !human.contains("says this node's id is also connected"),
+        "{human}"
+    );
+    let over = original.run_ok(&["events"]);
+    assert!(over.contains("identity_conflict_over"), "{over}");
+    // Said as the relay's claim, naming it.
+    assert!(
+        over.contains(&format!(
+            "relay {} says this node's id is no longer connected",
+            relay.node_id
+        )),
+        "{over}"
+    );
+}

@@ -704,6 +704,15 @@ pub fn relay_event_view(event: &RelayEvent, data_dir: &DataDir) -> EventView {
         RelayEventKind::Disconnected { reason } => {
             ("relay_disconnected", Some(reason.clone()), None)
         }
+        RelayEventKind::ConflictOver => (
+            "identity_conflict_over",
+            Some(format!(
+                "relay {} says this node's id is no longer connected to it from elsewhere \
+                 (its claim; this node has not verified it)",
+                event.relay
+            )),
+            None,
+        ),
         RelayEventKind::NotARelay { addr } => (
             "relay_not_a_relay",
             Some(

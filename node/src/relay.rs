@@ -287,6 +287,12 @@ impl Inner {
                             }
                         }
                     }
+                    RelayOutput::ConflictOver { node, conn } => {
+                        info!(%node, "identity conflict over: one connection left");
+                        if let Some(conn) = state.conns.get(&conn) {
+                            notices.push((conn.clone(), RelayNotice::ConflictOver));
+                        }
+                    }
                     RelayOutput::Probe { conn } => {
                         if let Some(c) = state.conns.get(&conn) {
                             probes.push((conn, c.clone()));

@@ -38,7 +38,10 @@
 //! ([`RelayInput::Alive`]) both are live and a [`RelayOutput::Conflict`] names
 //! every connection, so each side is told; if it does not answer within
 //! [`RelayConfig::probe_ms`] it is [closed](RelayOutput::Close). With
-//! `probe_ms == 0` the conflict is reported at once, without a probe.
+//! `probe_ms == 0` the conflict is reported at once, without a probe. When a node
+//! so reported is down to one connection (the others closed, or failed a probe),
+//! that connection is told the conflict is over ([`RelayOutput::ConflictOver`]).
+//! A copy that reconnects from its own address within one input is not "over".
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -102,6 +105,12 @@ pub struct Relay {
     /// Older connections being probed: their deadline.
     probes: BTreeMap<ConnId, u64>,
     stats: RelayStats,
+    /// Nodes reported in a [`RelayOutput::Conflict`] and still on several connections.
+    #[serde(default)]
+    conflicted: BTreeSet<NodeId>,
+    /// Reported nodes that lost a connection while handling one input, checked at its end.
+    #[serde(skip)]
+    conflict_losses: Vec<NodeId>,
 }
 
 impl Relay {
@@ -121,6 +130,8 @@ impl Relay {
             buckets: BTreeMap::new(),
             probes: BTreeMap::new(),
             stats: RelayStats::default(),
+            conflicted: BTreeSet::new(),
+            conflict_losses: Vec::new(),
         }
     }
 
@@ -203,6 +214,14 @@ impl Relay {
             }
             RelayInput::Alive { conn } => self.on_alive(conn, &mut out),
             RelayInput::Tick => self.on_tick(now_ms, &mut out),
+        }
+        for node in std::mem::take(&mut self.conflict_losses) {
+            let left = self.routes.get(&node).map_or(&[][..], Vec::as_slice);
+            if left.len() <= 1 && self.conflicted.remove(&node) {
+                if let Some(&conn) = left.first() {
+                    out.push(RelayOutput::ConflictOver { node, conn });
+                }
+            }
         }
         for (from, to, nonce, reason) in std::mem::take(&mut self.dropped) {
             let conn = self.route(&from).or_else(|| {
@@ -305,6 +324,7 @@ impl Relay {
             if self.config.probe_ms == 0 {
                 self.stats.conflicts += 1;
                 let conns = self.routes.get(&node).cloned().unwrap_or_default();
+                self.conflicted.insert(node);
                 out.push(RelayOutput::Conflict { node, conns });
             } else {
                 for old in others {
@@ -380,6 +400,9 @@ impl Relay {
         };
         self.members -= usize::from(client.registered);
         let node = client.node;
+        if self.conflicted.contains(&node) {
+            self.conflict_losses.push(node);
+        }
         if let Some(conns) = self.routes.get_mut(&node) {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
@@ -562,6 +585,7 @@ impl Relay {
         let conns = self.routes.get(&node).cloned().unwrap_or_default();
         if conns.len() > 1 {
             self.stats.conflicts += 1;
+            self.conflicted.insert(node);
             out.push(RelayOutput::Conflict { node, conns });
         }
     }

@@ -248,6 +248,9 @@ pub enum RelayNotice {
         nonce: [u8; 16],
         reason: DropReason,
     },
+    /// After a [`RelayNotice::Conflict`]: this is now the only connection under
+    /// this node's id (the others closed).
+    ConflictOver,
 }
 
 /// Everything that travels on a kith stream, one per frame.
@@ -602,6 +605,7 @@ mod tests {
                 direct: Some(false),
             }),
             Message::RelayNotice(RelayNotice::Conflict { others: vec![] }),
+            Message::RelayNotice(RelayNotice::ConflictOver),
         ] {
             let bytes = postcard::to_allocvec(&msg).unwrap();
             assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), msg);

@@ -174,6 +174,8 @@ pub enum RelayEventKind {
     NotARelay {
         addr: SocketAddr,
     },
+    /// The relay says the conflict it reported is over (the other copy left).
+    ConflictOver,
 }
 
 impl Shared {
@@ -728,6 +730,14 @@ fn on_notice(shared: &Shared, relay: &RelayRef, notice: RelayNotice) {
             };
             shared.update_status(|s| s.conflict = Some(info));
             shared.relay_event(relay.node_id, RelayEventKind::Conflict { others });
+        }
+        RelayNotice::ConflictOver if shared.is_home(&relay.node_id) => {
+            let mut had = false;
+            shared.update_status(|s| had = s.conflict.take().is_some());
+            if had {
+                info!(relay = %relay.node_id, "the home relay says the identity conflict is over (its unverified claim)");
+                shared.relay_event(relay.node_id, RelayEventKind::ConflictOver);
+            }
         }
         RelayNotice::Dropped { to, reason, .. } => {
             // Only information: the envelope stays owed until `to` acknowledges it,

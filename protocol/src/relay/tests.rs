@@ -419,6 +419,37 @@ fn second_address_is_probed_then_reported_as_conflict() {
 }
 
 #[test]
+fn a_reported_conflict_is_over_when_one_connection_is_left() {
+    let a = key(1);
+    let mut r = Relay::new(RelayConfig::default());
+    connect(&mut r, 0, 1, &a, 1000);
+    connect(&mut r, 10, 2, &a, 1999);
+    let out = r.handle(20, RelayInput::Alive { conn: 1 });
+    assert!(matches!(out[0], RelayOutput::Conflict { .. }));
+    // One copy reconnecting from its own address: still two copies, nothing is over.
+    let out = connect(&mut r, 30, 3, &a, 1999);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, RelayOutput::ConflictOver { .. })),
+        "{out:?}"
+    );
+    // That copy leaves: the one left is told.
+    assert_eq!(
+        r.handle(40, RelayInput::Disconnected { conn: 3 }),
+        vec![RelayOutput::ConflictOver {
+            node: a.node_id(),
+            conn: 1
+        }]
+    );
+    // Once only; and a node never reported is never told.
+    assert_eq!(r.handle(50, RelayInput::Disconnected { conn: 1 }), vec![]);
+    let b = key(2);
+    connect(&mut r, 60, 4, &b, 3000);
+    connect(&mut r, 60, 5, &b, 3001);
+    assert_eq!(r.handle(70, RelayInput::Disconnected { conn: 5 }), vec![]);
+}
+
+#[test]
 fn unanswered_probe_closes_the_stale_connection() {
     let a = key(1);
     let mut r = Relay::new(RelayConfig::default());

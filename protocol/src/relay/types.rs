@@ -156,6 +156,9 @@ pub enum RelayOutput {
         nonce: [u8; 16],
         reason: DropReason,
     },
+    /// `node`, reported in a [`RelayOutput::Conflict`], is down to the one
+    /// connection `conn`: the other copies left. Tell it the conflict is over.
+    ConflictOver { node: NodeId, conn: ConnId },
 }
 
 /// Counters, for status and benchmarks.

@@ -122,6 +122,7 @@ impl Sim<'_> {
                     }
                 }
                 RelayOutput::Conflict { .. } => self.relay_rep.conflicts += 1,
+                RelayOutput::ConflictOver { .. } => {}
                 RelayOutput::Probe { conn } => {
                     // A live connection answers within a round trip.
                     if let Some(c) = self.relay_conns.get(conn).copied() {
