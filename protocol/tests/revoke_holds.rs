@@ -406,3 +406,36 @@ fn a_withdrawal_that_overtakes_its_request_still_withdraws_it() {
     w.quiesce();
     w.check_allowed_pair();
 }
+
+/// Found by `once_everything_is_delivered_the_pair_is_allowed` in CI: n0 answers
+/// n1's request (mutual trust), then revokes; the revoke is lost and n1's repeat of
+/// its request arrives after it, so n0 shows a new waiting request. The accept sent
+/// before the revoke then reaches n1, which trusts. n0's revoke stays owed (it was
+/// never acknowledged), and what n0 re-sends must end that trust without spending
+/// the request n1 made.
+#[test]
+fn a_revoke_overtaken_by_an_older_accept_still_ends_the_trust() {
+    let mut w = World::new();
+    for op in [
+        Op::Cmd(1, CmdKind::Request),
+        Op::Deliver(0),
+        Op::Cmd(0, CmdKind::Request),
+        Op::Cmd(0, CmdKind::Revoke),
+        // In flight: n0's accept, n0's revoke. The revoke is lost.
+        Op::Drop(1),
+        Op::Cmd(1, CmdKind::Request),
+        // n1's repeated request reaches n0 (a copy of it; the original follows).
+        Op::Replay(3),
+    ] {
+        w.run(op);
+    }
+    assert_eq!(w.state(0), Some(TrustState::IncomingPending));
+    w.quiesce();
+    w.check_allowed_pair();
+    // n1's request still waits at n0, and n1 still stands by it: n0 may approve.
+    assert_eq!(w.state(1), Some(TrustState::OutgoingPending));
+    w.run(Op::Cmd(0, CmdKind::Approve));
+    w.quiesce();
+    assert!(w.nodes[0].m.is_trusted(&w.other(0), w.now));
+    w.check_allowed_pair();
+}

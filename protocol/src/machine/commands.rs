@@ -340,6 +340,12 @@ impl TrustMachine {
                         justification: rec.justification.clone().unwrap_or_default(),
                     },
                     TrustState::Trusted if !rec.lapsed(now) => ACCEPT,
+                    // A request of theirs came in after a word of ours they have not
+                    // acknowledged (a revoke, say, that an older accept overtook):
+                    // whatever it was, what stands now is that we do not trust them
+                    // and their request waits. `Expire` says exactly that, and never
+                    // spends a request they made since (a decline would).
+                    TrustState::IncomingPending if rec.last_sent_ms > 0 => Kind::Expire,
                     _ => consent::standing_word(rec).ok_or(CommandError::NothingToResend(peer))?,
                 };
                 self.send(cx, peer, kind);

@@ -61,9 +61,10 @@ pub(super) fn standing_word(rec: &PeerRecord) -> Option<Kind> {
 pub const SPENT_REASON: &str = "no request of ours stands for this accept; ask again";
 
 impl TrustMachine {
-    /// `Expire` from `from`: their approval of us lapsed. Unlike a decline it does
-    /// not spend our consent: a request of ours stands again, waiting for them to
-    /// renew (`approve`) or for us to ask again.
+    /// `Expire` from `from`: their approval of us lapsed, or (re-sent for a word we
+    /// have not acknowledged) they do not trust us and a request of ours waits with
+    /// them. Unlike a decline it does not spend our consent: a request of ours stands
+    /// again, waiting for them to renew (`approve`) or for us to ask again.
     pub(super) fn on_expire<R: RngCore + CryptoRng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,
