@@ -115,6 +115,9 @@ pub struct Snapshot {
     pub deny: Vec<NodeId>,
     /// The auto-approve policy as last set by command (false if never set).
     pub auto_approve: bool,
+    /// The floor of our envelope timestamps kept from removed records
+    /// (`StoreWrite::SentFloor`; 0 if never set).
+    pub sent_floor: u64,
     /// How each peer is reached.
     pub reach: Vec<(NodeId, PeerReach)>,
     /// Peers owed an unacknowledged message, and since when (ms).
@@ -332,6 +335,14 @@ impl Store {
         {
             snapshot.auto_approve = decode("meta", v.value())?;
         }
+        if let Some(v) = txn
+            .open_table(META)
+            .map_err(db_err)?
+            .get("sent_floor")
+            .map_err(db_err)?
+        {
+            snapshot.sent_floor = decode("meta", v.value())?;
+        }
         for item in txn
             .open_table(REACH)
             .map_err(db_err)?
@@ -469,6 +480,18 @@ impl Store {
                     }
                     StoreWrite::AutoApprove(on) => {
                         meta.insert("auto_approve", encode(on).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    StoreWrite::SentFloor(ms) => {
+                        // Only ever raised: writes of one batch come in order, but
+                        // keep the maximum whatever the order.
+                        let old = meta
+                            .get("sent_floor")
+                            .map_err(db_err)?
+                            .map(|v| decode::<u64>("meta", v.value()))
+                            .transpose()?
+                            .unwrap_or(0);
+                        meta.insert("sent_floor", encode(&old.max(*ms)).as_slice())
                             .map_err(db_err)?;
                     }
                     StoreWrite::Audit(entry) => {

@@ -439,3 +439,86 @@ fn a_revoke_overtaken_by_an_older_accept_still_ends_the_trust() {
     assert!(w.nodes[0].m.is_trusted(&w.other(0), w.now));
     w.check_allowed_pair();
 }
+
+/// Found by `once_everything_is_delivered_the_pair_is_allowed` in CI: n0 drops its
+/// record of n1 (`ignore` of a waiting request) and restarts with the clock where it
+/// was. Its next envelopes to n1 must still be timestamped above everything it sent
+/// n1 before (n1 remembers), or n1 refuses them as stale while applying n0's older
+/// revoke after its newer accept.
+#[test]
+fn timestamps_to_a_dropped_peer_stay_above_what_it_saw_after_a_restart() {
+    let mut w = World::new();
+    for op in [
+        Op::Cmd(1, CmdKind::Request),
+        Op::Replay(0),
+        Op::Cmd(0, CmdKind::Request),
+        Op::Cmd(0, CmdKind::Revoke),
+        Op::Cmd(1, CmdKind::Request),
+        // In flight: n1's request, n0's accept and revoke, n1's repeat: the repeat.
+        Op::Deliver(3),
+        Op::Cmd(1, CmdKind::Request),
+        Op::Cmd(0, CmdKind::Ignore),
+        Op::Restart(0),
+        Op::Cmd(0, CmdKind::Allow),
+    ] {
+        w.run(op);
+    }
+    w.quiesce();
+    w.check_allowed_pair();
+}
+
+/// Found by `once_everything_is_delivered_the_pair_is_allowed` in CI: n0 drops its
+/// record of n1 (`ignore`), n1's withdrawal then finds no record, and n0 asks n1 anew
+/// and restarts. An accept n1 sent long before (of n0's earlier request) must not
+/// answer n0's new request: that request starts above everything n0 ever sent n1,
+/// and the withdrawal's time stays n1's mark in the new record across the restart.
+#[test]
+fn an_old_accept_does_not_answer_a_request_made_after_a_forgotten_record() {
+    let mut w = World::new();
+    for op in [
+        Op::Cmd(0, CmdKind::Request),
+        Op::Deliver(0),
+        Op::Cmd(0, CmdKind::Request),
+        Op::Cmd(1, CmdKind::Request),
+        Op::Deliver(0),
+        Op::Deliver(0),
+        Op::Cmd(0, CmdKind::Revoke),
+        Op::Deliver(6_181_121_944_552_092_253),
+        Op::Cmd(1, CmdKind::Request),
+        Op::Deliver(516_192_372_825_739_997),
+        Op::Cmd(0, CmdKind::Ignore),
+        Op::Cmd(0, CmdKind::Unignore),
+        Op::Cmd(1, CmdKind::Cancel),
+        Op::Deliver(12_952_585_655_325_468_415),
+        Op::Cmd(0, CmdKind::Request),
+        Op::Restart(0),
+    ] {
+        w.run(op);
+    }
+    w.quiesce();
+    w.check_allowed_pair();
+}
+
+/// The request n0 makes after forgetting n1 starts where its first envelope is
+/// timestamped (above everything n0 sent n1 before, its withdrawal included), so an
+/// accept n1 sent before it saw that withdrawal is not taken for an answer.
+#[test]
+fn an_accept_of_a_forgotten_request_does_not_answer_the_next_one() {
+    let mut w = World::new();
+    for op in [
+        Op::Cmd(0, CmdKind::Request),
+        Op::Deliver(0),
+        Op::Cmd(1, CmdKind::Approve),
+        // n0 forgets n1 (withdrawing its request) and asks again at once.
+        Op::Cmd(0, CmdKind::Forget),
+        Op::Cmd(0, CmdKind::Request),
+        // In flight: n1's accept, n0's withdrawal, n0's new request.
+        Op::Deliver(0),
+    ] {
+        w.run(op);
+    }
+    assert_eq!(w.state(0), Some(TrustState::OutgoingPending));
+    w.forgot = false;
+    w.quiesce();
+    w.check_allowed_pair();
+}

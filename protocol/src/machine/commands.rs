@@ -13,7 +13,7 @@ use super::consent;
 use super::{
     ACCEPT, AllowEntry, AuditAction, Command, CommandError, Consent, Cx, Decider, EventKind,
     MAX_NAME_CHARS, PeerRecord, StoreWrite, TextField, TrustMachine, TrustState, WITHDRAWN_REASON,
-    decline, grant,
+    decline, grant, next_timestamp,
 };
 use crate::validate::{TextError, check_text};
 use crate::wire::{Kind, MAX_TEXT_CHARS};
@@ -72,8 +72,13 @@ impl TrustMachine {
                         if lapsed {
                             self.expire_trust(cx, to);
                         }
+                        // A decline of theirs that found no record (see `withdrawn`)
+                        // becomes the new record's mark, so it outlives a restart.
+                        let withdrawn_ms = self.withdrawn.get(&to);
                         let rec = self.peers.entry(to).or_insert_with(|| {
-                            PeerRecord::new(to, TrustState::OutgoingPending, now)
+                            let mut rec = PeerRecord::new(to, TrustState::OutgoingPending, now);
+                            rec.high_water_ms = withdrawn_ms;
+                            rec
                         });
                         if rec.state != TrustState::OutgoingPending {
                             rec.state = TrustState::OutgoingPending;
@@ -88,7 +93,7 @@ impl TrustMachine {
                         if !matches!(rec.consent, Some(Consent::Asked { .. })) {
                             // Our request's first envelope is timestamped above this.
                             rec.consent = Some(Consent::Asked {
-                                at_ms: now.max(rec.last_sent_ms.saturating_add(1)),
+                                at_ms: next_timestamp(rec, self.sent_floor, now),
                             });
                         }
                         if address.is_some() {

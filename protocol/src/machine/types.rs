@@ -372,6 +372,10 @@ pub enum StoreWrite {
     /// The auto-approve policy changed.
     AutoApprove(bool),
     Audit(AuditEntry),
+    /// A removed record held the highest timestamp we sent anyone: keep it, and
+    /// pass it to [`TrustMachine::with_sent_floor`](super::TrustMachine::with_sent_floor)
+    /// on restore (only ever raised).
+    SentFloor(u64),
 }
 
 /// One thing for the machine to process.

@@ -113,6 +113,7 @@ impl Node {
             self.store.allow.clone(),
             self.store.deny.iter().copied(),
         )
+        .with_sent_floor(self.store.sent_floor)
     }
 
     /// The store holds exactly what the machine holds (its writes were complete).
@@ -143,6 +144,7 @@ pub struct Store {
     pub deny: BTreeSet<NodeId>,
     pub auto_approve: bool,
     pub audit: Vec<AuditEntry>,
+    pub sent_floor: u64,
 }
 
 impl Store {
@@ -176,6 +178,7 @@ impl Store {
                 }
                 StoreWrite::AutoApprove(on) => self.auto_approve = *on,
                 StoreWrite::Audit(a) => self.audit.push(a.clone()),
+                StoreWrite::SentFloor(ms) => self.sent_floor = self.sent_floor.max(*ms),
             }
         }
     }
