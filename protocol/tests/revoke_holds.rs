@@ -342,13 +342,8 @@ proptest! {
         }
     }
 
-    /// Ignored in the default run: under CI's 10,000 cases it still finds
-    /// schedules (restarts, crossed requests, a revoke overtaken by an older
-    /// accept) after which the two ends disagree. Issue 23 stays open for them;
-    /// run it with `cargo test -p kith-protocol --test revoke_holds -- --ignored`.
-    /// Each counterexample fixed becomes a plain regression test below.
+    /// Each counterexample it found became a plain regression test below.
     #[test]
-    #[ignore = "known counterexamples; see the doc comment"]
     fn once_everything_is_delivered_the_pair_is_allowed(
         ops in prop::collection::vec(op(), 1..80),
     ) {
