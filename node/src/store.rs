@@ -36,7 +36,8 @@ mod open;
 
 /// Bumped when a table's encoding changes; a newer file is refused, not misread,
 /// and an older one is upgraded on open (see [`migrate`]). 2: peer consent by origin.
-const SCHEMA_VERSION: u32 = 2;
+/// 3: the `Forgotten` trust state (a hidden tombstone that still owes the peer a word).
+const SCHEMA_VERSION: u32 = 3;
 /// The audit log keeps this many of the newest entries; older ones are dropped in the
 /// transaction that appends past it. An entry is at most a few KiB (its detail is
 /// bounded text), so the log stays within a few hundred MiB at worst, ~20 MiB typically.
@@ -207,8 +208,12 @@ impl Store {
             match found {
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema { found: v }),
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => {
-                    migrate::peers_v1_to_v2(&txn)?;
+                Some(v @ (1 | 2)) => {
+                    if v == 1 {
+                        migrate::peers_v1_to_v2(&txn)?;
+                    }
+                    // Schema 3 only added a trust state (`Forgotten`, appended), which
+                    // a schema-2 kith could not read: the records stay as they are.
                     meta.insert("schema", encode(&SCHEMA_VERSION).as_slice())
                         .map_err(db_err)?;
                 }

@@ -27,12 +27,15 @@ fn a_removed_records_last_timestamp_is_kept_across_a_restart() {
         assert_eq!(out.reply, Reply::Done);
         store.apply(&out.writes).unwrap();
     }
-    let sent = m.peer(&peer).map(|r| r.last_sent_ms);
-    assert_eq!(sent, None, "forgotten");
+    // The forgotten record is reaped once its last word is old enough.
+    let later = t0 + m.config().declined_reap_after_ms() + 1;
+    let out = m.handle(later, Input::Tick, &key, &mut rng);
+    store.apply(&out.writes).unwrap();
+    assert!(m.record(&peer).is_none(), "reaped");
     drop(store);
     let snapshot = Store::open(&path).unwrap().load().unwrap();
     assert!(snapshot.sent_floor > t0, "the withdrawal went out above t0");
-    // Restarted with the clock where it was: the new request is newer than both.
+    // Restarted with the clock back where it was: the new request is newer than both.
     let mut m = TrustMachine::restore(
         key.node_id(),
         Config::default(),

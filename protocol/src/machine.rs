@@ -266,12 +266,26 @@ impl TrustMachine {
         &self.config
     }
 
+    /// Our record of `id`; `None` for a peer we have none of, or forgot.
     pub fn peer(&self, id: &NodeId) -> Option<&PeerRecord> {
+        self.peers
+            .get(id)
+            .filter(|r| r.state != TrustState::Forgotten)
+    }
+
+    /// All records, ordered by id; forgotten ones are left out.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.records().filter(|r| r.state != TrustState::Forgotten)
+    }
+
+    /// Our record of `id`, forgotten or not: for reaching the peer (a forgotten
+    /// record may still owe it a word), never for showing or deciding.
+    pub fn record(&self, id: &NodeId) -> Option<&PeerRecord> {
         self.peers.get(id)
     }
 
-    /// All records, ordered by id.
-    pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
+    /// Every record, forgotten ones too, ordered by id: what the store holds.
+    pub fn records(&self) -> impl Iterator<Item = &PeerRecord> {
         self.peers.values()
     }
 

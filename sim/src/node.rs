@@ -152,7 +152,7 @@ impl SimNode {
 /// rebuilt from its store: everything but the in-memory replay cache.
 pub fn durable_view(m: &TrustMachine) -> DurableView<'_> {
     DurableView {
-        peers: m.peers().collect(),
+        peers: m.records().collect(),
         allow: m.allowlist().collect(),
         deny: m.denylist().collect(),
         auto_approve: m.config().auto_approve,

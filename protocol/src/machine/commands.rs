@@ -178,10 +178,7 @@ impl TrustMachine {
             }
             Command::Revoke { peer, reason } => {
                 text(&reason, MAX_TEXT_CHARS, TextField::Reason)?;
-                let rec = self
-                    .peers
-                    .get_mut(&peer)
-                    .ok_or(CommandError::UnknownPeer(peer))?;
+                let rec = self.live_mut(&peer)?;
                 if !matches!(rec.state, TrustState::Trusted | TrustState::Expired) {
                     return Err(CommandError::NotTrusted(peer));
                 }
@@ -200,7 +197,9 @@ impl TrustMachine {
             }
             Command::Dismiss { peer } => {
                 self.pending_incoming_mut(&peer)?;
-                self.remove_peer(cx, peer);
+                // Silently, unless their request came in after a word of ours: that
+                // word may still be owed to them (see `Resend`), so a tombstone keeps it.
+                self.forget_record(cx, peer);
                 cx.event(peer, EventKind::Dismissed);
                 cx.audit(Some(peer), AuditAction::Dismissed, None);
                 Ok(())
@@ -232,7 +231,8 @@ impl TrustMachine {
                 // their pending request goes quietly, and a request of ours is
                 // withdrawn (they are told, as for `cancel`).
                 match self.peers.get(&peer).map(|r| r.state) {
-                    Some(TrustState::IncomingPending) => self.remove_peer(cx, peer),
+                    // As `dismiss`: a tombstone keeps a word we may still owe them.
+                    Some(TrustState::IncomingPending) => self.forget_record(cx, peer),
                     Some(TrustState::OutgoingPending) => self.withdraw_request(cx, peer),
                     _ => {}
                 }
@@ -297,10 +297,7 @@ impl TrustMachine {
             Command::Rename { peer, name, note } => {
                 opt_text(&name, MAX_NAME_CHARS, TextField::Name)?;
                 opt_text(&note, MAX_TEXT_CHARS, TextField::Note)?;
-                let rec = self
-                    .peers
-                    .get_mut(&peer)
-                    .ok_or(CommandError::UnknownPeer(peer))?;
+                let rec = self.live_mut(&peer)?;
                 if let Some(name) = name {
                     rec.name = Some(name).filter(|s| !s.is_empty());
                 }
@@ -314,7 +311,7 @@ impl TrustMachine {
                 // A peer that trusts us must be told first (revoke, re-sent until
                 // acknowledged). A request of ours is withdrawn as the record goes:
                 // the peer is told once, best effort (no record is left to re-send).
-                match self.peers.get(&peer) {
+                match self.peer(&peer) {
                     None => return Err(CommandError::UnknownPeer(peer)),
                     Some(r) if r.is_trusted(now) => return Err(CommandError::ForgetTrusted(peer)),
                     Some(r) if r.state == TrustState::OutgoingPending => {
@@ -322,7 +319,7 @@ impl TrustMachine {
                     }
                     Some(_) => {}
                 }
-                self.remove_peer(cx, peer);
+                self.forget_record(cx, peer);
                 cx.event(peer, EventKind::Forgotten);
                 cx.audit(Some(peer), AuditAction::Forgotten, None);
                 Ok(())
@@ -385,8 +382,47 @@ impl TrustMachine {
         self.put_peer(cx, peer);
     }
 
+    /// Drops our record of `peer` as the operator sees it. A record we never sent
+    /// anything from goes at once; any other becomes a hidden `Forgotten` tombstone
+    /// (reaped like a declined record), so that a word of ours the peer has not
+    /// acknowledged is still re-sent, and an accept of theirs still gets a revoke.
+    fn forget_record<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: NodeId) {
+        let rec = self.peers.get_mut(&peer).expect("record exists");
+        if rec.last_sent_ms == 0 {
+            self.remove_peer(cx, peer);
+            return;
+        }
+        // Our own reason, if our last word was a no; theirs is not ours to repeat.
+        let ours = matches!(rec.state, TrustState::Rejected | TrustState::Revoked)
+            && rec.decided_by == Some(Decider::Operator);
+        if !ours {
+            rec.reason = None;
+        }
+        rec.state = TrustState::Forgotten;
+        rec.since_ms = cx.now;
+        rec.name = None;
+        rec.note = None;
+        rec.justification = None;
+        rec.expires_at_ms = None;
+        rec.decided_by = Some(Decider::Operator);
+        rec.consent = None;
+        self.put_peer(cx, peer);
+    }
+
+    /// A record the operator can act on: not one we forgot.
+    fn live_mut(&mut self, peer: &NodeId) -> Result<&mut PeerRecord, CommandError> {
+        self.peers
+            .get_mut(peer)
+            .filter(|r| r.state != TrustState::Forgotten)
+            .ok_or(CommandError::UnknownPeer(*peer))
+    }
+
     fn pending_incoming_mut(&mut self, peer: &NodeId) -> Result<&mut PeerRecord, CommandError> {
-        match self.peers.get_mut(peer) {
+        match self
+            .peers
+            .get_mut(peer)
+            .filter(|r| r.state != TrustState::Forgotten)
+        {
             None => Err(CommandError::UnknownPeer(*peer)),
             Some(r) if r.state != TrustState::IncomingPending => {
                 Err(CommandError::NotPending(*peer))

@@ -52,9 +52,20 @@ pub(super) fn standing_word(rec: &PeerRecord) -> Option<Kind> {
             reason: rec.reason.clone().unwrap_or_default(),
         }),
         TrustState::Expired => Some(Kind::Expire),
+        // We forgot them: whatever we said last, what stands is that we want
+        // nothing of them.
+        TrustState::Forgotten => Some(Kind::Revoke {
+            reason: rec
+                .reason
+                .clone()
+                .unwrap_or_else(|| FORGOTTEN_REASON.to_string()),
+        }),
         _ => None,
     }
 }
+
+/// The reason of the revoke a forgotten record re-sends when we had given no reason.
+pub const FORGOTTEN_REASON: &str = "forgotten";
 
 /// The reason sent back for an accept that answers no request of ours that
 /// stands (a decline of theirs spent it, or it crossed): they may ask again.

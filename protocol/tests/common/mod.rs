@@ -120,8 +120,8 @@ impl Node {
     pub fn assert_store_matches(&self) {
         let restored = self.restored();
         assert_eq!(
-            restored.peers().collect::<Vec<_>>(),
-            self.m.peers().collect::<Vec<_>>(),
+            restored.records().collect::<Vec<_>>(),
+            self.m.records().collect::<Vec<_>>(),
             "store peers differ from the machine's"
         );
         assert_eq!(
