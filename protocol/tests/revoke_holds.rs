@@ -575,3 +575,25 @@ fn a_word_owed_to_a_dismissed_request_is_still_delivered() {
     w.quiesce();
     w.check_allowed_pair();
 }
+
+/// `forget` of an approval past its expiry that no tick has seen yet: the expiry
+/// notice still goes out (from the tombstone), so the peer stops trusting.
+#[test]
+fn forget_of_a_lapsed_approval_still_tells_the_peer() {
+    let mut w = World::new();
+    for op in [
+        Op::Cmd(1, CmdKind::Request),
+        Op::Deliver(0),
+        Op::Cmd(0, CmdKind::ApproveFor(100)),
+        Op::Deliver(0),
+    ] {
+        w.run(op);
+    }
+    assert_eq!(w.state(1), Some(TrustState::Trusted));
+    // Past the expiry, with no tick in between.
+    w.now += 200;
+    w.run(Op::Cmd(0, CmdKind::Forget));
+    assert_eq!(w.state(0), None);
+    w.quiesce();
+    w.check_allowed_pair();
+}

@@ -309,11 +309,13 @@ impl TrustMachine {
             }
             Command::Forget { peer } => {
                 // A peer that trusts us must be told first (revoke, re-sent until
-                // acknowledged). A request of ours is withdrawn as the record goes:
-                // the peer is told once, best effort (no record is left to re-send).
+                // acknowledged). A request of ours is withdrawn, and an approval past
+                // its expiry (not yet ticked) expires, as the record goes: the
+                // tombstone re-sends what the peer has not acknowledged.
                 match self.peer(&peer) {
                     None => return Err(CommandError::UnknownPeer(peer)),
                     Some(r) if r.is_trusted(now) => return Err(CommandError::ForgetTrusted(peer)),
+                    Some(r) if r.lapsed(now) => self.expire_trust(cx, peer),
                     Some(r) if r.state == TrustState::OutgoingPending => {
                         self.withdraw_request(cx, peer);
                     }

@@ -116,10 +116,10 @@ pub enum TrustState {
     /// Our approval had an expiry and it passed; fails closed until a new handshake.
     Expired,
     /// Our operator forgot the peer (`forget`, or `dismiss` or `ignore` of a request
-    /// from a peer we had sent anything): hidden from every view, as if there were no record, but
-    /// kept (reaped like a declined record) so that a word of ours the peer has not
-    /// acknowledged is still re-sent, and an accept of theirs is still answered with
-    /// a revoke. Appended: states are stored by position.
+    /// from a peer we had sent anything): hidden from every view, as if there were
+    /// no record, but kept (reaped like a declined record) so that a word of ours
+    /// the peer has not acknowledged is still re-sent, and an accept of theirs is
+    /// still answered with a revoke. Appended: states are stored by position.
     Forgotten,
 }
 
