@@ -65,3 +65,28 @@ fn ignore_withdraws_our_request_and_the_peer_is_told() {
     );
     assert_ne!(b.peer_state(&c.node_id).as_deref(), Some("trusted"));
 }
+
+/// `forget` of a peer that has not yet heard our revoke (it was away): the revoke is
+/// still delivered when the peer is back, so it stops trusting us. Before, the forget
+/// dropped the queued revoke with the record and the peer kept showing us as trusted.
+#[test]
+fn a_revoke_queued_for_a_peer_that_is_away_survives_forget() {
+    let (mut a, b) = (TestNode::started(), TestNode::started());
+    a.run_ok(&["request", &b.ticket(), "-j", "hello"]);
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["approve", &a.node_id]);
+    a.wait_for_state(&b.node_id, "trusted");
+    let listen = a.json(&["status"])["listen"].as_str().unwrap().to_string();
+    a.stop();
+    b.run_ok(&["revoke", &a.node_id, "--reason", "retired"]);
+    b.run_ok(&["forget", &a.node_id]);
+    assert!(
+        b.peer(&a.node_id).is_none(),
+        "forgotten as the operator sees it"
+    );
+    // Past the first delivery attempt's dial (5 s): only the resender can reach A now.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    a.start_again_at(&listen);
+    a.wait_for_state(&b.node_id, "revoked_by_peer");
+    assert!(b.peer(&a.node_id).is_none());
+}

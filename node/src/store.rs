@@ -36,7 +36,8 @@ mod open;
 
 /// Bumped when a table's encoding changes; a newer file is refused, not misread,
 /// and an older one is upgraded on open (see [`migrate`]). 2: peer consent by origin.
-const SCHEMA_VERSION: u32 = 2;
+/// 3: the `Forgotten` trust state (a hidden tombstone that still owes the peer a word).
+const SCHEMA_VERSION: u32 = 3;
 /// The audit log keeps this many of the newest entries; older ones are dropped in the
 /// transaction that appends past it. An entry is at most a few KiB (its detail is
 /// bounded text), so the log stays within a few hundred MiB at worst, ~20 MiB typically.
@@ -115,6 +116,9 @@ pub struct Snapshot {
     pub deny: Vec<NodeId>,
     /// The auto-approve policy as last set by command (false if never set).
     pub auto_approve: bool,
+    /// The floor of our envelope timestamps kept from removed records
+    /// (`StoreWrite::SentFloor`; 0 if never set).
+    pub sent_floor: u64,
     /// How each peer is reached.
     pub reach: Vec<(NodeId, PeerReach)>,
     /// Peers owed an unacknowledged message, and since when (ms).
@@ -204,8 +208,12 @@ impl Store {
             match found {
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema { found: v }),
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => {
-                    migrate::peers_v1_to_v2(&txn)?;
+                Some(v @ (1 | 2)) => {
+                    if v == 1 {
+                        migrate::peers_v1_to_v2(&txn)?;
+                    }
+                    // Schema 3 only added a trust state (`Forgotten`, appended), which
+                    // a schema-2 kith could not read: the records stay as they are.
                     meta.insert("schema", encode(&SCHEMA_VERSION).as_slice())
                         .map_err(db_err)?;
                 }
@@ -331,6 +339,14 @@ impl Store {
             .map_err(db_err)?
         {
             snapshot.auto_approve = decode("meta", v.value())?;
+        }
+        if let Some(v) = txn
+            .open_table(META)
+            .map_err(db_err)?
+            .get("sent_floor")
+            .map_err(db_err)?
+        {
+            snapshot.sent_floor = decode("meta", v.value())?;
         }
         for item in txn
             .open_table(REACH)
@@ -469,6 +485,18 @@ impl Store {
                     }
                     StoreWrite::AutoApprove(on) => {
                         meta.insert("auto_approve", encode(on).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    StoreWrite::SentFloor(ms) => {
+                        // Only ever raised: writes of one batch come in order, but
+                        // keep the maximum whatever the order.
+                        let old = meta
+                            .get("sent_floor")
+                            .map_err(db_err)?
+                            .map(|v| decode::<u64>("meta", v.value()))
+                            .transpose()?
+                            .unwrap_or(0);
+                        meta.insert("sent_floor", encode(&old.max(*ms)).as_slice())
                             .map_err(db_err)?;
                     }
                     StoreWrite::Audit(entry) => {

@@ -123,6 +123,11 @@ pub struct TrustMachine {
     /// the records on restore; not part of a snapshot.
     #[serde(skip_serializing)]
     sent_floor: u64,
+    /// The part of `sent_floor` that removed records held, as last stored
+    /// ([`StoreWrite::SentFloor`]): a record removed with a higher `last_sent_ms`
+    /// writes it, so the floor survives a restart that the record does not.
+    #[serde(skip_serializing)]
+    stored_floor: u64,
     /// Which relay each relayed pending request came through; not stored.
     #[serde(skip_serializing)]
     relayed: RelayBuckets,
@@ -190,6 +195,7 @@ impl From<MachineSnapshot> for TrustMachine {
         TrustMachine {
             index: RecordIndex::build(&s.peers),
             sent_floor: sent_floor(&s.peers),
+            stored_floor: 0,
             local: s.local,
             config: s.config,
             peers: s.peers,
@@ -214,6 +220,7 @@ impl TrustMachine {
             nonces: NonceCache::default(),
             index: RecordIndex::default(),
             sent_floor: 0,
+            stored_floor: 0,
             relayed: RelayBuckets::default(),
             reaped_floor_ms: 0,
             withdrawn: Withdrawn::default(),
@@ -243,6 +250,14 @@ impl TrustMachine {
         m
     }
 
+    /// Raises the floor of our timestamps to what the store kept of removed records
+    /// ([`StoreWrite::SentFloor`]); call after [`TrustMachine::restore`].
+    pub fn with_sent_floor(mut self, floor_ms: u64) -> Self {
+        self.sent_floor = self.sent_floor.max(floor_ms);
+        self.stored_floor = self.stored_floor.max(floor_ms);
+        self
+    }
+
     pub fn local(&self) -> NodeId {
         self.local
     }
@@ -251,12 +266,26 @@ impl TrustMachine {
         &self.config
     }
 
+    /// Our record of `id`; `None` for a peer we have none of, or forgot.
     pub fn peer(&self, id: &NodeId) -> Option<&PeerRecord> {
+        self.peers
+            .get(id)
+            .filter(|r| r.state != TrustState::Forgotten)
+    }
+
+    /// All records, ordered by id; forgotten ones are left out.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.records().filter(|r| r.state != TrustState::Forgotten)
+    }
+
+    /// Our record of `id`, forgotten or not: for reaching the peer (a forgotten
+    /// record may still owe it a word), never for showing or deciding.
+    pub fn record(&self, id: &NodeId) -> Option<&PeerRecord> {
         self.peers.get(id)
     }
 
-    /// All records, ordered by id.
-    pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
+    /// Every record, forgotten ones too, ordered by id: what the store holds.
+    pub fn records(&self) -> impl Iterator<Item = &PeerRecord> {
         self.peers.values()
     }
 
@@ -392,14 +421,7 @@ impl TrustMachine {
                 .high_water_ms
                 .max(cx.seen.filter(|(id, _)| *id == to).map_or(0, |(_, ts)| ts));
         }
-        // Strictly above what we sent this peer before; a new record starts above
-        // everything we ever sent (it may be a peer we forgot, which remembers us).
-        let floor = if rec.last_sent_ms == 0 {
-            self.sent_floor
-        } else {
-            rec.last_sent_ms
-        };
-        let timestamp_ms = cx.now.max(floor.saturating_add(1));
+        let timestamp_ms = next_timestamp(rec, self.sent_floor, cx.now);
         rec.last_sent_ms = timestamp_ms;
         self.sent_floor = self.sent_floor.max(timestamp_ms);
         if timestamp_ms > cx.now.saturating_add(CLOCK_BEHIND_MS) {
@@ -440,11 +462,17 @@ impl TrustMachine {
     }
 
     fn remove_peer<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, id: NodeId) {
-        self.peers.remove(&id);
+        let last_sent_ms = self.peers.remove(&id).map_or(0, |r| r.last_sent_ms);
         self.index.update(id, None);
         self.relayed.set(id, None);
         cx.unwrite_peer(&id);
         cx.out.writes.push(StoreWrite::RemovePeer(id));
+        if last_sent_ms > self.stored_floor {
+            // The peer remembers our timestamps; a record made for it again, even
+            // after a restart, must start above them.
+            self.stored_floor = last_sent_ms;
+            cx.out.writes.push(StoreWrite::SentFloor(last_sent_ms));
+        }
     }
 }
 
@@ -477,6 +505,18 @@ fn decline(rec: &mut PeerRecord, now: u64, state: TrustState, reason: String) {
     rec.expires_at_ms = None;
     rec.reason = Some(reason);
     rec.consent = None;
+}
+
+/// The timestamp of our next envelope to `rec`'s peer: strictly above what we sent
+/// it before; a new record starts above everything we ever sent (`sent_floor`: it
+/// may be a peer we forgot, which remembers us).
+fn next_timestamp(rec: &PeerRecord, sent_floor: u64, now: u64) -> u64 {
+    let floor = if rec.last_sent_ms == 0 {
+        sent_floor
+    } else {
+        rec.last_sent_ms
+    };
+    now.max(floor.saturating_add(1))
 }
 
 fn sent_floor(peers: &BTreeMap<NodeId, PeerRecord>) -> u64 {

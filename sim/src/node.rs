@@ -25,6 +25,8 @@ pub struct Store {
     pub auto_approve: bool,
     /// Audit entries written (only counted: nothing reads them back).
     pub audit_entries: u64,
+    /// The timestamp floor kept from removed records (`StoreWrite::SentFloor`).
+    pub sent_floor: u64,
 }
 
 /// A trust flip seen while applying writes: `peer`'s trust went to `trusted`.
@@ -77,6 +79,7 @@ impl Store {
                 }
                 StoreWrite::AutoApprove(on) => self.auto_approve = *on,
                 StoreWrite::Audit(_) => self.audit_entries += 1,
+                StoreWrite::SentFloor(ms) => self.sent_floor = self.sent_floor.max(*ms),
             }
         }
     }
@@ -141,6 +144,7 @@ impl SimNode {
             self.store.allow.clone(),
             self.store.deny.iter().copied(),
         )
+        .with_sent_floor(self.store.sent_floor)
     }
 }
 
@@ -148,7 +152,7 @@ impl SimNode {
 /// rebuilt from its store: everything but the in-memory replay cache.
 pub fn durable_view(m: &TrustMachine) -> DurableView<'_> {
     DurableView {
-        peers: m.peers().collect(),
+        peers: m.records().collect(),
         allow: m.allowlist().collect(),
         deny: m.denylist().collect(),
         auto_approve: m.config().auto_approve,

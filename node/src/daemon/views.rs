@@ -25,6 +25,8 @@ pub fn state_name(state: &TrustState) -> &'static str {
         TrustState::Revoked => "revoked",
         TrustState::RevokedByPeer => "revoked_by_peer",
         TrustState::Expired => "expired",
+        // Never shown: the machine hides forgotten records from every view.
+        TrustState::Forgotten => "forgotten",
     }
 }
 

@@ -131,7 +131,8 @@ impl NodeBuilder {
             snapshot.peers,
             snapshot.allow,
             snapshot.deny,
-        );
+        )
+        .with_sent_floor(snapshot.sent_floor);
         for alpn in &self.protocols {
             app::check_alpn(alpn)?;
         }

@@ -521,7 +521,8 @@ impl CoreState {
                     .zip(seqs)
                     .map(|(envelope, seq)| {
                         let to = envelope.body.to;
-                        let known = dial_addrs(machine.peer(&to));
+                        // A forgotten record still reaches the peer it owes a word.
+                        let known = dial_addrs(machine.record(&to));
                         let r = reach.lock().unwrap().get(&to).cloned();
                         Outgoing {
                             targets: targets(&known, r.as_ref(), home.as_ref()),

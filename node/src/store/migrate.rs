@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(get(&declined.id).consent, None, "a decline spent it");
         assert_eq!(get(&asking.id).consent, Some(Consent::Asked { at_ms: 0 }));
         drop(store);
-        // Upgraded once: a second open reads schema 2 as it is.
+        // Upgraded once: a second open reads the current schema as it is.
         let again = super::super::Store::open(&path).unwrap().load().unwrap();
         assert_eq!(again.peers.len(), 3);
     }

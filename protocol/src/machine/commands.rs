@@ -13,7 +13,7 @@ use super::consent;
 use super::{
     ACCEPT, AllowEntry, AuditAction, Command, CommandError, Consent, Cx, Decider, EventKind,
     MAX_NAME_CHARS, PeerRecord, StoreWrite, TextField, TrustMachine, TrustState, WITHDRAWN_REASON,
-    decline, grant,
+    decline, grant, next_timestamp,
 };
 use crate::validate::{TextError, check_text};
 use crate::wire::{Kind, MAX_TEXT_CHARS};
@@ -72,8 +72,13 @@ impl TrustMachine {
                         if lapsed {
                             self.expire_trust(cx, to);
                         }
+                        // A decline of theirs that found no record (see `withdrawn`)
+                        // becomes the new record's mark, so it outlives a restart.
+                        let withdrawn_ms = self.withdrawn.get(&to);
                         let rec = self.peers.entry(to).or_insert_with(|| {
-                            PeerRecord::new(to, TrustState::OutgoingPending, now)
+                            let mut rec = PeerRecord::new(to, TrustState::OutgoingPending, now);
+                            rec.high_water_ms = withdrawn_ms;
+                            rec
                         });
                         if rec.state != TrustState::OutgoingPending {
                             rec.state = TrustState::OutgoingPending;
@@ -88,7 +93,7 @@ impl TrustMachine {
                         if !matches!(rec.consent, Some(Consent::Asked { .. })) {
                             // Our request's first envelope is timestamped above this.
                             rec.consent = Some(Consent::Asked {
-                                at_ms: now.max(rec.last_sent_ms.saturating_add(1)),
+                                at_ms: next_timestamp(rec, self.sent_floor, now),
                             });
                         }
                         if address.is_some() {
@@ -173,10 +178,7 @@ impl TrustMachine {
             }
             Command::Revoke { peer, reason } => {
                 text(&reason, MAX_TEXT_CHARS, TextField::Reason)?;
-                let rec = self
-                    .peers
-                    .get_mut(&peer)
-                    .ok_or(CommandError::UnknownPeer(peer))?;
+                let rec = self.live_mut(&peer)?;
                 if !matches!(rec.state, TrustState::Trusted | TrustState::Expired) {
                     return Err(CommandError::NotTrusted(peer));
                 }
@@ -195,7 +197,9 @@ impl TrustMachine {
             }
             Command::Dismiss { peer } => {
                 self.pending_incoming_mut(&peer)?;
-                self.remove_peer(cx, peer);
+                // Silently, unless their request came in after a word of ours: that
+                // word may still be owed to them (see `Resend`), so a tombstone keeps it.
+                self.forget_record(cx, peer);
                 cx.event(peer, EventKind::Dismissed);
                 cx.audit(Some(peer), AuditAction::Dismissed, None);
                 Ok(())
@@ -227,7 +231,8 @@ impl TrustMachine {
                 // their pending request goes quietly, and a request of ours is
                 // withdrawn (they are told, as for `cancel`).
                 match self.peers.get(&peer).map(|r| r.state) {
-                    Some(TrustState::IncomingPending) => self.remove_peer(cx, peer),
+                    // As `dismiss`: a tombstone keeps a word we may still owe them.
+                    Some(TrustState::IncomingPending) => self.forget_record(cx, peer),
                     Some(TrustState::OutgoingPending) => self.withdraw_request(cx, peer),
                     _ => {}
                 }
@@ -292,10 +297,7 @@ impl TrustMachine {
             Command::Rename { peer, name, note } => {
                 opt_text(&name, MAX_NAME_CHARS, TextField::Name)?;
                 opt_text(&note, MAX_TEXT_CHARS, TextField::Note)?;
-                let rec = self
-                    .peers
-                    .get_mut(&peer)
-                    .ok_or(CommandError::UnknownPeer(peer))?;
+                let rec = self.live_mut(&peer)?;
                 if let Some(name) = name {
                     rec.name = Some(name).filter(|s| !s.is_empty());
                 }
@@ -307,17 +309,19 @@ impl TrustMachine {
             }
             Command::Forget { peer } => {
                 // A peer that trusts us must be told first (revoke, re-sent until
-                // acknowledged). A request of ours is withdrawn as the record goes:
-                // the peer is told once, best effort (no record is left to re-send).
-                match self.peers.get(&peer) {
+                // acknowledged). A request of ours is withdrawn, and an approval past
+                // its expiry (not yet ticked) expires, as the record goes: the
+                // tombstone re-sends what the peer has not acknowledged.
+                match self.peer(&peer) {
                     None => return Err(CommandError::UnknownPeer(peer)),
                     Some(r) if r.is_trusted(now) => return Err(CommandError::ForgetTrusted(peer)),
+                    Some(r) if r.lapsed(now) => self.expire_trust(cx, peer),
                     Some(r) if r.state == TrustState::OutgoingPending => {
                         self.withdraw_request(cx, peer);
                     }
                     Some(_) => {}
                 }
-                self.remove_peer(cx, peer);
+                self.forget_record(cx, peer);
                 cx.event(peer, EventKind::Forgotten);
                 cx.audit(Some(peer), AuditAction::Forgotten, None);
                 Ok(())
@@ -340,6 +344,12 @@ impl TrustMachine {
                         justification: rec.justification.clone().unwrap_or_default(),
                     },
                     TrustState::Trusted if !rec.lapsed(now) => ACCEPT,
+                    // A request of theirs came in after a word of ours they have not
+                    // acknowledged (a revoke, say, that an older accept overtook):
+                    // whatever it was, what stands now is that we do not trust them
+                    // and their request waits. `Expire` says exactly that, and never
+                    // spends a request they made since (a decline would).
+                    TrustState::IncomingPending if rec.last_sent_ms > 0 => Kind::Expire,
                     _ => consent::standing_word(rec).ok_or(CommandError::NothingToResend(peer))?,
                 };
                 self.send(cx, peer, kind);
@@ -374,8 +384,47 @@ impl TrustMachine {
         self.put_peer(cx, peer);
     }
 
+    /// Drops our record of `peer` as the operator sees it. A record we never sent
+    /// anything from goes at once; any other becomes a hidden `Forgotten` tombstone
+    /// (reaped like a declined record), so that a word of ours the peer has not
+    /// acknowledged is still re-sent, and an accept of theirs still gets a revoke.
+    fn forget_record<R: ?Sized>(&mut self, cx: &mut Cx<'_, R>, peer: NodeId) {
+        let rec = self.peers.get_mut(&peer).expect("record exists");
+        if rec.last_sent_ms == 0 {
+            self.remove_peer(cx, peer);
+            return;
+        }
+        // Our own reason, if our last word was a no; theirs is not ours to repeat.
+        let ours = matches!(rec.state, TrustState::Rejected | TrustState::Revoked)
+            && rec.decided_by == Some(Decider::Operator);
+        if !ours {
+            rec.reason = None;
+        }
+        rec.state = TrustState::Forgotten;
+        rec.since_ms = cx.now;
+        rec.name = None;
+        rec.note = None;
+        rec.justification = None;
+        rec.expires_at_ms = None;
+        rec.decided_by = Some(Decider::Operator);
+        rec.consent = None;
+        self.put_peer(cx, peer);
+    }
+
+    /// A record the operator can act on: not one we forgot.
+    fn live_mut(&mut self, peer: &NodeId) -> Result<&mut PeerRecord, CommandError> {
+        self.peers
+            .get_mut(peer)
+            .filter(|r| r.state != TrustState::Forgotten)
+            .ok_or(CommandError::UnknownPeer(*peer))
+    }
+
     fn pending_incoming_mut(&mut self, peer: &NodeId) -> Result<&mut PeerRecord, CommandError> {
-        match self.peers.get_mut(peer) {
+        match self
+            .peers
+            .get_mut(peer)
+            .filter(|r| r.state != TrustState::Forgotten)
+        {
             None => Err(CommandError::UnknownPeer(*peer)),
             Some(r) if r.state != TrustState::IncomingPending => {
                 Err(CommandError::NotPending(*peer))

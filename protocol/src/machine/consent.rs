@@ -52,18 +52,30 @@ pub(super) fn standing_word(rec: &PeerRecord) -> Option<Kind> {
             reason: rec.reason.clone().unwrap_or_default(),
         }),
         TrustState::Expired => Some(Kind::Expire),
+        // We forgot them: whatever we said last, what stands is that we want
+        // nothing of them.
+        TrustState::Forgotten => Some(Kind::Revoke {
+            reason: rec
+                .reason
+                .clone()
+                .unwrap_or_else(|| FORGOTTEN_REASON.to_string()),
+        }),
         _ => None,
     }
 }
+
+/// The reason of the revoke a forgotten record re-sends when we had given no reason.
+pub const FORGOTTEN_REASON: &str = "forgotten";
 
 /// The reason sent back for an accept that answers no request of ours that
 /// stands (a decline of theirs spent it, or it crossed): they may ask again.
 pub const SPENT_REASON: &str = "no request of ours stands for this accept; ask again";
 
 impl TrustMachine {
-    /// `Expire` from `from`: their approval of us lapsed. Unlike a decline it does
-    /// not spend our consent: a request of ours stands again, waiting for them to
-    /// renew (`approve`) or for us to ask again.
+    /// `Expire` from `from`: their approval of us lapsed, or (re-sent for a word we
+    /// have not acknowledged) they do not trust us and a request of ours waits with
+    /// them. Unlike a decline it does not spend our consent: a request of ours stands
+    /// again, waiting for them to renew (`approve`) or for us to ask again.
     pub(super) fn on_expire<R: RngCore + CryptoRng + ?Sized>(
         &mut self,
         cx: &mut Cx<'_, R>,

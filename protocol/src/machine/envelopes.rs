@@ -336,7 +336,10 @@ impl TrustMachine {
             // We said no (or our approval expired) and they trust us: our word
             // did not reach them before their accept (e.g. a withdrawal that
             // overtook the request it withdraws). Say it again; nothing changes here.
-            TrustState::Rejected | TrustState::Revoked | TrustState::Expired => {
+            TrustState::Rejected
+            | TrustState::Revoked
+            | TrustState::Expired
+            | TrustState::Forgotten => {
                 let state = rec.state;
                 let word = consent::standing_word(rec).expect("a decided state has a word");
                 self.send(cx, from, word);
@@ -369,8 +372,10 @@ impl TrustMachine {
             return Err(Refusal::Unsolicited);
         };
         match rec.state {
-            // We already said no ourselves; that stays the record.
-            TrustState::Rejected | TrustState::Revoked => Ok(Applied::Yes(rec.state.ack_status())),
+            // We already said no ourselves (or forgot them); that stays the record.
+            TrustState::Rejected | TrustState::Revoked | TrustState::Forgotten => {
+                Ok(Applied::Yes(rec.state.ack_status()))
+            }
             _ => {
                 rec.state = if revoke {
                     TrustState::RevokedByPeer

@@ -160,7 +160,7 @@ impl RecordIndex {
 pub(super) enum Declined {
     /// We rejected their request.
     ByUs,
-    /// They rejected or revoked, and no request of ours stands.
+    /// They rejected or revoked, and no request of ours stands; or we forgot them.
     ByPeer,
 }
 
@@ -170,6 +170,7 @@ fn declined(rec: &PeerRecord) -> Option<Declined> {
         TrustState::RejectedByPeer | TrustState::RevokedByPeer if rec.consent.is_none() => {
             Some(Declined::ByPeer)
         }
+        TrustState::Forgotten => Some(Declined::ByPeer),
         _ => None,
     }
 }

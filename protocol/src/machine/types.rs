@@ -115,6 +115,12 @@ pub enum TrustState {
     RevokedByPeer,
     /// Our approval had an expiry and it passed; fails closed until a new handshake.
     Expired,
+    /// Our operator forgot the peer (`forget`, or `dismiss` or `ignore` of a request
+    /// from a peer we had sent anything): hidden from every view, as if there were
+    /// no record, but kept (reaped like a declined record) so that a word of ours
+    /// the peer has not acknowledged is still re-sent, and an accept of theirs is
+    /// still answered with a revoke. Appended: states are stored by position.
+    Forgotten,
 }
 
 impl TrustState {
@@ -129,6 +135,7 @@ impl TrustState {
             TrustState::Revoked => "revoked",
             TrustState::RevokedByPeer => "revoked-by-peer",
             TrustState::Expired => "expired",
+            TrustState::Forgotten => "forgotten",
         }
     }
 
@@ -140,6 +147,7 @@ impl TrustState {
             TrustState::Rejected | TrustState::RejectedByPeer => AckStatus::Rejected,
             TrustState::Revoked | TrustState::RevokedByPeer => AckStatus::Revoked,
             TrustState::Expired => AckStatus::Expired,
+            TrustState::Forgotten => AckStatus::Revoked,
         }
     }
 }
@@ -372,6 +380,10 @@ pub enum StoreWrite {
     /// The auto-approve policy changed.
     AutoApprove(bool),
     Audit(AuditEntry),
+    /// A removed record held the highest timestamp we sent anyone: keep it, and
+    /// pass it to [`TrustMachine::with_sent_floor`](super::TrustMachine::with_sent_floor)
+    /// on restore (only ever raised).
+    SentFloor(u64),
 }
 
 /// One thing for the machine to process.

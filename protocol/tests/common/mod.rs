@@ -113,14 +113,15 @@ impl Node {
             self.store.allow.clone(),
             self.store.deny.iter().copied(),
         )
+        .with_sent_floor(self.store.sent_floor)
     }
 
     /// The store holds exactly what the machine holds (its writes were complete).
     pub fn assert_store_matches(&self) {
         let restored = self.restored();
         assert_eq!(
-            restored.peers().collect::<Vec<_>>(),
-            self.m.peers().collect::<Vec<_>>(),
+            restored.records().collect::<Vec<_>>(),
+            self.m.records().collect::<Vec<_>>(),
             "store peers differ from the machine's"
         );
         assert_eq!(
@@ -143,6 +144,7 @@ pub struct Store {
     pub deny: BTreeSet<NodeId>,
     pub auto_approve: bool,
     pub audit: Vec<AuditEntry>,
+    pub sent_floor: u64,
 }
 
 impl Store {
@@ -176,6 +178,7 @@ impl Store {
                 }
                 StoreWrite::AutoApprove(on) => self.auto_approve = *on,
                 StoreWrite::Audit(a) => self.audit.push(a.clone()),
+                StoreWrite::SentFloor(ms) => self.sent_floor = self.sent_floor.max(*ms),
             }
         }
     }
