@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use comfy_table::{Cell, CellAlignment, Table, presets};
 use kith_keys::NodeKey;
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_node::{Node, NodeBuilder};
 use kith_protocol::machine::{Command, TrustState};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};

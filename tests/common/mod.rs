@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod service;
+
 pub fn kith_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kith")
 }

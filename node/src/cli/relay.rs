@@ -216,6 +216,13 @@ pub fn print_status(ctx: &Context, s: &RelayServerView) -> anyhow::Result<u8> {
         s.refused
     )?;
     outln!("queued    {} now", s.queued)?;
+    outln!(
+        "packets   {} relayed ({} bytes of application connections), {} refused, {} dropped",
+        s.packets_relayed,
+        s.packet_bytes_relayed,
+        s.packets_refused,
+        s.packets_dropped
+    )?;
     if s.conflicts > 0 {
         outln!("conflicts {} identity conflicts reported", s.conflicts)?;
     }

@@ -40,6 +40,8 @@ use rustls::{
     PeerMisbehaved, SignatureScheme,
 };
 
+use super::path::{PathSocket, RelayPaths};
+
 /// The one application protocol a kith node speaks. A peer offering anything else
 /// (or nothing) is refused by the TLS layer: QUIC requires an ALPN match.
 pub const ALPN: &[u8] = b"kith/1";
@@ -282,6 +284,33 @@ pub fn make_endpoint_with(
     bind_endpoint(listen, server_config_with(identity, apps)?)
 }
 
+/// The node's own endpoint: [`make_endpoint_with`] over a [`PathSocket`], so that one
+/// endpoint dials and accepts both directly and through relays. Returns the relay
+/// side of the socket for the link code, and the UDP socket's local address.
+pub fn make_path_endpoint(
+    identity: &Identity,
+    listen: SocketAddr,
+    apps: &[Vec<u8>],
+) -> Result<(quinn::Endpoint, Arc<RelayPaths>, SocketAddr), TlsError> {
+    let bind_err = |source| TlsError::Bind {
+        addr: listen,
+        source,
+    };
+    let socket = bind_udp(listen).map_err(bind_err)?;
+    let local = socket.local_addr().map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime is running")))?;
+    let (socket, paths) = PathSocket::new(socket).map_err(bind_err)?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config_with(identity, apps)?),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)?;
+    Ok((endpoint, paths, local))
+}
+
 /// [`make_endpoint`] for a relay: it accepts only relay links ([`RELAY_ALPN`]).
 pub fn make_relay_endpoint(
     identity: &Identity,
@@ -358,8 +387,12 @@ pub async fn dial_relay(
     addr: SocketAddr,
     expected: NodeId,
 ) -> Result<quinn::Connection, TlsError> {
-    let (config, refused) =
-        client_config_reporting(identity, expected, RELAY_ALPN, transport_config(true))?;
+    let (config, refused) = client_config_reporting(
+        identity,
+        expected,
+        RELAY_ALPN,
+        relay_link_transport_config(),
+    )?;
     dial_with(endpoint, config, refused, addr, expected).await
 }
 
@@ -481,6 +514,31 @@ fn transport_config(keep_alive: bool) -> Arc<TransportConfig> {
     // No path MTU discovery: a kith message fits in the 1,200-byte datagram every
     // QUIC path carries, and each probe is ~1,450 bytes of PADDING that the receiver
     // parses frame by frame. Probing cost a direct handshake ~60 µs at p50 (bench).
+    transport.mtu_discovery_config(None);
+    Arc::new(transport)
+}
+
+/// Unread bytes a relay link may hold, each way, once it carries packets (the node
+/// dials with it; the relay raises a registered client's connection to it). The relay
+/// and the node read packet streams as fast as they come, so this bounds bursts, not
+/// a backlog.
+pub const RELAY_LINK_WINDOW: u32 = 2 << 20;
+/// Unidirectional streams either side of a relay link may open at once: the packet
+/// stream, and its successor while the old one is being torn down.
+pub const RELAY_DATA_STREAMS: u32 = 2;
+
+/// The transport of a relay link as the node dials it: [`transport_config`] with
+/// room for the relay's packet stream ([`super::frames`]).
+fn relay_link_transport_config() -> Arc<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
+        IDLE_TIMEOUT.as_millis() as u32,
+    ))));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(RELAY_DATA_STREAMS));
+    transport.stream_receive_window(VarInt::from_u32(RELAY_LINK_WINDOW));
+    transport.receive_window(VarInt::from_u32(RELAY_LINK_WINDOW));
     transport.mtu_discovery_config(None);
     Arc::new(transport)
 }

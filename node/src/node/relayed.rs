@@ -1,0 +1,94 @@
+//! Relayed packets on this node's relay links: the writer that drains a relay's
+//! outbound queue (filled by the endpoint's socket, [`crate::transport::path`]) into
+//! the link's packet stream, and the reader that hands what the relay delivers back
+//! to the socket. Framing: [`crate::transport::frames`].
+//!
+//! Every link (the home relay's, after each reconnect, and on-demand ones) gets both;
+//! a new link to a relay takes the queue over once the old link's writer stopped, so
+//! application connections carry on over a relay that restarted.
+//!
+//! It must never block the endpoint (the queues drop when full) or look into a
+//! packet: they are QUIC ciphertext of connections the endpoint authenticates.
+
+use std::sync::Arc;
+
+use kith_keys::NodeId;
+use tracing::debug;
+
+use super::Shared;
+use crate::transport::frames;
+
+/// Starts carrying packets over `conn`, a link to `relay`, until it closes.
+pub(super) fn start(shared: &Arc<Shared>, conn: &quinn::Connection, relay: NodeId) {
+    tokio::spawn(write_packets(shared.clone(), conn.clone(), relay));
+    tokio::spawn(read_packets(shared.clone(), conn.clone(), relay));
+}
+
+async fn write_packets(shared: Arc<Shared>, conn: quinn::Connection, relay: NodeId) {
+    let queue = shared.paths.outbound(relay);
+    let mut queue = tokio::select! {
+        _ = conn.closed() => return,
+        queue = queue.lock() => queue,
+    };
+    let mut stream: Option<quinn::SendStream> = None;
+    let mut buf = Vec::with_capacity(frames::BATCH_BYTES + frames::HEADER_LEN + 1500);
+    loop {
+        let first = tokio::select! {
+            _ = conn.closed() => return,
+            next = queue.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        buf.clear();
+        frames::encode(&mut buf, &first.dst, &first.packet);
+        while buf.len() < frames::BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(next) => frames::encode(&mut buf, &next.dst, &next.packet),
+                Err(_) => break,
+            }
+        }
+        if stream.is_none() {
+            let mut opened = match conn.open_uni().await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(%relay, error = %e, "cannot open the packet stream");
+                    return;
+                }
+            };
+            if opened.write_all(&[frames::DATA_STREAM_TAG]).await.is_err() {
+                return;
+            }
+            stream = Some(opened);
+        }
+        if let Some(s) = stream.as_mut() {
+            if let Err(e) = s.write_all(&buf).await {
+                debug!(%relay, error = %e, "the packet stream failed");
+                return;
+            }
+        }
+    }
+}
+
+async fn read_packets(shared: Arc<Shared>, conn: quinn::Connection, relay: NodeId) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = frames::read_tag(&mut recv).await {
+                debug!(%relay, error = %e, "not a packet stream");
+                let _ = recv.stop(0u32.into());
+                return;
+            }
+            loop {
+                match frames::read_frame(&mut recv).await {
+                    Ok(Some((src, packet))) => shared.paths.deliver(relay, src, packet),
+                    Ok(None) => return,
+                    Err(e) => {
+                        debug!(%relay, error = %e, "the relay's packet stream ended");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
