@@ -66,12 +66,13 @@ async fn bare_dialler(relay: RelayRef) -> (tls::Identity, quinn::Endpoint, Arc<R
     });
     let inbound = paths.clone();
     tokio::spawn(async move {
-        while let Ok(mut recv) = link.accept_uni().await {
+        while let Ok(recv) = link.accept_uni().await {
             let paths = inbound.clone();
             tokio::spawn(async move {
-                frames::read_tag(&mut recv).await.unwrap();
-                while let Ok(Some((src, packet))) = frames::read_frame(&mut recv).await {
-                    paths.deliver(id, src, packet);
+                let mut reader = frames::FrameReader::new(recv);
+                let mut batch = Vec::new();
+                while let Ok(true) = reader.next_batch(&mut batch).await {
+                    paths.deliver(id, &mut batch);
                 }
             });
         }
@@ -193,25 +194,28 @@ async fn lying_relay(forged: NodeId) -> LyingRelay {
                         }
                     }
                 });
-                while let Ok(mut recv) = conn.accept_uni().await {
+                while let Ok(recv) = conn.accept_uni().await {
                     let queues = queues.clone();
                     tokio::spawn(async move {
-                        frames::read_tag(&mut recv).await.unwrap();
-                        while let Ok(Some((dst, packet))) = frames::read_frame(&mut recv).await {
-                            let queues = queues.lock().unwrap();
-                            if dst == *forged.as_bytes() {
-                                // Replies to the forged sender go to the real one.
-                                if let Some(q) = queues.get(&client_other(&queues, &client)) {
-                                    let _ = q.try_send((*client.as_bytes(), packet));
+                        let mut reader = frames::FrameReader::new(recv);
+                        let mut batch = Vec::new();
+                        while let Ok(true) = reader.next_batch(&mut batch).await {
+                            for (dst, packet) in batch.drain(..) {
+                                let queues = queues.lock().unwrap();
+                                if dst == *forged.as_bytes() {
+                                    // Replies to the forged sender go to the real one.
+                                    if let Some(q) = queues.get(&client_other(&queues, &client)) {
+                                        let _ = q.try_send((*client.as_bytes(), packet));
+                                    }
+                                    continue;
                                 }
-                                continue;
+                                let Some(q) = queues.iter().find(|(id, _)| id.as_bytes() == &dst)
+                                else {
+                                    continue;
+                                };
+                                // Whatever the dialler sends claims to come from `forged`.
+                                let _ = q.1.try_send((*forged.as_bytes(), packet));
                             }
-                            let Some(q) = queues.iter().find(|(id, _)| id.as_bytes() == &dst)
-                            else {
-                                continue;
-                            };
-                            // Whatever the dialler sends claims to come from `forged`.
-                            let _ = q.1.try_send((*forged.as_bytes(), packet));
                         }
                     });
                 }

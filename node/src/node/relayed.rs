@@ -71,20 +71,18 @@ async fn write_packets(shared: Arc<Shared>, conn: quinn::Connection, relay: Node
 }
 
 async fn read_packets(shared: Arc<Shared>, conn: quinn::Connection, relay: NodeId) {
-    while let Ok(mut recv) = conn.accept_uni().await {
+    while let Ok(recv) = conn.accept_uni().await {
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = frames::read_tag(&mut recv).await {
-                debug!(%relay, error = %e, "not a packet stream");
-                let _ = recv.stop(0u32.into());
-                return;
-            }
+            let mut reader = frames::FrameReader::new(recv);
+            let mut batch = Vec::new();
             loop {
-                match frames::read_frame(&mut recv).await {
-                    Ok(Some((src, packet))) => shared.paths.deliver(relay, src, packet),
-                    Ok(None) => return,
+                match reader.next_batch(&mut batch).await {
+                    Ok(true) => shared.paths.deliver(relay, &mut batch),
+                    Ok(false) => return,
                     Err(e) => {
                         debug!(%relay, error = %e, "the relay's packet stream ended");
+                        reader.stop();
                         return;
                     }
                 }

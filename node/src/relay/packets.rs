@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 
 use kith_protocol::relay::{ConnId, PacketRoute};
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
 use super::Inner;
@@ -108,20 +107,18 @@ async fn write_packets(conn: quinn::Connection, mut queue: mpsc::Receiver<Delive
 
 /// Reads the packet streams client `id` opens and routes every packet.
 async fn read_packets(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection) {
-    while let Ok(mut recv) = conn.accept_uni().await {
+    while let Ok(recv) = conn.accept_uni().await {
         let inner = inner.clone();
         tokio::spawn(async move {
-            if let Err(e) = frames::read_tag(&mut recv).await {
-                debug!(conn = id, error = %e, "not a packet stream");
-                let _ = recv.stop(0u32.into());
-                return;
-            }
+            let mut reader = frames::FrameReader::new(recv);
+            let mut batch = Vec::new();
             loop {
-                match frames::read_frame(&mut recv).await {
-                    Ok(Some((dst, packet))) => inner.route_packet(id, &dst, packet),
-                    Ok(None) => return,
+                match reader.next_batch(&mut batch).await {
+                    Ok(true) => inner.route_packets(id, &mut batch),
+                    Ok(false) => return,
                     Err(e) => {
                         debug!(conn = id, error = %e, "a packet stream ended");
+                        reader.stop();
                         return;
                     }
                 }
@@ -131,27 +128,28 @@ async fn read_packets(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection) {
 }
 
 impl Inner {
-    /// One packet from client `id` for the node `dst`: routed by the state machine,
-    /// then queued for the destination or dropped.
-    fn route_packet(&self, id: ConnId, dst: &[u8; 32], packet: Vec<u8>) {
-        let len = packet.len();
+    /// Packets from client `id`, each for the node its frame names: routed by the
+    /// state machine (under one lock for the batch), then queued for the destination
+    /// or dropped. Empties `batch`.
+    fn route_packets(&self, id: ConnId, batch: &mut Vec<frames::Frame>) {
+        let now = now_ms();
         let mut state = self.state.lock().unwrap();
-        let PacketRoute::Deliver { conn, src } = state.relay.route_packet(now_ms(), id, dst, len)
-        else {
-            return;
-        };
-        if let Some(tap) = &self.tap {
-            tap.record(&packet);
-        }
-        let queued = match state.packet_queues.get(&conn) {
-            Some(queue) => match queue.try_send((*src.as_bytes(), packet)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => false,
-            },
-            None => false,
-        };
-        if !queued {
-            state.relay.note_packet_dropped(len);
+        for (dst, packet) in batch.drain(..) {
+            let len = packet.len();
+            let PacketRoute::Deliver { conn, src } = state.relay.route_packet(now, id, &dst, len)
+            else {
+                continue;
+            };
+            if let Some(tap) = &self.tap {
+                tap.record(&packet);
+            }
+            let queued = state
+                .packet_queues
+                .get(&conn)
+                .is_some_and(|queue| queue.try_send((*src.as_bytes(), packet)).is_ok());
+            if !queued {
+                state.relay.note_packet_dropped(len);
+            }
         }
     }
 }

@@ -11,8 +11,6 @@
 //! bytes, and the node checks the TLS identity of what arrives), and it never
 //! reads more than one frame's bytes ahead.
 
-use kith_protocol::relay::MAX_PACKET_LEN;
-
 /// First byte of a packet stream: what tells it from any other stream. The link's
 /// envelope exchanges use bidirectional streams only, so this is belt and braces
 /// against a future unidirectional stream meaning something else.
@@ -22,7 +20,7 @@ pub const HEADER_LEN: usize = 34;
 /// Frames batched into one stream write, at most (bytes).
 pub const BATCH_BYTES: usize = 64 << 10;
 
-/// Appends one frame to `buf`. `packet` must be 1 to [`MAX_PACKET_LEN`] bytes
+/// Appends one frame to `buf`. `packet` must be 1 to 65,535 bytes
 /// (callers split and check; a longer one is not framed).
 pub fn encode(buf: &mut Vec<u8>, key: &[u8; 32], packet: &[u8]) {
     let Ok(len) = u16::try_from(packet.len()) else {
@@ -43,39 +41,85 @@ pub enum FrameError {
     NotAPacketStream,
     #[error("a frame has length 0")]
     Empty,
+    #[error("the stream ended inside a frame")]
+    Truncated,
     #[error("the stream failed: {0}")]
-    Read(#[from] quinn::ReadExactError),
+    Read(#[from] quinn::ReadError),
 }
 
-/// Reads the stream's tag.
-pub async fn read_tag(recv: &mut quinn::RecvStream) -> Result<(), FrameError> {
-    let mut tag = [0u8; 1];
-    recv.read_exact(&mut tag).await?;
-    if tag[0] != DATA_STREAM_TAG {
-        return Err(FrameError::NotAPacketStream);
-    }
-    Ok(())
+/// A frame: the key it names and the packet.
+pub type Frame = ([u8; 32], Vec<u8>);
+
+/// Reads a packet stream in large chunks and cuts them into frames, so that a
+/// stream of small packets costs one read (and one lock of the connection) per
+/// chunk, not two per packet. Holds at most one chunk and one partial frame.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: Vec<u8>,
+    pos: usize,
+    tagged: bool,
 }
 
-/// Reads the next frame: the key and the packet. `Ok(None)` at a clean end of stream
-/// between frames.
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-) -> Result<Option<([u8; 32], Vec<u8>)>, FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+impl FrameReader {
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        FrameReader {
+            recv,
+            buf: Vec::with_capacity(2 * BATCH_BYTES),
+            pos: 0,
+            tagged: false,
+        }
     }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&header[..32]);
-    let len = usize::from(u16::from_be_bytes([header[32], header[33]]));
-    if len == 0 {
-        return Err(FrameError::Empty);
+
+    /// Waits for the next frames and appends every complete one to `out` (at least
+    /// one). `Ok(false)` at a clean end of the stream between frames.
+    pub async fn next_batch(&mut self, out: &mut Vec<Frame>) -> Result<bool, FrameError> {
+        loop {
+            self.cut(out)?;
+            if !out.is_empty() {
+                return Ok(true);
+            }
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            match self.recv.read_chunk(BATCH_BYTES, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(false),
+                None => return Err(FrameError::Truncated),
+            }
+        }
     }
-    debug_assert!(len <= MAX_PACKET_LEN);
-    let mut packet = vec![0u8; len];
-    recv.read_exact(&mut packet).await?;
-    Ok(Some((key, packet)))
+
+    /// Stops the stream: we will not read it.
+    pub fn stop(&mut self) {
+        let _ = self.recv.stop(0u32.into());
+    }
+
+    fn cut(&mut self, out: &mut Vec<Frame>) -> Result<(), FrameError> {
+        if !self.tagged {
+            let Some(&tag) = self.buf.get(self.pos) else {
+                return Ok(());
+            };
+            if tag != DATA_STREAM_TAG {
+                return Err(FrameError::NotAPacketStream);
+            }
+            self.tagged = true;
+            self.pos += 1;
+        }
+        loop {
+            let rest = &self.buf[self.pos..];
+            if rest.len() < HEADER_LEN {
+                return Ok(());
+            }
+            let len = usize::from(u16::from_be_bytes([rest[32], rest[33]]));
+            if len == 0 {
+                return Err(FrameError::Empty);
+            }
+            if rest.len() < HEADER_LEN + len {
+                return Ok(());
+            }
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&rest[..32]);
+            out.push((key, rest[HEADER_LEN..HEADER_LEN + len].to_vec()));
+            self.pos += HEADER_LEN + len;
+        }
+    }
 }

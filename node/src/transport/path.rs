@@ -241,22 +241,25 @@ impl RelayPaths {
     /// The mapped address to dial `peer` at through `relay`; `None` when the table
     /// is full.
     pub fn map(&self, relay: NodeId, peer: NodeId) -> Option<SocketAddr> {
-        self.map_raw(RelayedPeer {
-            relay,
-            peer: *peer.as_bytes(),
-        })
+        let mut table = self.table.lock().unwrap();
+        self.map_locked(
+            &mut table,
+            RelayedPeer {
+                relay,
+                peer: *peer.as_bytes(),
+            },
+        )
     }
 
-    fn map_raw(&self, peer: RelayedPeer) -> Option<SocketAddr> {
-        let now = self.now();
-        let (addr, evicted) = self.table.lock().unwrap().map(peer, now);
-        let mut pipes = self.pipes.lock().unwrap();
-        if let Some(relay) = evicted {
-            if relay != peer.relay && !self.table.lock().unwrap().uses(&relay) {
+    /// [`Self::map`] with the table locked; keeps one outbound queue per relay in use.
+    fn map_locked(&self, table: &mut MapTable, peer: RelayedPeer) -> Option<SocketAddr> {
+        let known = table.len();
+        let (addr, evicted) = table.map(peer, self.now());
+        if addr.is_some() && (table.len() > known || evicted.is_some()) {
+            let mut pipes = self.pipes.lock().unwrap();
+            if let Some(relay) = evicted.filter(|r| *r != peer.relay && !table.uses(r)) {
                 pipes.remove(&relay);
             }
-        }
-        if addr.is_some() {
             pipes.entry(peer.relay).or_insert_with(Pipe::new);
         }
         addr
@@ -279,11 +282,14 @@ impl RelayPaths {
             .clone()
     }
 
-    /// A packet `relay` delivered from `src`: handed to the endpoint under `src`'s
-    /// mapped address, or dropped (table or queue full).
-    pub fn deliver(&self, relay: NodeId, src: [u8; 32], packet: Vec<u8>) {
-        if let Some(addr) = self.map_raw(RelayedPeer { relay, peer: src }) {
-            let _ = self.inbound_tx.try_send((addr, packet));
+    /// Packets `relay` delivered, each with its sender: handed to the endpoint under
+    /// the sender's mapped address, or dropped (table or queue full). Empties `batch`.
+    pub fn deliver(&self, relay: NodeId, batch: &mut Vec<([u8; 32], Vec<u8>)>) {
+        let mut table = self.table.lock().unwrap();
+        for (src, packet) in batch.drain(..) {
+            if let Some(addr) = self.map_locked(&mut table, RelayedPeer { relay, peer: src }) {
+                let _ = self.inbound_tx.try_send((addr, packet));
+            }
         }
     }
 
