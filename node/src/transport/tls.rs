@@ -209,12 +209,13 @@ pub fn server_config_with(
     let alpns = std::iter::once(ALPN.to_vec())
         .chain(apps.iter().cloned())
         .collect();
-    server_config_offering(identity, alpns)
+    server_config_offering(identity, alpns, transport_config(false))
 }
 
 fn server_config_offering(
     identity: &Identity,
     alpns: Vec<Vec<u8>>,
+    transport: Arc<TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = ring_provider();
     let verifier = Arc::new(AnyNodeClientVerifier {
@@ -232,7 +233,7 @@ fn server_config_offering(
     // `max_early_data_size` stays 0: 0-RTT data is replayable by an on-path attacker.
 
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(transport_config(false));
+    config.transport_config(transport);
     Ok(config)
 }
 
@@ -318,7 +319,11 @@ pub fn make_relay_endpoint(
 ) -> Result<quinn::Endpoint, TlsError> {
     bind_endpoint(
         listen,
-        server_config_offering(identity, vec![RELAY_ALPN.to_vec()])?,
+        server_config_offering(
+            identity,
+            vec![RELAY_ALPN.to_vec()],
+            relay_server_transport_config(),
+        )?,
     )
 }
 
@@ -501,6 +506,11 @@ pub const UNVETTED_CONNECTION_WINDOW: u32 = kith_protocol::frame::MAX_FRAME_LEN 
 /// is still at most one frame: its reader stops at [`kith_protocol::frame::MAX_FRAME_LEN`].
 /// Only a dialled connection sends keep-alives (`keep_alive`).
 fn transport_config(keep_alive: bool) -> Arc<TransportConfig> {
+    Arc::new(base_transport(keep_alive))
+}
+
+/// [`transport_config`] before it is shared, for the variants below.
+fn base_transport(keep_alive: bool) -> TransportConfig {
     let mut transport = TransportConfig::default();
     // IdleTimeout from a VarInt is in milliseconds and cannot fail.
     transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
@@ -515,7 +525,7 @@ fn transport_config(keep_alive: bool) -> Arc<TransportConfig> {
     // QUIC path carries, and each probe is ~1,450 bytes of PADDING that the receiver
     // parses frame by frame. Probing cost a direct handshake ~60 µs at p50 (bench).
     transport.mtu_discovery_config(None);
-    Arc::new(transport)
+    transport
 }
 
 /// Unread bytes a relay link may hold, each way, once it carries packets (the node
@@ -530,16 +540,23 @@ pub const RELAY_DATA_STREAMS: u32 = 2;
 /// The transport of a relay link as the node dials it: [`transport_config`] with
 /// room for the relay's packet stream ([`super::frames`]).
 fn relay_link_transport_config() -> Arc<TransportConfig> {
-    let mut transport = TransportConfig::default();
-    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
-        IDLE_TIMEOUT.as_millis() as u32,
-    ))));
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
-    transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
+    let mut transport = base_transport(true);
     transport.max_concurrent_uni_streams(VarInt::from_u32(RELAY_DATA_STREAMS));
     transport.stream_receive_window(VarInt::from_u32(RELAY_LINK_WINDOW));
     transport.receive_window(VarInt::from_u32(RELAY_LINK_WINDOW));
-    transport.mtu_discovery_config(None);
+    // Path MTU discovery on (unlike other kith connections): a link is long-lived
+    // and carries relayed QUIC packets of ~1,450 bytes, which in 1,200-byte outer
+    // packets would each take two.
+    transport.mtu_discovery_config(Some(quinn::MtuDiscoveryConfig::default()));
+    Arc::new(transport)
+}
+
+/// The transport of the relay's side of its links: [`transport_config`] (small
+/// windows and no unidirectional streams until a client registers, see
+/// `relay::packets`) with path MTU discovery on, as on the node's side.
+fn relay_server_transport_config() -> Arc<TransportConfig> {
+    let mut transport = base_transport(false);
+    transport.mtu_discovery_config(Some(quinn::MtuDiscoveryConfig::default()));
     Arc::new(transport)
 }
 
