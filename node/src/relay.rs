@@ -25,7 +25,7 @@ mod slots;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +90,8 @@ struct Inner {
     probe_timeout: Duration,
     slots: Arc<slots::AddressSlots>,
     tap: Option<packets::Tap>,
+    /// Bytes of relayed packets queued for all destinations (see [`packets`]).
+    packet_bytes_queued: Arc<AtomicUsize>,
 }
 
 struct State {
@@ -104,7 +106,7 @@ struct State {
     /// Client connections with a [`Message::PingThrough`] under way (one each).
     pinging: std::collections::HashSet<ConnId>,
     /// Each registered connection's queue of relayed packets (see [`packets`]).
-    packet_queues: HashMap<ConnId, tokio::sync::mpsc::Sender<packets::Delivery>>,
+    packet_queues: HashMap<ConnId, packets::PacketQueue>,
 }
 
 /// A push to carry out: the destination connection, the envelope and its hint.
@@ -166,6 +168,7 @@ impl RelayServer {
             probe_timeout,
             slots: slots::AddressSlots::new(options.max_per_address),
             tap: packets::Tap::from_env(),
+            packet_bytes_queued: Arc::default(),
         });
         let accept = tokio::spawn(accept_loop(inner.clone()));
         let ticker = tokio::spawn(tick_loop(inner.clone()));

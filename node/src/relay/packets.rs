@@ -12,6 +12,7 @@
 //! It must never look inside a packet, answer one, or keep one beyond its queue.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kith_protocol::relay::{ConnId, PacketRoute};
@@ -24,6 +25,51 @@ use crate::transport::{frames, tls};
 
 /// Packets waiting for one destination, at most; more are dropped.
 pub const DESTINATION_QUEUE: usize = 1024;
+/// Bytes of packets waiting for one destination, at most (a sender choosing large
+/// frames must not make a queue of 1,024 packets hold 64 MiB).
+pub const DESTINATION_QUEUE_BYTES: usize = 2 << 20;
+/// Bytes of packets waiting for all destinations together, at most.
+pub const TOTAL_QUEUE_BYTES: usize = 256 << 20;
+
+/// One destination's queue and the bytes in it.
+pub(super) struct PacketQueue {
+    tx: mpsc::Sender<Delivery>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// The receiving end of a [`PacketQueue`]: gives its packets' bytes back to both
+/// counts as they leave, and all that is left when it is dropped.
+struct Drain {
+    rx: mpsc::Receiver<Delivery>,
+    bytes: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Drain {
+    fn release(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
+        self.total.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    async fn recv(&mut self) -> Option<Delivery> {
+        let next = self.rx.recv().await?;
+        self.release(next.1.len());
+        Some(next)
+    }
+
+    fn try_recv(&mut self) -> Option<Delivery> {
+        let next = self.rx.try_recv().ok()?;
+        self.release(next.1.len());
+        Some(next)
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.rx.close();
+        while self.try_recv().is_some() {}
+    }
+}
 
 /// A packet on its way to a destination: its sender's key and its bytes.
 pub(super) type Delivery = ([u8; 32], Vec<u8>);
@@ -66,8 +112,14 @@ pub(super) fn start(inner: &Arc<Inner>, id: ConnId, conn: &quinn::Connection) {
             return;
         }
         let (tx, rx) = mpsc::channel(DESTINATION_QUEUE);
-        state.packet_queues.insert(id, tx);
-        tokio::spawn(write_packets(conn.clone(), rx));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let drain = Drain {
+            rx,
+            bytes: bytes.clone(),
+            total: inner.packet_bytes_queued.clone(),
+        };
+        state.packet_queues.insert(id, PacketQueue { tx, bytes });
+        tokio::spawn(write_packets(conn.clone(), drain));
     }
     conn.set_max_concurrent_uni_streams(tls::RELAY_DATA_STREAMS.into());
     conn.set_receive_window(tls::RELAY_LINK_WINDOW.into());
@@ -75,7 +127,7 @@ pub(super) fn start(inner: &Arc<Inner>, id: ConnId, conn: &quinn::Connection) {
 }
 
 /// Drains a destination's queue into its packet stream, opened with the first packet.
-async fn write_packets(conn: quinn::Connection, mut queue: mpsc::Receiver<Delivery>) {
+async fn write_packets(conn: quinn::Connection, mut queue: Drain) {
     let mut stream: Option<quinn::SendStream> = None;
     let mut buf = Vec::with_capacity(frames::BATCH_BYTES + frames::HEADER_LEN + 1500);
     // Ends when the connection is forgotten (its sender dropped) or fails.
@@ -84,8 +136,8 @@ async fn write_packets(conn: quinn::Connection, mut queue: mpsc::Receiver<Delive
         frames::encode(&mut buf, &src, &packet);
         while buf.len() < frames::BATCH_BYTES {
             match queue.try_recv() {
-                Ok((src, packet)) => frames::encode(&mut buf, &src, &packet),
-                Err(_) => break,
+                Some((src, packet)) => frames::encode(&mut buf, &src, &packet),
+                None => break,
             }
         }
         if stream.is_none() {
@@ -128,6 +180,23 @@ async fn read_packets(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection) {
 }
 
 impl Inner {
+    /// Queues a packet unless its destination's queue or all queues together are full.
+    fn enqueue(&self, queue: &PacketQueue, src: [u8; 32], packet: Vec<u8>) -> bool {
+        let len = packet.len();
+        // Counted before the send, so the writer never gives back bytes not yet counted.
+        let mine = queue.bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let all = self.packet_bytes_queued.fetch_add(len, Ordering::Relaxed) + len;
+        if mine <= DESTINATION_QUEUE_BYTES
+            && all <= TOTAL_QUEUE_BYTES
+            && queue.tx.try_send((src, packet)).is_ok()
+        {
+            return true;
+        }
+        queue.bytes.fetch_sub(len, Ordering::Relaxed);
+        self.packet_bytes_queued.fetch_sub(len, Ordering::Relaxed);
+        false
+    }
+
     /// Packets from client `id`, each for the node its frame names: routed by the
     /// state machine (under one lock for the batch), then queued for the destination
     /// or dropped. Empties `batch`.
@@ -146,7 +215,7 @@ impl Inner {
             let queued = state
                 .packet_queues
                 .get(&conn)
-                .is_some_and(|queue| queue.try_send((*src.as_bytes(), packet)).is_ok());
+                .is_some_and(|queue| self.enqueue(queue, *src.as_bytes(), packet));
             if !queued {
                 state.relay.note_packet_dropped(len);
             }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use kith_keys::NodeId;
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, UdpPoller};
+use quinn::{AsyncUdpSocket, Runtime as _, UdpPoller};
 use rand_core::RngCore;
 use tokio::sync::mpsc;
 
@@ -51,6 +51,10 @@ pub const MAPPING_IDLE: Duration = Duration::from_secs(60);
 pub const RELAY_SEND_QUEUE: usize = 1024;
 /// Relayed packets waiting for the endpoint, at most; more are dropped.
 pub const RELAY_RECV_QUEUE: usize = 1024;
+/// Longest relayed packet handed to the endpoint: the UDP payload size a quinn
+/// endpoint announces it accepts (quinn's default `max_udp_payload_size`), so no
+/// peer sends a longer one and a relay's longer frames are dropped, not queued.
+pub const MAX_RELAYED_DATAGRAM: usize = 1472;
 
 /// A peer reached through a relay: the relay and the peer's key as the relay names it
 /// (raw bytes, never decoded: only a TLS handshake proves a key).
@@ -287,6 +291,9 @@ impl RelayPaths {
     pub fn deliver(&self, relay: NodeId, batch: &mut Vec<([u8; 32], Vec<u8>)>) {
         let mut table = self.table.lock().unwrap();
         for (src, packet) in batch.drain(..) {
+            if packet.len() > MAX_RELAYED_DATAGRAM {
+                continue;
+            }
             if let Some(addr) = self.map_locked(&mut table, RelayedPeer { relay, peer: src }) {
                 let _ = self.inbound_tx.try_send((addr, packet));
             }
@@ -395,7 +402,27 @@ impl PathSocket {
     }
 }
 
-use quinn::Runtime as _;
+impl PathSocket {
+    /// UDP datagrams, less any whose source is a mapped address: those only ever come
+    /// out of a relay frame, and one on the wire (a spoofed source in 240.0.0.0/4) is
+    /// emptied, which quinn skips.
+    fn poll_udp(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let polled = self.udp.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(n)) = polled {
+            for m in meta.iter_mut().take(n) {
+                if is_mapped(&m.addr) {
+                    m.len = 0;
+                }
+            }
+        }
+        polled
+    }
+}
 
 impl AsyncUdpSocket for PathSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
@@ -426,9 +453,9 @@ impl AsyncUdpSocket for PathSocket {
             if let Poll::Ready(n) = self.paths.poll_inbound(cx, bufs, meta) {
                 return Poll::Ready(Ok(n));
             }
-            return self.udp.poll_recv(cx, bufs, meta);
+            return self.poll_udp(cx, bufs, meta);
         }
-        match self.udp.poll_recv(cx, bufs, meta) {
+        match self.poll_udp(cx, bufs, meta) {
             Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => self.paths.poll_inbound(cx, bufs, meta).map(Ok),
         }
