@@ -7,7 +7,7 @@
 //! A node with a home relay keeps one QUIC connection to it ([`run_home`]): dial,
 //! register (asking for a dial-back unless private), serve what the relay pushes,
 //! and when the connection drops, reconnect with exponential backoff and jitter —
-//! forever, with no operator action. QUIC keep-alives (see [`crate::transport::tls`]) keep the
+//! forever, with no operator action. QUIC keep-alives (see [`crate::transport::limits`]) keep the
 //! connection, and the NAT binding under it, open. To reach a peer through a relay
 //! that is not its home, the node dials that relay on demand ([`forward`]) and
 //! serves that connection the same way while it lasts (the relay may push replies
