@@ -23,8 +23,13 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with extra arguments for `kith relay`.
+fn setup_with(relay_args: &[&str]) -> Setup {
     let mut relay = TestNode::init();
-    relay.start_relay(&[]);
+    relay.start_relay(relay_args);
     let mut a = TestNode::init();
     a.start_private(&relay);
     let mut b = TestNode::init();
@@ -58,6 +63,18 @@ fn ten_megabytes_round_trip_between_private_nodes_through_the_relay() {
     // 20 MB crossed the relay (there and back), as packets of at most ~1.5 kB.
     let relayed = relay_packets(&s.relay) - before;
     assert!(relayed > 10_000, "the relay carried {relayed} packets");
+}
+
+#[test]
+fn each_sender_is_held_to_the_relays_data_quota() {
+    // 1 MiB/s with a 1 MiB burst: 3 MiB cannot pass at once; the relay refuses what
+    // is over the quota, QUIC slows down and retransmits, and every byte arrives.
+    let s = setup_with(&["--data-rate", "1", "--data-burst", "1"]);
+    let data = pattern(3 << 20);
+    let got = round_trip(&s.a, "server", "echo", &data);
+    assert!(got == data, "the bytes came back unchanged");
+    let refused = s.relay.status()["packets_refused"].as_u64().unwrap();
+    assert!(refused > 0, "the quota refused nothing");
 }
 
 #[test]
