@@ -54,12 +54,10 @@ async fn bare_dialler(relay: RelayRef) -> (tls::Identity, quinn::Endpoint, Arc<R
     let writer = link.clone();
     tokio::spawn(async move {
         let mut out = out.lock().await;
-        let mut stream = writer.open_uni().await.unwrap();
-        stream.write_all(&[frames::DATA_STREAM_TAG]).await.unwrap();
+        let mut writer = frames::FrameWriter::new(writer);
         while let Some(p) = out.recv().await {
-            let mut buf = Vec::new();
-            frames::encode(&mut buf, &p.dst, &p.packet);
-            if stream.write_all(&buf).await.is_err() {
+            writer.push(&p.dst, &p.packet);
+            if writer.flush().await.is_err() {
                 return;
             }
         }
@@ -167,12 +165,10 @@ async fn lying_relay(forged: NodeId) -> LyingRelay {
                 queues.lock().unwrap().insert(client, tx);
                 let writer = conn.clone();
                 tokio::spawn(async move {
-                    let mut stream = writer.open_uni().await.unwrap();
-                    stream.write_all(&[frames::DATA_STREAM_TAG]).await.unwrap();
+                    let mut writer = frames::FrameWriter::new(writer);
                     while let Some((src, packet)) = rx.recv().await {
-                        let mut buf = Vec::new();
-                        frames::encode(&mut buf, &src, &packet);
-                        if stream.write_all(&buf).await.is_err() {
+                        writer.push(&src, &packet);
+                        if writer.flush().await.is_err() {
                             return;
                         }
                     }

@@ -30,8 +30,7 @@ async fn write_packets(shared: Arc<Shared>, conn: quinn::Connection, relay: Node
         _ = conn.closed() => return,
         queue = queue.lock() => queue,
     };
-    let mut stream: Option<quinn::SendStream> = None;
-    let mut buf = Vec::with_capacity(frames::BATCH_BYTES + frames::HEADER_LEN + 1500);
+    let mut writer = frames::FrameWriter::new(conn.clone());
     loop {
         let first = tokio::select! {
             _ = conn.closed() => return,
@@ -40,32 +39,16 @@ async fn write_packets(shared: Arc<Shared>, conn: quinn::Connection, relay: Node
                 None => return,
             },
         };
-        buf.clear();
-        frames::encode(&mut buf, &first.dst, &first.packet);
-        while buf.len() < frames::BATCH_BYTES {
+        writer.push(&first.dst, &first.packet);
+        while !writer.is_full() {
             match queue.try_recv() {
-                Ok(next) => frames::encode(&mut buf, &next.dst, &next.packet),
+                Ok(next) => writer.push(&next.dst, &next.packet),
                 Err(_) => break,
             }
         }
-        if stream.is_none() {
-            let mut opened = match conn.open_uni().await {
-                Ok(s) => s,
-                Err(e) => {
-                    debug!(%relay, error = %e, "cannot open the packet stream");
-                    return;
-                }
-            };
-            if opened.write_all(&[frames::DATA_STREAM_TAG]).await.is_err() {
-                return;
-            }
-            stream = Some(opened);
-        }
-        if let Some(s) = stream.as_mut() {
-            if let Err(e) = s.write_all(&buf).await {
-                debug!(%relay, error = %e, "the packet stream failed");
-                return;
-            }
+        if let Err(e) = writer.flush().await {
+            debug!(%relay, error = %e, "the packet stream failed");
+            return;
         }
     }
 }

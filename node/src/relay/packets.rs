@@ -128,31 +128,18 @@ pub(super) fn start(inner: &Arc<Inner>, id: ConnId, conn: &quinn::Connection) {
 
 /// Drains a destination's queue into its packet stream, opened with the first packet.
 async fn write_packets(conn: quinn::Connection, mut queue: Drain) {
-    let mut stream: Option<quinn::SendStream> = None;
-    let mut buf = Vec::with_capacity(frames::BATCH_BYTES + frames::HEADER_LEN + 1500);
+    let mut writer = frames::FrameWriter::new(conn);
     // Ends when the connection is forgotten (its sender dropped) or fails.
     while let Some((src, packet)) = queue.recv().await {
-        buf.clear();
-        frames::encode(&mut buf, &src, &packet);
-        while buf.len() < frames::BATCH_BYTES {
+        writer.push(&src, &packet);
+        while !writer.is_full() {
             match queue.try_recv() {
-                Some((src, packet)) => frames::encode(&mut buf, &src, &packet),
+                Some((src, packet)) => writer.push(&src, &packet),
                 None => break,
             }
         }
-        if stream.is_none() {
-            let Ok(mut opened) = conn.open_uni().await else {
-                return;
-            };
-            if opened.write_all(&[frames::DATA_STREAM_TAG]).await.is_err() {
-                return;
-            }
-            stream = Some(opened);
-        }
-        if let Some(s) = stream.as_mut() {
-            if s.write_all(&buf).await.is_err() {
-                return;
-            }
+        if writer.flush().await.is_err() {
+            return;
         }
     }
 }

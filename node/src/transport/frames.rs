@@ -22,7 +22,7 @@ pub const BATCH_BYTES: usize = 64 << 10;
 
 /// Appends one frame to `buf`. `packet` must be 1 to 65,535 bytes
 /// (callers split and check; a longer one is not framed).
-pub fn encode(buf: &mut Vec<u8>, key: &[u8; 32], packet: &[u8]) {
+fn encode(buf: &mut Vec<u8>, key: &[u8; 32], packet: &[u8]) {
     let Ok(len) = u16::try_from(packet.len()) else {
         return;
     };
@@ -45,6 +45,53 @@ pub enum FrameError {
     Truncated,
     #[error("the stream failed: {0}")]
     Read(#[from] quinn::ReadError),
+    #[error("cannot open the packet stream: {0}")]
+    Open(#[from] quinn::ConnectionError),
+    #[error("the stream failed: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// Writes a packet stream: frames are pushed into a batch, and each flush writes the
+/// batch at once, opening the stream (with its tag) on the first.
+pub struct FrameWriter {
+    conn: quinn::Connection,
+    stream: Option<quinn::SendStream>,
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    pub fn new(conn: quinn::Connection) -> Self {
+        FrameWriter {
+            conn,
+            stream: None,
+            buf: Vec::with_capacity(BATCH_BYTES + HEADER_LEN + u16::MAX as usize),
+        }
+    }
+
+    /// Adds a frame to the batch.
+    pub fn push(&mut self, key: &[u8; 32], packet: &[u8]) {
+        encode(&mut self.buf, key, packet);
+    }
+
+    /// Whether the batch holds [`BATCH_BYTES`] or more.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= BATCH_BYTES
+    }
+
+    /// Writes the batch.
+    pub async fn flush(&mut self) -> Result<(), FrameError> {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let mut opened = self.conn.open_uni().await?;
+                opened.write_all(&[DATA_STREAM_TAG]).await?;
+                self.stream.insert(opened)
+            }
+        };
+        stream.write_all(&self.buf).await?;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 /// A frame: the key it names and the packet.
@@ -52,21 +99,17 @@ pub type Frame = ([u8; 32], Vec<u8>);
 
 /// Reads a packet stream in large chunks and cuts them into frames, so that a
 /// stream of small packets costs one read (and one lock of the connection) per
-/// chunk, not two per packet. Holds at most one chunk and one partial frame.
+/// chunk, not two per packet.
 pub struct FrameReader {
     recv: quinn::RecvStream,
-    buf: Vec<u8>,
-    pos: usize,
-    tagged: bool,
+    cutter: Cutter,
 }
 
 impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
         FrameReader {
             recv,
-            buf: Vec::with_capacity(2 * BATCH_BYTES),
-            pos: 0,
-            tagged: false,
+            cutter: Cutter::default(),
         }
     }
 
@@ -74,15 +117,13 @@ impl FrameReader {
     /// one). `Ok(false)` at a clean end of the stream between frames.
     pub async fn next_batch(&mut self, out: &mut Vec<Frame>) -> Result<bool, FrameError> {
         loop {
-            self.cut(out)?;
+            self.cutter.cut(out)?;
             if !out.is_empty() {
                 return Ok(true);
             }
-            self.buf.drain(..self.pos);
-            self.pos = 0;
             match self.recv.read_chunk(BATCH_BYTES, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None if self.buf.is_empty() => return Ok(false),
+                Some(chunk) => self.cutter.feed(&chunk.bytes),
+                None if self.cutter.is_empty() => return Ok(false),
                 None => return Err(FrameError::Truncated),
             }
         }
@@ -92,7 +133,29 @@ impl FrameReader {
     pub fn stop(&mut self) {
         let _ = self.recv.stop(0u32.into());
     }
+}
 
+/// The stream's bytes not yet cut into frames: at most one chunk and one partial
+/// frame.
+#[derive(Default)]
+struct Cutter {
+    buf: Vec<u8>,
+    pos: usize,
+    tagged: bool,
+}
+
+impl Cutter {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    /// Appends every complete frame to `out`.
     fn cut(&mut self, out: &mut Vec<Frame>) -> Result<(), FrameError> {
         if !self.tagged {
             let Some(&tag) = self.buf.get(self.pos) else {
@@ -121,5 +184,62 @@ impl FrameReader {
             out.push((key, rest[HEADER_LEN..HEADER_LEN + len].to_vec()));
             self.pos += HEADER_LEN + len;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(frames: &[Frame]) -> Vec<u8> {
+        let mut bytes = vec![DATA_STREAM_TAG];
+        for (key, packet) in frames {
+            encode(&mut bytes, key, packet);
+        }
+        bytes
+    }
+
+    #[test]
+    fn frames_come_back_whole_however_the_stream_is_chunked() {
+        let frames: Vec<Frame> = (0..50u8)
+            .map(|n| ([n; 32], vec![n; 1 + usize::from(n) * 97]))
+            .collect();
+        let bytes = stream_of(&frames);
+        for chunk in [1, 7, 34, 35, 1500, 64 << 10] {
+            let mut cutter = Cutter::default();
+            let mut out = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                cutter.feed(piece);
+                cutter.cut(&mut out).unwrap();
+                // Never more than a chunk and a partial frame held.
+                assert!(cutter.buf.len() <= chunk + HEADER_LEN + 50 * 97);
+            }
+            assert_eq!(out, frames, "chunks of {chunk}");
+            assert!(cutter.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_stream_without_the_tag_or_with_an_empty_frame_is_refused() {
+        let mut cutter = Cutter::default();
+        cutter.feed(&[0x00, 1, 2, 3]);
+        assert!(matches!(
+            cutter.cut(&mut Vec::new()),
+            Err(FrameError::NotAPacketStream)
+        ));
+        let mut cutter = Cutter::default();
+        let mut bytes = vec![DATA_STREAM_TAG];
+        bytes.extend_from_slice(&[9; 32]);
+        bytes.extend_from_slice(&[0, 0]);
+        cutter.feed(&bytes);
+        assert!(matches!(
+            cutter.cut(&mut Vec::new()),
+            Err(FrameError::Empty)
+        ));
+        // Empty and oversized packets are never framed.
+        let mut buf = Vec::new();
+        encode(&mut buf, &[1; 32], &[]);
+        encode(&mut buf, &[1; 32], &vec![0; 70_000]);
+        assert!(buf.is_empty());
     }
 }
