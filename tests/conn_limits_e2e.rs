@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestNode, stdout_of};
 use kith_keys::{NodeId, NodeKey};
-use kith_node::tls;
+use kith_node::transport::tls;
 
 /// More than a node's 4,096 inbound slots.
 const FLOOD: usize = 4200;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{TestNode, stderr_of};
 use kith_keys::NodeKey;
 use kith_node::ticket::Ticket;
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::validate::Refusal;
 use kith_protocol::wire::{Ack, AckStatus, Message, PROTOCOL_VERSION};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::TestNode;
 use kith_keys::{NodeId, NodeKey};
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, encode_frame};
 use kith_protocol::wire::{Body, Envelope, Kind, Message};
 

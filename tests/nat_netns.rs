@@ -6,6 +6,9 @@
 //!  lan ns                 rtr ns (NAT)                     wan ns
 //!  private node  ──veth──  10.231.1.1 | 10.231.2.1  ──veth──  relay       10.231.2.2:7445
 //!  10.231.1.2:7444        masquerade out of the wan side      public node 10.231.2.3:7444
+//!  lan2 ns                    |
+//!  second node   ──veth──  10.231.3.1   (lan and lan2 cannot reach each other)
+//!  10.231.3.2:7444
 //! ```
 //!
 //! The private node runs *without* `--private`: only the NAT keeps it from being
@@ -20,12 +23,16 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 
 use common::TestNode;
+use common::service::{pattern, round_trip};
 
 const LAN_NODE: &str = "10.231.1.2";
 const LAN_ROUTER: &str = "10.231.1.1";
+const LAN2_NODE: &str = "10.231.3.2";
+const LAN2_ROUTER: &str = "10.231.3.1";
 const WAN_ROUTER: &str = "10.231.2.1";
 const RELAY: &str = "10.231.2.2";
 const PUBLIC: &str = "10.231.2.3";
@@ -33,13 +40,14 @@ const PUBLIC: &str = "10.231.2.3";
 /// The test's namespaces; deleted on drop (which also deletes their veths).
 struct Netns {
     lan: String,
+    lan2: String,
     rtr: String,
     wan: String,
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        for ns in [&self.lan, &self.rtr, &self.wan] {
+        for ns in [&self.lan, &self.lan2, &self.rtr, &self.wan] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -77,22 +85,31 @@ fn is_root() -> bool {
 
 impl Netns {
     /// Builds the topology; on error the guard removes whatever was made.
-    fn build() -> Result<Netns, String> {
-        let pid = std::process::id();
+    /// `tag` (one letter) tells apart the namespaces of tests running side by side.
+    fn build(tag: char) -> Result<Netns, String> {
+        let pid = format!("{}{tag}", std::process::id());
         let ns = Netns {
             lan: format!("kith-nat-{pid}-lan"),
+            lan2: format!("kith-nat-{pid}-lan2"),
             rtr: format!("kith-nat-{pid}-rtr"),
             wan: format!("kith-nat-{pid}-wan"),
         };
-        let (lan, rtr, wan) = (ns.lan.as_str(), ns.rtr.as_str(), ns.wan.as_str());
+        let (lan, lan2, rtr, wan) = (
+            ns.lan.as_str(),
+            ns.lan2.as_str(),
+            ns.rtr.as_str(),
+            ns.wan.as_str(),
+        );
         // veth names: at most 15 characters.
-        let (l0, l1, w0, w1) = (
+        let (l0, l1, w0, w1, m0, m1) = (
             format!("kn{pid}l0"),
             format!("kn{pid}l1"),
             format!("kn{pid}w0"),
             format!("kn{pid}w1"),
+            format!("kn{pid}m0"),
+            format!("kn{pid}m1"),
         );
-        for n in [lan, rtr, wan] {
+        for n in [lan, lan2, rtr, wan] {
             run(&["ip", "netns", "add", n])?;
             run(&["ip", "-n", n, "link", "set", "lo", "up"])?;
         }
@@ -103,6 +120,25 @@ impl Netns {
         run(&[
             "ip", "-n", rtr, "link", "add", &w0, "type", "veth", "peer", "name", &w1, "netns", wan,
         ])?;
+        run(&[
+            "ip", "-n", lan2, "link", "add", &m0, "type", "veth", "peer", "name", &m1, "netns", rtr,
+        ])?;
+        let lan2_cidr = format!("{LAN2_NODE}/24");
+        let lan2_router = format!("{LAN2_ROUTER}/24");
+        run(&["ip", "-n", lan2, "addr", "add", &lan2_cidr, "dev", &m0])?;
+        run(&["ip", "-n", lan2, "link", "set", &m0, "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            lan2,
+            "route",
+            "add",
+            "default",
+            "via",
+            LAN2_ROUTER,
+        ])?;
+        run(&["ip", "-n", rtr, "addr", "add", &lan2_router, "dev", &m1])?;
+        run(&["ip", "-n", rtr, "link", "set", &m1, "up"])?;
         let lan_cidr = format!("{LAN_NODE}/24");
         let lan_router = format!("{LAN_ROUTER}/24");
         let wan_router = format!("{WAN_ROUTER}/24");
@@ -140,6 +176,7 @@ impl Netns {
                     type filter hook forward priority filter; policy drop;
                     ct state established,related accept
                     iifname \"{l1}\" oifname \"{w0}\" accept
+                    iifname \"{m1}\" oifname \"{w0}\" accept
                 }}
             }}"
         );
@@ -176,23 +213,33 @@ fn node_in(ns: &str) -> TestNode {
     node
 }
 
-#[test]
-fn handshakes_cross_a_real_nat_through_the_relay_both_ways() {
+/// The namespaces, or `None` (after saying why) where the test cannot run.
+fn namespaces(tag: char) -> Option<Netns> {
     if !is_root() {
-        return skip("needs root (network namespaces)");
+        skip("needs root (network namespaces)");
+        return None;
     }
     for tool in ["ip", "nft"] {
         if !have(tool) {
-            return skip(&format!(
+            skip(&format!(
                 "`{tool}` is not installed (scripts/install-test-deps.sh installs it)"
             ));
+            return None;
         }
     }
+    match Netns::build(tag) {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            skip(&format!("cannot build the namespaces: {e}"));
+            None
+        }
+    }
+}
+
+#[test]
+fn handshakes_cross_a_real_nat_through_the_relay_both_ways() {
     // Declared first so it is dropped last, after the nodes are stopped.
-    let ns = match Netns::build() {
-        Ok(ns) => ns,
-        Err(e) => return skip(&format!("cannot build the namespaces: {e}")),
-    };
+    let Some(ns) = namespaces('h') else { return };
 
     let mut relay = node_in(&ns.wan);
     relay.start_relay_at(&format!("{RELAY}:7445"));
@@ -268,6 +315,134 @@ fn handshakes_cross_a_real_nat_through_the_relay_both_ways() {
     second.stop();
     public.stop();
     private.stop();
+    relay.stop();
+    drop(ns);
+}
+
+/// The echo server a service test runs inside a namespace: this test binary again,
+/// started with `ip netns exec` and `KITH_TEST_ECHO_ADDR`; without that variable
+/// (a plain `--ignored` run) it returns at once.
+#[test]
+#[ignore = "a helper that the NAT service test runs inside a namespace"]
+fn echo_server_in_a_namespace() {
+    let Ok(addr) = std::env::var("KITH_TEST_ECHO_ADDR") else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    println!("listening");
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { return };
+        std::thread::spawn(move || {
+            let mut reader = stream.try_clone().unwrap();
+            let _ = std::io::copy(&mut reader, &mut stream);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+/// The echo helper's process, killed on drop.
+struct EchoInNs(Child);
+
+impl Drop for EchoInNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn echo_in(ns: &str, addr: &str) -> EchoInNs {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(exe)
+        .args([
+            "--exact",
+            "echo_server_in_a_namespace",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("KITH_TEST_ECHO_ADDR", addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let echo = EchoInNs(child);
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("listening"));
+    assert!(listening, "the echo server in {ns} did not start");
+    echo
+}
+
+#[test]
+fn a_service_between_two_nodes_behind_nats_shows_the_relay_only_ciphertext() {
+    let Some(ns) = namespaces('s') else { return };
+    let tap_dir = tempfile::tempdir().unwrap();
+    let tap = tap_dir.path().join("relay.tap");
+
+    let mut relay = node_in(&ns.wan);
+    relay
+        .env
+        .push(("KITH_RELAY_TAP".into(), tap.display().to_string()));
+    relay.start_relay_at(&format!("{RELAY}:7445"));
+    let relay_ticket = relay.ticket();
+    // Both private, each behind the NAT on its own network: the relay is the only path.
+    let mut a = node_in(&ns.lan);
+    a.spawn_daemon(&[
+        "run",
+        "--listen",
+        &format!("{LAN_NODE}:7444"),
+        "--private",
+        "--relay",
+        &relay_ticket,
+    ]);
+    let mut b = node_in(&ns.lan2);
+    b.spawn_daemon(&[
+        "run",
+        "--listen",
+        &format!("{LAN2_NODE}:7444"),
+        "--private",
+        "--relay",
+        &relay_ticket,
+    ]);
+    a.wait_registered(1);
+    b.wait_registered(1);
+    let sent = a.json(&["request", &b.ticket(), "-j", "a service across two NATs"]);
+    assert_eq!(sent["delivered"], true, "{sent}");
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["approve", &a.node_id]);
+    a.wait_for_state(&b.node_id, "trusted");
+
+    let _echo = echo_in(&ns.lan2, "127.0.0.1:7777");
+    b.run_ok(&["expose", "echo", "--to", "127.0.0.1:7777"]);
+    let marker = format!("kith-plaintext-marker-{}", std::process::id());
+    let mut data = Vec::new();
+    for chunk in pattern(1 << 20).chunks(4096) {
+        data.extend_from_slice(marker.as_bytes());
+        data.extend_from_slice(chunk);
+    }
+    let got = round_trip(&a, &b.node_id, "echo", &data);
+    assert!(
+        got == data,
+        "the bytes came back unchanged across both NATs"
+    );
+
+    let tapped = std::fs::read(&tap).unwrap();
+    assert!(
+        tapped.len() > 2 * data.len(),
+        "the relay carried the data both ways ({} bytes tapped, {} sent)",
+        tapped.len(),
+        data.len()
+    );
+    assert!(
+        !tapped.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the relay saw the plaintext"
+    );
+
+    b.stop();
+    a.stop();
     relay.stop();
     drop(ns);
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::TestNode;
 use kith_keys::NodeKey;
 use kith_node::ticket::Ticket;
-use kith_node::tls;
+use kith_node::transport::tls;
 
 /// A relay, a private node homed there, and a public node.
 fn trio() -> (TestNode, TestNode, TestNode) {

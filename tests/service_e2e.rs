@@ -5,39 +5,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::service::{connect, echo_server, pattern, round_trip};
 use common::{TestNode, stderr_of};
 use serde_json::Value;
-
-/// A TCP echo server on loopback; counts the connections it accepted.
-struct Echo {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-}
-
-fn echo_server() -> Echo {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            count.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut reader = stream.try_clone().unwrap();
-                let _ = std::io::copy(&mut reader, &mut stream);
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    Echo { addr, accepted }
-}
 
 /// Two running nodes that trust each other; `b` is named "server" at `a`.
 fn trusted_pair() -> (TestNode, TestNode) {
@@ -54,29 +28,6 @@ fn trusted_pair() -> (TestNode, TestNode) {
     (a, b)
 }
 
-/// `kith connect PEER SERVICE` on `node`, with piped stdin and stdout.
-fn connect(node: &TestNode, peer: &str, service: &str) -> Child {
-    node.command(&["connect", peer, service])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning kith connect")
-}
-
-/// Deterministic, incompressible-looking bytes.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn a_trusted_peer_round_trips_ten_megabytes_through_kith_connect() {
     let (a, b) = trusted_pair();
@@ -88,18 +39,7 @@ fn a_trusted_peer_round_trips_ten_megabytes_through_kith_connect() {
     assert!(b.run_ok(&["status"]).contains("echo ->"), "status lists it");
 
     let data = pattern(10 << 20);
-    let mut child = connect(&a, "server", "echo");
-    let mut stdin = child.stdin.take().unwrap();
-    let sent = data.clone();
-    let writer = std::thread::spawn(move || {
-        stdin.write_all(&sent).unwrap();
-        // Dropping stdin ends our half; the echo then ends its half.
-    });
-    let mut got = Vec::with_capacity(data.len());
-    child.stdout.take().unwrap().read_to_end(&mut got).unwrap();
-    writer.join().unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "connect failed: {}", stderr_of(&out));
+    let got = round_trip(&a, "server", "echo", &data);
     assert_eq!(got.len(), data.len(), "every byte came back");
     assert!(got == data, "the bytes came back unchanged");
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
@@ -267,7 +207,7 @@ fn a_revoke_mid_transfer_ends_the_stream_at_once() {
 fn a_stranger_speaking_the_service_protocol_is_closed_before_anything_flows() {
     use kith::keys::NodeKey;
     use kith::node::node::close_code;
-    use kith::node::{service::SERVICE_ALPN, tls};
+    use kith::node::{service::SERVICE_ALPN, transport::tls};
 
     let (_a, b) = trusted_pair();
     let echo = echo_server();

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{TestNode, stderr_of, stdout_of};
 use kith_keys::NodeKey;
 use kith_node::ticket::Ticket;
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, encode_frame};
 use kith_protocol::wire::{Body, Envelope, Kind, Message, RelayNotice};
 use quinn::crypto::rustls::QuicServerConfig;

@@ -130,6 +130,15 @@ fn is_base32_char(c: char) -> bool {
     c.is_ascii_lowercase() || ('2'..='7').contains(&c)
 }
 
+/// Lets maps keyed by `NodeId` be searched with raw key bytes (a relay routing
+/// packets by the 32 bytes a frame names), without decoding a curve point per
+/// lookup. Consistent with `Eq`, `Ord` and `Hash`, which all compare exactly these bytes.
+impl std::borrow::Borrow<[u8; 32]> for NodeId {
+    fn borrow(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&BASE32_NOPAD.encode(&self.0).to_ascii_lowercase())

@@ -10,6 +10,10 @@
 //! 3. connection setup: from dialling until the connection can carry application
 //!    bytes. Raw: the QUIC/TLS handshake. kith: `Node::connect`, i.e. the local trust
 //!    check, the mutual-TLS handshake, the peer's trust check and its verdict.
+//! 4. throughput of 1 and 16 streams through a relay: two `--private` nodes homed at
+//!    an in-process `RelayServer` on loopback (the same `Node::connect`, its packets
+//!    carried by the relay), against raw quinn's figure of the same round. The relay's
+//!    per-sender byte quota is off here: this measures what the relay can carry.
 //!
 //! "Raw quinn" is two plain quinn endpoints with a self-signed certificate, server
 //! authentication only, kith's TLS 1.3 cipher suites and the same flow-control
@@ -24,9 +28,12 @@ use std::time::{Duration, Instant};
 
 use comfy_table::{Cell, CellAlignment, Table, presets};
 use kith_keys::NodeKey;
-use kith_node::tls;
+use kith_node::node::LinkState;
+use kith_node::relay::{RelayOptions, RelayServer};
+use kith_node::transport::tls;
 use kith_node::{Node, NodeBuilder};
 use kith_protocol::machine::{Command, TrustState};
+use kith_protocol::relay::RelayConfig;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
@@ -38,6 +45,8 @@ const ROUNDS: usize = 5;
 const SETUPS_PER_ROUND: usize = 40;
 /// Goal: kith's throughput at least this share of raw quinn's.
 const THROUGHPUT_GOAL: f64 = 0.9;
+/// Goal: MiB/s through a relay on loopback.
+const RELAY_GOAL: f64 = 150.0;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -49,21 +58,41 @@ fn main() {
 
 async fn run() {
     let raw = RawPair::new().await;
-    let kith = KithPair::new().await;
-    let mut one = (Vec::new(), Vec::new());
-    let mut many = (Vec::new(), Vec::new());
+    let kith = KithPair::new(None).await;
+    let relay = RelayServer::spawn(
+        NodeKey::generate(),
+        RelayOptions {
+            listen: loopback(),
+            advertise: Vec::new(),
+            config: RelayConfig {
+                packet_burst_bytes: 0,
+                ..RelayConfig::default()
+            },
+            max_per_address: kith_node::relay::MAX_PER_ADDRESS,
+        },
+    )
+    .await
+    .unwrap();
+    let relayed = KithPair::new(Some(&relay)).await;
+    let mut one = (Vec::new(), Vec::new(), Vec::new());
+    let mut many = (Vec::new(), Vec::new(), Vec::new());
     let mut setup = (Vec::new(), Vec::new());
     let raw_conn = raw.connect().await;
     let kith_conn = kith.connect().await;
-    // Warm both paths (congestion windows, allocator) before timing.
+    let relayed_conn = relayed.connect().await;
+    // Warm every path (congestion windows, allocator) before timing.
     throughput(&raw_conn, 1).await;
     throughput(&kith_conn, 1).await;
+    throughput(&relayed_conn, 1).await;
     for round in 0..ROUNDS {
         eprintln!("round {}/{ROUNDS}", round + 1);
         one.0.push(throughput(&raw_conn, 1).await);
         one.1.push(throughput(&kith_conn, 1).await);
+        one.2.push(throughput(&relayed_conn, 1).await);
         many.0.push(throughput(&raw_conn, PARALLEL_STREAMS).await);
         many.1.push(throughput(&kith_conn, PARALLEL_STREAMS).await);
+        many.2
+            .push(throughput(&relayed_conn, PARALLEL_STREAMS).await);
         for _ in 0..SETUPS_PER_ROUND {
             let started = Instant::now();
             let conn = raw.connect().await;
@@ -80,7 +109,7 @@ async fn run() {
     table.load_preset(presets::UTF8_FULL_CONDENSED);
     table.set_header(["measure", "raw quinn", "kith", "kith / raw", "target", ""]);
     let mut all_pass = true;
-    for (name, (raw, kith)) in [
+    for (name, (raw, kith, through_relay)) in [
         ("1 stream, MiB/s (median)", &one),
         ("16 streams, MiB/s (median)", &many),
     ] {
@@ -100,6 +129,25 @@ async fn run() {
             "  range over rounds",
             range(raw),
             range(kith),
+            String::new(),
+            String::new(),
+            String::new(),
+        ));
+        let k = median_f64(through_relay);
+        let pass = k >= RELAY_GOAL;
+        all_pass &= pass;
+        table.add_row(row(
+            "  through a relay (median)",
+            format!("{r:.0}"),
+            format!("{k:.0}"),
+            format!("{:.2}x", k / r),
+            format!(">= {RELAY_GOAL} MiB/s"),
+            verdict(pass),
+        ));
+        table.add_row(row(
+            "  range over rounds",
+            String::new(),
+            range(through_relay),
             String::new(),
             String::new(),
             String::new(),
@@ -127,14 +175,22 @@ async fn run() {
         String::new(),
     ));
     println!("{table}");
+    let stats = relay.snapshot().stats;
     println!(
-        "{}: {ROUNDS} rounds of {} MiB per sample, {} setups each; through the relay: not built yet",
+        "{}: {ROUNDS} rounds of {} MiB per sample, {} setups each; the relay carried {} packets \
+         ({} MiB), dropped {} for full queues",
         verdict(all_pass),
         STREAM_BYTES >> 20,
-        SETUPS_PER_ROUND * ROUNDS
+        SETUPS_PER_ROUND * ROUNDS,
+        stats.packets_relayed,
+        stats.packet_bytes_relayed >> 20,
+        stats.packets_dropped
     );
-    kith.a.shutdown().await;
-    kith.b.shutdown().await;
+    for pair in [kith, relayed] {
+        pair.a.shutdown().await;
+        pair.b.shutdown().await;
+    }
+    relay.shutdown().await;
 }
 
 fn row(a: &str, b: String, c: String, d: String, e: String, f: String) -> Vec<Cell> {
@@ -285,27 +341,39 @@ impl RawPair {
     }
 }
 
-/// Two kith nodes that trust each other; `b` serves `bench/1`.
+/// Two kith nodes that trust each other; `b` serves `bench/1`. With a relay, both
+/// are private nodes homed there, so the relay is their only path.
 struct KithPair {
     a: Node,
     b: Arc<Node>,
 }
 
 impl KithPair {
-    async fn new() -> Self {
-        let a = NodeBuilder::new(NodeKey::generate())
+    async fn new(relay: Option<&RelayServer>) -> Self {
+        let builder = |b: NodeBuilder| match relay {
+            Some(relay) => b.private(true).relay(relay.ticket().as_relay()),
+            None => b,
+        };
+        let a = builder(NodeBuilder::new(NodeKey::generate()))
             .listen(loopback())
             .spawn()
             .await
             .unwrap();
         let b = Arc::new(
-            NodeBuilder::new(NodeKey::generate())
+            builder(NodeBuilder::new(NodeKey::generate()))
                 .listen(loopback())
                 .protocol(ALPN)
                 .spawn()
                 .await
                 .unwrap(),
         );
+        if relay.is_some() {
+            for node in [&a, &*b] {
+                while node.relay_status().map(|s| s.state) != Some(LinkState::Registered) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
         a.request(&b.ticket(), "bench").await.unwrap();
         let a_id = a.node_id();
         wait_for(&b, a_id, TrustState::IncomingPending).await;

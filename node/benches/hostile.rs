@@ -41,7 +41,7 @@ use kith_node::datadir::DataDir;
 use kith_node::node::{error_chain, now_ms};
 use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::store::{MAX_AUDIT_ENTRIES, Store};
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, PREFIX_LEN, decode_frame, encode_frame};
 use kith_protocol::machine::Config;
 use kith_protocol::relay::{ForwardResult, RelayConfig};

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use kith_keys::{NodeId, NodeKey};
 use kith_node::relay::{MAX_PER_ADDRESS, RelayOptions, RelayServer};
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::relay::RelayConfig;
 use kith_protocol::wire::{Body, Envelope, Kind, Message, Reach, RelayNotice};

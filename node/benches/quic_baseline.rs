@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kith_keys::NodeKey;
-use kith_node::tls::{Identity, dial, make_endpoint};
+use kith_node::transport::tls::{Identity, dial, make_endpoint};
 use tokio::runtime::Runtime;
 
 /// Largest message the echo server accepts (and the bulk benchmark sends).

@@ -488,6 +488,17 @@ pub struct RelayServerView {
     pub unknown_destination: u64,
     pub refused: u64,
     pub conflicts: u64,
+    /// Relayed QUIC packets of application connections handed on, and their bytes.
+    #[serde(default)]
+    pub packets_relayed: u64,
+    #[serde(default)]
+    pub packet_bytes_relayed: u64,
+    /// Relayed packets refused (unknown sender or destination, quota) or dropped
+    /// (the destination's queue was full).
+    #[serde(default)]
+    pub packets_refused: u64,
+    #[serde(default)]
+    pub packets_dropped: u64,
     pub max_clients: usize,
     /// Size of the `--allow` list, if one is in force.
     pub allow: Option<usize>,

@@ -24,7 +24,9 @@
 //!   path that worked) and the order delivery tries them in.
 //! - [`relay`]: `kith relay` — a relay server: a QUIC endpoint driving the sans-IO
 //!   `kith_protocol::relay::Relay`, with its own control socket.
-//! - [`tls`]: node certificates and the verifiers that bind a QUIC connection to a NodeId.
+//! - [`transport`]: what carries QUIC: [`transport::tls`] (node certificates and the
+//!   verifiers that bind a QUIC connection to a NodeId) and [`transport::path`] (the
+//!   node's socket, whose packets go direct over UDP or through a relay).
 //! - [`ticket`]: the pasteable string that says who a node is and how to reach it.
 //! - [`addrs`]: which local addresses go into a ticket.
 //! - [`datadir`], [`unlock`], [`harden`]: the data directory, unlocking the keystore,
@@ -34,7 +36,7 @@
 //! - [`cli`]: the `kith` command line (the binary's `main` is [`cli::main`]); [`demo`].
 //!
 //! Imports point one way: `cli` → `daemon`/`relay` → `service` → `node` → `store`,
-//! `tls`, `reach` → the protocol crate. docs/design.md ("Layout") has the map.
+//! `transport`, `reach` → the protocol crate. docs/design.md ("Layout") has the map.
 
 pub mod addrs;
 pub mod cli;
@@ -53,7 +55,7 @@ pub mod relay;
 pub mod service;
 pub mod store;
 pub mod ticket;
-pub mod tls;
+pub mod transport;
 pub mod unlock;
 
 pub use node::{Accepted, ConnectError, Delivery, Node, NodeBuilder, NodeError, StoreLocation};

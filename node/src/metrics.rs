@@ -200,6 +200,8 @@ pub struct RelayMetrics {
     queued: Gauge,
     queued_bytes: Gauge,
     envelopes: Family<Outcome, Gauge>,
+    packets: Family<Outcome, Gauge>,
+    packet_bytes: Family<Outcome, Gauge>,
 }
 
 impl Default for RelayMetrics {
@@ -229,12 +231,27 @@ impl Default for RelayMetrics {
             "Envelopes since start, by what became of them (a counter read from the relay)",
             envelopes.clone(),
         );
+        let packets = Family::<Outcome, Gauge>::default();
+        registry.register(
+            "packets",
+            "Relayed QUIC packets of application connections since start, by what became \
+             of them (a counter read from the relay)",
+            packets.clone(),
+        );
+        let packet_bytes = Family::<Outcome, Gauge>::default();
+        registry.register(
+            "packet_bytes",
+            "Bytes of relayed QUIC packets since start, relayed or dropped for a full queue",
+            packet_bytes.clone(),
+        );
         RelayMetrics {
             registry,
             clients,
             queued,
             queued_bytes,
             envelopes,
+            packets,
+            packet_bytes,
         }
     }
 }
@@ -267,6 +284,23 @@ impl RelayMetrics {
             ("refused_sender_quota", s.sender_quota),
         ] {
             self.envelopes
+                .get_or_create(&Outcome { outcome })
+                .set(n as i64);
+        }
+        for (outcome, n) in [
+            ("relayed", s.packets_relayed),
+            ("refused", s.packets_refused),
+            ("dropped_queue_full", s.packets_dropped),
+        ] {
+            self.packets
+                .get_or_create(&Outcome { outcome })
+                .set(n as i64);
+        }
+        for (outcome, n) in [
+            ("relayed", s.packet_bytes_relayed),
+            ("dropped_queue_full", s.packet_bytes_dropped),
+        ] {
+            self.packet_bytes
                 .get_or_create(&Outcome { outcome })
                 .set(n as i64);
         }
@@ -353,6 +387,34 @@ async fn answer(
 mod tests {
     use super::*;
     use kith_protocol::validate::Refusal;
+
+    #[test]
+    fn a_relay_reports_its_relayed_and_dropped_packets() {
+        let stats = kith_protocol::relay::RelayStats {
+            packets_relayed: 7,
+            packet_bytes_relayed: 8400,
+            packets_refused: 2,
+            packets_dropped: 3,
+            packet_bytes_dropped: 3600,
+            ..Default::default()
+        };
+        let text = RelayMetrics::default().render(&RelayFigures {
+            clients: 2,
+            registered: 2,
+            queued: 0,
+            queued_bytes: 0,
+            stats,
+        });
+        for line in [
+            "kith_relay_packets{outcome=\"relayed\"} 7",
+            "kith_relay_packets{outcome=\"refused\"} 2",
+            "kith_relay_packets{outcome=\"dropped_queue_full\"} 3",
+            "kith_relay_packet_bytes{outcome=\"relayed\"} 8400",
+            "kith_relay_packet_bytes{outcome=\"dropped_queue_full\"} 3600",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 
     #[test]
     fn an_envelope_counts_its_outcome_and_a_refusal_its_reason() {

@@ -28,6 +28,7 @@ mod final_refusal;
 mod link;
 mod ping;
 mod refusals;
+mod relayed;
 mod serve;
 
 use std::collections::HashMap;
@@ -66,7 +67,7 @@ use crate::reach::{PathKind, PeerReach, Targets};
 use crate::service::spec::ServiceSpec;
 use crate::store::StoreError;
 use crate::ticket::Ticket;
-use crate::tls::{self, TlsError};
+use crate::transport::tls::{self, TlsError};
 
 /// The most that inbound connections can make a node buffer, in bytes: quinn's
 /// unread data (one connection window per connection) plus the node's read budget
@@ -171,6 +172,8 @@ struct Shared {
     /// The certificate and key every connection of this node authenticates with.
     identity: tls::Identity,
     endpoint: quinn::Endpoint,
+    /// The relay side of the endpoint's socket: mapped addresses and packet queues.
+    paths: Arc<crate::transport::path::RelayPaths>,
     local_addr: SocketAddr,
     advertise: Vec<SocketAddr>,
     /// `advertise` was given by the operator (not found on interfaces).

@@ -19,12 +19,13 @@
 //! destination), hold the state lock across an await, or keep anything on disk:
 //! its queue is memory only, bounded by the state machine.
 
+mod packets;
 mod slots;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ use crate::control::{self, ControlError, RelayServerView, Request, Response};
 use crate::datadir::DataDir;
 use crate::node::{DIAL_TIMEOUT, ExchangeError, STREAM_TIMEOUT, close_code, exchange_on, now_ms};
 use crate::ticket::Ticket;
-use crate::tls::{self, TlsError};
+use crate::transport::tls::{self, TlsError};
 
 /// How long a destination may take to acknowledge a pushed envelope. Shorter than
 /// a sender's wait for the relay's answer, so the sender always hears back.
@@ -88,6 +89,9 @@ struct Inner {
     next_conn: AtomicU64,
     probe_timeout: Duration,
     slots: Arc<slots::AddressSlots>,
+    tap: Option<packets::Tap>,
+    /// Bytes of relayed packets queued for all destinations (see [`packets`]).
+    packet_bytes_queued: Arc<AtomicUsize>,
 }
 
 struct State {
@@ -101,6 +105,8 @@ struct State {
     hints: HashMap<(NodeId, NodeId, [u8; 16]), Reach>,
     /// Client connections with a [`Message::PingThrough`] under way (one each).
     pinging: std::collections::HashSet<ConnId>,
+    /// Each registered connection's queue of relayed packets (see [`packets`]).
+    packet_queues: HashMap<ConnId, packets::PacketQueue>,
 }
 
 /// A push to carry out: the destination connection, the envelope and its hint.
@@ -155,11 +161,14 @@ impl RelayServer {
                 notices: HashMap::new(),
                 hints: HashMap::new(),
                 pinging: Default::default(),
+                packet_queues: HashMap::new(),
             }),
             wake: Notify::new(),
             next_conn: AtomicU64::new(1),
             probe_timeout,
             slots: slots::AddressSlots::new(options.max_per_address),
+            tap: packets::Tap::from_env(),
+            packet_bytes_queued: Arc::default(),
         });
         let accept = tokio::spawn(accept_loop(inner.clone()));
         let ticker = tokio::spawn(tick_loop(inner.clone()));
@@ -300,6 +309,7 @@ impl Inner {
                     }
                     RelayOutput::Close { conn } => {
                         state.notices.remove(&conn);
+                        state.packet_queues.remove(&conn);
                         if let Some(c) = state.conns.remove(&conn) {
                             debug!(conn, "closing a replaced registration");
                             c.close(
@@ -583,6 +593,7 @@ async fn serve_connection(inner: Arc<Inner>, conn: quinn::Connection) {
         },
         None,
     );
+    packets::start(&inner, id, &conn);
     if !pushes.is_empty() {
         // What waited for this node, in order: a later envelope from one sender must
         // not overtake an earlier one (its high-water mark would refuse the earlier).
@@ -598,8 +609,12 @@ async fn serve_connection(inner: Arc<Inner>, conn: quinn::Connection) {
         let inner = inner.clone();
         tokio::spawn(async move { serve_stream(inner, id, node, send, recv).await });
     }
-    let known = inner.state.lock().unwrap().conns.remove(&id).is_some();
-    inner.state.lock().unwrap().notices.remove(&id);
+    let known = {
+        let mut state = inner.state.lock().unwrap();
+        state.notices.remove(&id);
+        state.packet_queues.remove(&id);
+        state.conns.remove(&id).is_some()
+    };
     if known {
         inner.step(RelayInput::Disconnected { conn: id }, None);
     }
@@ -757,6 +772,10 @@ fn relay_dispatch(
                 unknown_destination: s.stats.unknown_destination,
                 refused: s.stats.refused,
                 conflicts: s.stats.conflicts,
+                packets_relayed: s.stats.packets_relayed,
+                packet_bytes_relayed: s.stats.packet_bytes_relayed,
+                packets_refused: s.stats.packets_refused,
+                packets_dropped: s.stats.packets_dropped,
                 max_clients: s.max_clients,
                 allow: s.allow,
                 keystore_encrypted: info.keystore_encrypted,

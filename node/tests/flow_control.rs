@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kith_keys::{NodeId, NodeKey};
+use kith_node::NodeBuilder;
 use kith_node::node::{MAX_BUFFERED, MAX_PER_ADDRESS};
-use kith_node::{NodeBuilder, tls};
+use kith_node::transport::tls;
 use kith_protocol::frame::MAX_FRAME_LEN;
 
 /// What each stream tries to write: one byte short of a whole frame, so no stream

@@ -11,7 +11,7 @@ use kith_keys::NodeKey;
 use kith_node::node::{Delivery, LinkState, Node, NodeBuilder, RelayStatus};
 use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::ticket::Ticket;
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::relay::{ForwardResult, RelayConfig};
 use kith_protocol::wire::{AckStatus, MAX_REACH_ADDRS, Message, Reach, RelayNotice, RelayRef};

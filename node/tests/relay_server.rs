@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_keys::{NodeId, NodeKey};
 use kith_node::relay::{RelayOptions, RelayServer};
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::relay::{DropReason, ForwardResult, RelayConfig, RelayRefusal};
 use kith_protocol::wire::{Body, Envelope, Kind, MAX_REACH_ADDRS, Message, Reach, RelayNotice};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kith_keys::{IdError, NodeId, NodeKey};
-use kith_node::tls::{
+use kith_node::transport::tls::{
     ALPN, Identity, SERVER_NAME, TlsError, dial, make_endpoint, node_certificate,
     node_id_from_certificate, peer_node_id,
 };

@@ -51,11 +51,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::validate::check_text;
 use crate::wire::{Envelope, MAX_TEXT_CHARS, PROTOCOL_VERSION};
+mod packets;
 mod types;
 
 pub use types::{
-    ClientInfo, ConnId, DEFAULT_QUEUE_TTL_MS, DropReason, ForwardResult, RelayConfig, RelayInput,
-    RelayOutput, RelayRefusal, RelayStats,
+    ClientInfo, ConnId, DEFAULT_PACKET_BURST_BYTES, DEFAULT_PACKET_BYTES_PER_SEC,
+    DEFAULT_QUEUE_TTL_MS, DropReason, ForwardResult, MAX_PACKET_LEN, PacketRefusal, PacketRoute,
+    RelayConfig, RelayInput, RelayOutput, RelayRefusal, RelayStats,
 };
 
 /// A registered node now offline.
@@ -102,6 +104,9 @@ pub struct Relay {
     /// (expiry of the queue's front, destination), one per non-empty queue.
     expiries: BTreeSet<(u64, NodeId)>,
     buckets: BTreeMap<NodeId, Bucket>,
+    /// Byte buckets for relayed packets, per sender (see [`Relay::route_packet`]).
+    #[serde(default)]
+    packet_buckets: BTreeMap<NodeId, Bucket>,
     /// Older connections being probed: their deadline.
     probes: BTreeMap<ConnId, u64>,
     stats: RelayStats,
@@ -128,6 +133,7 @@ impl Relay {
             dropped: Vec::new(),
             expiries: BTreeSet::new(),
             buckets: BTreeMap::new(),
+            packet_buckets: BTreeMap::new(),
             probes: BTreeMap::new(),
             stats: RelayStats::default(),
             conflicted: BTreeSet::new(),
@@ -424,6 +430,7 @@ impl Relay {
             {
                 self.buckets.remove(&node);
             }
+            self.forget_packet_bucket(now, node);
         }
     }
 
@@ -659,6 +666,7 @@ impl Relay {
             .into_iter()
             .filter(|(node, b)| connected.contains(node) || self.refilled(b, now) < capacity)
             .collect();
+        self.prune_packet_buckets(now, &connected);
     }
 
     fn capacity(&self) -> u64 {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod service;
+
 pub fn kith_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kith")
 }
@@ -22,6 +24,8 @@ pub struct TestNode {
     /// Run the daemon inside this network namespace (`ip netns exec`); the CLI
     /// commands still run here (the control socket is a path in the data dir).
     pub netns: Option<String>,
+    /// Extra environment for every command of this node (the daemon's too).
+    pub env: Vec<(String, String)>,
     /// This node's machine state (`KITH_STATE_DIR`: instance secrets), never the real
     /// one. Nodes sharing it are on one machine; a fresh one is another machine.
     pub state: Arc<tempfile::TempDir>,
@@ -60,6 +64,7 @@ impl TestNode {
             node_id: String::new(),
             last_args: Vec::new(),
             netns: None,
+            env: Vec::new(),
             state: new_state(),
         };
         let out = node.run_ok(&[
@@ -91,6 +96,7 @@ impl TestNode {
             node_id,
             last_args: Vec::new(),
             netns: None,
+            env: Vec::new(),
             state,
         }
     }
@@ -113,6 +119,7 @@ impl TestNode {
             .env_remove("KITH_PASSPHRASE_FILE")
             .env_remove("KITH_DATA_DIR")
             .env("KITH_STATE_DIR", self.state.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
     }
 

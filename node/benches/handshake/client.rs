@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kith_keys::{NodeId, NodeKey};
 use kith_node::node::{error_chain, now_ms};
-use kith_node::tls;
+use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, PREFIX_LEN, decode_frame, encode_frame};
 use kith_protocol::relay::ForwardResult;
 use kith_protocol::wire::{Ack, AckStatus, Body, Envelope, Kind, Message, Reach};

@@ -87,6 +87,15 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().rate_burst)]
     burst: u32,
 
+    /// MiB per second of application data (relayed QUIC packets) one sender may send
+    /// through the relay, sustained.
+    #[arg(long, value_name = "MIB", default_value_t = RelayConfig::default().packet_bytes_per_sec >> 20)]
+    data_rate: u64,
+
+    /// MiB of application data one sender may send in a burst (0: no data quota).
+    #[arg(long, value_name = "MIB", default_value_t = RelayConfig::default().packet_burst_bytes >> 20)]
+    data_burst: u64,
+
     /// Serve Prometheus metrics over HTTP on ADDR (127.0.0.1:9465 when given without
     /// one). Off by default.
     #[arg(long, value_name = "ADDR", num_args = 0..=1,
@@ -157,6 +166,8 @@ pub fn run(ctx: &Context, args: RelayArgs) -> anyhow::Result<u8> {
         queue_ttl_ms: args.queue_ttl.as_millis() as u64,
         rate_burst: args.burst,
         rate_per_sec: args.rate,
+        packet_bytes_per_sec: args.data_rate.saturating_mul(1 << 20),
+        packet_burst_bytes: args.data_burst.saturating_mul(1 << 20),
         allow,
         ..RelayConfig::default()
     };
@@ -216,6 +227,13 @@ pub fn print_status(ctx: &Context, s: &RelayServerView) -> anyhow::Result<u8> {
         s.refused
     )?;
     outln!("queued    {} now", s.queued)?;
+    outln!(
+        "packets   {} relayed ({} bytes of application connections), {} refused, {} dropped",
+        s.packets_relayed,
+        s.packet_bytes_relayed,
+        s.packets_refused,
+        s.packets_dropped
+    )?;
     if s.conflicts > 0 {
         outln!("conflicts {} identity conflicts reported", s.conflicts)?;
     }

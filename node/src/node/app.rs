@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use kith_keys::NodeId;
 use kith_protocol::machine::TrustState;
+use kith_protocol::wire::RelayRef;
 use quinn::{ConnectionError, VarInt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -37,7 +38,7 @@ use tracing::debug;
 
 use super::{DIAL_TIMEOUT, Shared, close_code, dial_addrs, error_chain};
 use crate::reach::targets;
-use crate::tls;
+use crate::transport::tls;
 
 /// How long the dialling side waits for the acceptor's verdict after the handshake.
 const VERDICT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +50,8 @@ const VERDICT_TRUSTED: u8 = 1;
 const ACCEPT_BACKLOG: usize = 64;
 /// How often live connections are checked against trust, whatever the events said.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long a direct dial may take when a relay could carry the connection instead.
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest application protocol name (TLS caps an ALPN at 255 bytes).
 const MAX_ALPN_LEN: usize = 255;
 
@@ -68,9 +71,7 @@ pub enum ConnectError {
     UnknownProtocol { peer: NodeId, alpn: String },
     #[error("{peer} has too many connections waiting for its application; try again later")]
     Busy { peer: NodeId },
-    #[error(
-        "no direct address is known for {0}; application connections need one (relayed ones are not built yet)"
-    )]
+    #[error("neither an address nor a relay is known for {0}; add its ticket again")]
     NoAddress(NodeId),
     #[error("cannot reach {peer}: {reason}")]
     Unreachable { peer: NodeId, reason: String },
@@ -166,6 +167,21 @@ impl Apps {
     }
 }
 
+/// One way to dial a peer's application.
+enum Path<'a> {
+    Direct(SocketAddr),
+    Relay(&'a RelayRef),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Direct(addr) => write!(f, "{addr}"),
+            Path::Relay(relay) => write!(f, "through relay {}", relay.node_id.short()),
+        }
+    }
+}
+
 /// Checks an application protocol name before it is registered or dialled.
 pub(super) fn check_alpn(alpn: &[u8]) -> Result<(), ConnectError> {
     if alpn.is_empty() || alpn.len() > MAX_ALPN_LEN || alpn == tls::ALPN || alpn == tls::RELAY_ALPN
@@ -192,17 +208,32 @@ impl Shared {
             return Err(ConnectError::NotTrusted(peer));
         }
         let reach = self.reach.lock().unwrap().get(&peer).cloned();
-        let addrs: Vec<SocketAddr> = targets(&known, reach.as_ref(), None).direct;
-        if addrs.is_empty() {
+        let targets = targets(&known, reach.as_ref(), self.home.as_ref());
+        if targets.direct.is_empty() && targets.relays.is_empty() {
             return Err(ConnectError::NoAddress(peer));
         }
+        // With a relay to fall back on, a silent direct address costs little time.
+        let direct_timeout = if targets.relays.is_empty() {
+            DIAL_TIMEOUT
+        } else {
+            DIRECT_TIMEOUT
+        };
         let mut failures = Vec::new();
-        for addr in addrs {
-            let dialled = tokio::time::timeout(
-                DIAL_TIMEOUT,
-                tls::dial_app(&self.endpoint, &self.identity, addr, peer, alpn),
-            )
-            .await;
+        let paths = targets
+            .direct
+            .iter()
+            .map(|addr| Path::Direct(*addr))
+            .chain(targets.relays.iter().map(Path::Relay));
+        for path in paths {
+            let dialled = match path {
+                Path::Direct(addr) => tokio::time::timeout(
+                    direct_timeout,
+                    tls::dial_app(&self.endpoint, &self.identity, addr, peer, alpn),
+                )
+                .await
+                .map_err(|_| format!("{addr}: no answer within {direct_timeout:?}")),
+                Path::Relay(relay) => self.dial_relayed(peer, relay, alpn).await,
+            };
             let conn = match dialled {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(tls::TlsError::Connection(e))) if refused_protocol(&e) => {
@@ -212,11 +243,11 @@ impl Shared {
                     });
                 }
                 Ok(Err(e)) => {
-                    failures.push(format!("{addr}: {}", error_chain(&e)));
+                    failures.push(format!("{path}: {}", error_chain(&e)));
                     continue;
                 }
-                Err(_) => {
-                    failures.push(format!("{addr}: no answer within {DIAL_TIMEOUT:?}"));
+                Err(e) => {
+                    failures.push(e);
                     continue;
                 }
             };
@@ -233,6 +264,33 @@ impl Shared {
         Err(ConnectError::Unreachable {
             peer,
             reason: failures.join("; "),
+        })
+    }
+
+    /// Dials `peer` at its mapped address through `relay`: over the link to it
+    /// (the home relay's, or one opened for this), the same QUIC and TLS handshake as
+    /// a direct dial, end to end; the relay sees only ciphertext.
+    async fn dial_relayed(
+        self: &Arc<Self>,
+        peer: NodeId,
+        relay: &RelayRef,
+        alpn: &[u8],
+    ) -> Result<Result<quinn::Connection, tls::TlsError>, String> {
+        let via = format!("through relay {}", relay.node_id.short());
+        super::link::link(self, relay)
+            .await
+            .map_err(|e| format!("{via}: {}", error_chain(&e)))?;
+        let addr = self
+            .paths
+            .map(relay.node_id, peer)
+            .ok_or_else(|| format!("{via}: too many relayed peers at once"))?;
+        tokio::time::timeout(
+            DIAL_TIMEOUT,
+            tls::dial_app(&self.endpoint, &self.identity, addr, peer, alpn),
+        )
+        .await
+        .map_err(|_| {
+            format!("{via}: no answer within {DIAL_TIMEOUT:?} (is the peer connected to it?)")
         })
     }
 

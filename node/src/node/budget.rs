@@ -1,7 +1,7 @@
 //! A node-wide bound on the bytes held by the streams it is reading.
 //!
 //! QUIC flow control bounds what quinn buffers for one connection (see the
-//! windows in [`crate::tls`]), but every byte the node reads out of quinn returns
+//! windows in [`crate::transport::limits`]), but every byte the node reads out of quinn returns
 //! credit to the peer: without a bound here, streams × frame × connections could
 //! sit in read buffers at once (8 GiB with 4,096 connections of 32 streams each).
 //! Every stream a peer opens is read through [`read_message`], which takes budget

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::metrics::NodeMetrics;
 use crate::store::Store;
-use crate::tls::{self, TlsError};
+use crate::transport::tls;
 
 /// Builds a [`Node`].
 pub struct NodeBuilder {
@@ -137,11 +137,8 @@ impl NodeBuilder {
             app::check_alpn(alpn)?;
         }
         let identity = tls::Identity::new(&self.key)?;
-        let endpoint = tls::make_endpoint_with(&identity, self.listen, &self.protocols)?;
-        let local_addr = endpoint.local_addr().map_err(|source| TlsError::Bind {
-            addr: self.listen,
-            source,
-        })?;
+        let (endpoint, paths, local_addr) =
+            tls::make_path_endpoint(&identity, self.listen, &self.protocols)?;
         let advertise_given = !self.advertise.is_empty();
         let advertise = if self.private {
             Vec::new()
@@ -184,6 +181,7 @@ impl NodeBuilder {
             node_id,
             identity,
             endpoint: endpoint.clone(),
+            paths,
             local_addr,
             advertise,
             advertise_given,

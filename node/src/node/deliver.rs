@@ -27,7 +27,7 @@ use super::{
     error_chain, link, now_ms,
 };
 use crate::reach::PathKind;
-use crate::tls;
+use crate::transport::tls;
 
 impl Shared {
     /// The open connection to `peer`, or a new one dialled at `addr`. A dialled

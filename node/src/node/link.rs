@@ -7,7 +7,7 @@
 //! A node with a home relay keeps one QUIC connection to it ([`run_home`]): dial,
 //! register (asking for a dial-back unless private), serve what the relay pushes,
 //! and when the connection drops, reconnect with exponential backoff and jitter —
-//! forever, with no operator action. QUIC keep-alives (see [`crate::tls`]) keep the
+//! forever, with no operator action. QUIC keep-alives (see [`crate::transport::limits`]) keep the
 //! connection, and the NAT binding under it, open. To reach a peer through a relay
 //! that is not its home, the node dials that relay on demand ([`forward`]) and
 //! serves that connection the same way while it lasts (the relay may push replies
@@ -44,7 +44,7 @@ use super::{
     exchange_on, now_ms,
 };
 use crate::reach::PathKind;
-use crate::tls;
+use crate::transport::tls;
 
 /// First reconnect delay after the home relay connection drops.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -405,6 +405,7 @@ async fn home_session(shared: &Arc<Shared>, relay: &RelayRef, conn: quinn::Conne
     info!(relay = %id, %addr, "connected to the home relay");
     // Serve first: the relay pushes what it queued for us as soon as we connect.
     tokio::spawn(serve_link(shared.clone(), conn.clone(), relay.clone()));
+    super::relayed::start(shared, &conn, id);
 
     let register = Message::Register {
         dial_back: !shared.private,
@@ -515,7 +516,10 @@ async fn verify_observed(shared: Arc<Shared>, home: quinn::Connection, observed:
 
 /// The connection to `relay`: the open one, or (for a relay other than our home
 /// relay, whose connection only [`run_home`] makes) a new one.
-async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connection, NodeError> {
+pub(super) async fn link(
+    shared: &Arc<Shared>,
+    relay: &RelayRef,
+) -> Result<quinn::Connection, NodeError> {
     if let Some(conn) = shared.live_link(&relay.node_id) {
         return Ok(conn);
     }
@@ -539,12 +543,15 @@ async fn link(shared: &Arc<Shared>, relay: &RelayRef) -> Result<quinn::Connectio
         .unwrap()
         .insert(relay.node_id, conn.clone());
     tokio::spawn(serve_link(shared.clone(), conn.clone(), relay.clone()));
+    super::relayed::start(shared, &conn, relay.node_id);
     tokio::spawn(close_when_idle(shared.clone(), conn.clone(), relay.node_id));
     Ok(conn)
 }
 
 /// Closes a link to a relay that is not our home relay once no stream crossed it
 /// (in either direction) for [`Shared::link_idle`]. QUIC keep-alives are no use.
+/// Relayed packets are stream data, so a link carrying a live application
+/// connection (whose own keep-alives cross it every few seconds) is never idle.
 async fn close_when_idle(shared: Arc<Shared>, conn: quinn::Connection, relay: NodeId) {
     let streams = |c: &quinn::Connection| {
         let stats = c.stats();

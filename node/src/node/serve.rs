@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::{DIAL_TIMEOUT, Learn, STREAM_TIMEOUT, Shared, admission, budget, close_code, now_ms};
 use crate::reach::PathKind;
-use crate::tls;
+use crate::transport::{path, tls};
 
 /// How long a peer may take to read our answer before the stream is dropped.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,8 +33,8 @@ pub const UNTRUSTED_IDLE: Duration = Duration::from_secs(10);
 pub(super) async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let remote = incoming.remote_address();
-        if shared.private {
-            // A private node is reachable only through its relay: refuse at once
+        if shared.private && !path::is_mapped(&remote) {
+            // A private node is reachable only through a relay: refuse at once
             // (CONNECTION_REFUSED), before any handshake work.
             debug!(%remote, "refusing an inbound connection (private node)");
             incoming.refuse();
@@ -81,6 +81,11 @@ async fn serve_inbound(
         conn.close(0u32.into(), b"no node certificate");
         return;
     };
+    if let Err(why) = check_relayed(&shared, &conn, peer) {
+        debug!(%peer, remote = %conn.remote_address(), why, "closing a relayed connection");
+        conn.close(close_code::NOT_TRUSTED.into(), why.as_bytes());
+        return;
+    }
     let trusted = shared.is_trusted(peer).await;
     match shared.admission.admit(handshake, peer, trusted) {
         Ok(admitted) => serve_connection(shared, conn, Some(admitted)).await,
@@ -88,6 +93,31 @@ async fn serve_inbound(
             debug!(%peer, remote = %conn.remote_address(), ?why, "turning a connection away");
             conn.close(close_code::TOO_MANY.into(), why.reason());
         }
+    }
+}
+
+/// For a connection that came through a relay (from a mapped address): it must be an
+/// application connection (envelopes travel through relays as signed envelopes, and a
+/// mapped address means nothing outside this process, so it must never be learned as
+/// where the peer speaks from), and the key its TLS handshake proved must be the one
+/// the relay named as the sender. The relay cannot forge the handshake; a mismatch
+/// means it lies about who is sending, and the connection is dropped before trust is
+/// even looked at.
+fn check_relayed(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    peer: NodeId,
+) -> Result<(), &'static str> {
+    let remote = conn.remote_address();
+    if !path::is_mapped(&remote) {
+        return Ok(());
+    }
+    if tls::negotiated_alpn(conn).is_none_or(|a| a.as_slice() == tls::ALPN) {
+        return Err("only application connections come through a relay");
+    }
+    match shared.paths.lookup(&remote) {
+        Some(relayed) if relayed.peer == *peer.as_bytes() => Ok(()),
+        _ => Err("the relay named another sender than the one the handshake proved"),
     }
 }
 

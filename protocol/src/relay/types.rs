@@ -21,6 +21,13 @@ pub type ConnId = u64;
 /// destination anyway).
 pub const DEFAULT_QUEUE_TTL_MS: u64 = 4 * 60 * 1000;
 
+/// Default byte quota of one sender's relayed packets: 16 MiB in a burst.
+pub const DEFAULT_PACKET_BURST_BYTES: u64 = 16 << 20;
+/// Default byte quota of one sender's relayed packets: 64 MiB/s sustained.
+pub const DEFAULT_PACKET_BYTES_PER_SEC: u64 = 64 << 20;
+/// Largest packet a relay carries (a QUIC datagram fits many times over).
+pub const MAX_PACKET_LEN: usize = u16::MAX as usize;
+
 /// Tunables of a relay. Everything has a sensible [`Default`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayConfig {
@@ -69,6 +76,15 @@ pub struct RelayConfig {
     /// list) is *settled*: fresh identities connecting and leaving cannot push it out
     /// of the remembered nodes (and so drop its queue).
     pub settled_ms: u64,
+    /// Token bucket per sender for relayed QUIC packets ([`Relay::route_packet`](super::Relay::route_packet)):
+    /// most bytes in a burst (at least one largest packet is always allowed). `0`
+    /// turns the byte quota off.
+    #[serde(default)]
+    pub packet_burst_bytes: u64,
+    /// Token bucket per sender for relayed packets: sustained bytes per second. Each
+    /// sender has its own bucket, so one busy sender cannot take the others' share.
+    #[serde(default)]
+    pub packet_bytes_per_sec: u64,
 }
 
 impl Default for RelayConfig {
@@ -89,6 +105,8 @@ impl Default for RelayConfig {
             remember_ms: 24 * 60 * 60 * 1000,
             remember_max: 16 * 1024,
             settled_ms: 60 * 60 * 1000,
+            packet_burst_bytes: DEFAULT_PACKET_BURST_BYTES,
+            packet_bytes_per_sec: DEFAULT_PACKET_BYTES_PER_SEC,
         }
     }
 }
@@ -176,6 +194,47 @@ pub struct RelayStats {
     /// Of `refused`: forwards refused because their sender had its queue quota full.
     #[serde(default)]
     pub sender_quota: u64,
+    /// Relayed QUIC packets handed to their destination's queue, and their bytes.
+    #[serde(default)]
+    pub packets_relayed: u64,
+    #[serde(default)]
+    pub packet_bytes_relayed: u64,
+    /// Packets refused by routing (see [`PacketRefusal`]).
+    #[serde(default)]
+    pub packets_refused: u64,
+    /// Packets routed but dropped because their destination's queue was full, and their bytes.
+    #[serde(default)]
+    pub packets_dropped: u64,
+    #[serde(default)]
+    pub packet_bytes_dropped: u64,
+}
+
+/// Where a relayed packet goes ([`Relay::route_packet`](super::Relay::route_packet)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketRoute {
+    /// Onto the connection `conn`'s packet queue, naming the sender as `src`.
+    Deliver {
+        conn: ConnId,
+        src: NodeId,
+    },
+    Refused(PacketRefusal),
+}
+
+/// Why a relayed packet is not carried. The sender is not told: packets are
+/// datagrams, and QUIC above them retransmits or times out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketRefusal {
+    /// The connection is not (or no longer) a client.
+    UnknownConnection,
+    /// The sender may not register here (not on the allow list): guests may only
+    /// forward envelopes, not carry data.
+    NotRegistered,
+    /// No registered connection for the destination.
+    UnknownDestination,
+    /// Empty, or longer than [`MAX_PACKET_LEN`].
+    BadLength,
+    /// The sender's byte quota is spent for now.
+    Quota,
 }
 
 /// What the relay knows about one connection.

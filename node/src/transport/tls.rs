@@ -25,11 +25,10 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use kith_keys::{IdError, NodeId, NodeKey};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{TransportConfig, VarInt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -39,6 +38,13 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, PeerIncompatible,
     PeerMisbehaved, SignatureScheme,
 };
+
+pub use super::limits::{
+    APP_CONNECTION_WINDOW, APP_MAX_STREAMS, APP_STREAM_WINDOW, MAX_BIDI_STREAMS,
+    RELAY_DATA_STREAMS, RELAY_LINK_WINDOW, UNVETTED_CONNECTION_WINDOW, app_transport_config,
+};
+use super::limits::{relay_link_transport_config, relay_server_transport_config, transport_config};
+use super::path::{PathSocket, RelayPaths};
 
 /// The one application protocol a kith node speaks. A peer offering anything else
 /// (or nothing) is refused by the TLS layer: QUIC requires an ALPN match.
@@ -59,24 +65,6 @@ pub const SERVER_NAME: &str = "kith";
 /// Suffix of the certificate's subject alternative name (`<node id>.kith`). Purely
 /// informational, for humans reading a certificate dump.
 const SAN_SUFFIX: &str = ".kith";
-
-/// How long a connection may be silent before it is dropped. The smaller of both
-/// sides' values applies.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the dialling side of an otherwise silent connection sends a
-/// keep-alive. A third of the idle timeout, so two lost keep-alives do not yet kill
-/// the connection, and short enough to keep typical NAT bindings (often 30 s or more
-/// for UDP) open. Only the dialler sends them (it is the side behind a NAT, and its
-/// keep-alives keep both sides' idle timers fresh): a listener that sent them would
-/// keep every idle connection a stranger opened alive for it.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
-/// Concurrent bidirectional streams a peer may open. The protocol uses one short
-/// request/response stream per exchange; 8 leaves room for pipelining while
-/// bounding what an untrusted (not yet vetted) peer can make us hold open: each
-/// open stream may hold a frame in our read buffer.
-pub const MAX_BIDI_STREAMS: u32 = 8;
-/// The protocol uses no unidirectional streams, so a peer may open none.
-const MAX_UNI_STREAMS: u32 = 0;
 
 /// QUIC application close code a dialler uses when the connection it got is not
 /// bound to the node it asked for (only reachable if a verifier were bypassed).
@@ -207,12 +195,13 @@ pub fn server_config_with(
     let alpns = std::iter::once(ALPN.to_vec())
         .chain(apps.iter().cloned())
         .collect();
-    server_config_offering(identity, alpns)
+    server_config_offering(identity, alpns, transport_config(false))
 }
 
 fn server_config_offering(
     identity: &Identity,
     alpns: Vec<Vec<u8>>,
+    transport: Arc<TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = ring_provider();
     let verifier = Arc::new(AnyNodeClientVerifier {
@@ -230,7 +219,7 @@ fn server_config_offering(
     // `max_early_data_size` stays 0: 0-RTT data is replayable by an on-path attacker.
 
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(transport_config(false));
+    config.transport_config(transport);
     Ok(config)
 }
 
@@ -282,6 +271,33 @@ pub fn make_endpoint_with(
     bind_endpoint(listen, server_config_with(identity, apps)?)
 }
 
+/// The node's own endpoint: [`make_endpoint_with`] over a [`PathSocket`], so that one
+/// endpoint dials and accepts both directly and through relays. Returns the relay
+/// side of the socket for the link code, and the UDP socket's local address.
+pub fn make_path_endpoint(
+    identity: &Identity,
+    listen: SocketAddr,
+    apps: &[Vec<u8>],
+) -> Result<(quinn::Endpoint, Arc<RelayPaths>, SocketAddr), TlsError> {
+    let bind_err = |source| TlsError::Bind {
+        addr: listen,
+        source,
+    };
+    let socket = bind_udp(listen).map_err(bind_err)?;
+    let local = socket.local_addr().map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime is running")))?;
+    let (socket, paths) = PathSocket::new(socket).map_err(bind_err)?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config_with(identity, apps)?),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)?;
+    Ok((endpoint, paths, local))
+}
+
 /// [`make_endpoint`] for a relay: it accepts only relay links ([`RELAY_ALPN`]).
 pub fn make_relay_endpoint(
     identity: &Identity,
@@ -289,7 +305,11 @@ pub fn make_relay_endpoint(
 ) -> Result<quinn::Endpoint, TlsError> {
     bind_endpoint(
         listen,
-        server_config_offering(identity, vec![RELAY_ALPN.to_vec()])?,
+        server_config_offering(
+            identity,
+            vec![RELAY_ALPN.to_vec()],
+            relay_server_transport_config(),
+        )?,
     )
 }
 
@@ -358,8 +378,12 @@ pub async fn dial_relay(
     addr: SocketAddr,
     expected: NodeId,
 ) -> Result<quinn::Connection, TlsError> {
-    let (config, refused) =
-        client_config_reporting(identity, expected, RELAY_ALPN, transport_config(true))?;
+    let (config, refused) = client_config_reporting(
+        identity,
+        expected,
+        RELAY_ALPN,
+        relay_link_transport_config(),
+    )?;
     dial_with(endpoint, config, refused, addr, expected).await
 }
 
@@ -450,67 +474,6 @@ fn client_config_reporting(
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     config.transport_config(transport);
     Ok((config, refused))
-}
-
-/// Unread bytes any connection may hold across all its streams until the peer is
-/// found trusted for an application: one largest kith frame, whatever the
-/// per-stream window. Several small messages fit at once, and a connection whose
-/// streams the node stops reading (its read budget is spent) holds no more than
-/// this. See docs/design.md, Transport, for the sum over all connections.
-pub const UNVETTED_CONNECTION_WINDOW: u32 = kith_protocol::frame::MAX_FRAME_LEN as u32 + 4;
-
-/// Connection limits shared by both directions. Deliberately small: a peer is
-/// untrusted until the protocol layer says otherwise, so it gets bounded resources
-/// and a dead peer is noticed within the idle timeout. The per-stream window is the
-/// data connections' ([`APP_STREAM_WINDOW`]) because a server announces it in the
-/// handshake, before it knows which protocol the connection speaks; the connection
-/// window keeps what an unvetted peer can make us buffer where it was. A kith message
-/// is still at most one frame: its reader stops at [`kith_protocol::frame::MAX_FRAME_LEN`].
-/// Only a dialled connection sends keep-alives (`keep_alive`).
-fn transport_config(keep_alive: bool) -> Arc<TransportConfig> {
-    let mut transport = TransportConfig::default();
-    // IdleTimeout from a VarInt is in milliseconds and cannot fail.
-    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
-        IDLE_TIMEOUT.as_millis() as u32,
-    ))));
-    transport.keep_alive_interval(keep_alive.then_some(KEEP_ALIVE));
-    transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
-    transport.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
-    transport.stream_receive_window(VarInt::from_u32(APP_STREAM_WINDOW));
-    transport.receive_window(VarInt::from_u32(UNVETTED_CONNECTION_WINDOW));
-    // No path MTU discovery: a kith message fits in the 1,200-byte datagram every
-    // QUIC path carries, and each probe is ~1,450 bytes of PADDING that the receiver
-    // parses frame by frame. Probing cost a direct handshake ~60 µs at p50 (bench).
-    transport.mtu_discovery_config(None);
-    Arc::new(transport)
-}
-
-/// Flow-control windows of an application (data) connection. A stream's window bounds
-/// one stream's throughput to window / RTT (4 MiB at 50 ms RTT is ~80 MiB/s); the
-/// connection's bounds what all its streams may hold unread at once.
-pub const APP_STREAM_WINDOW: u32 = 4 << 20;
-/// Unread bytes a trusted application connection may hold across all its streams.
-pub const APP_CONNECTION_WINDOW: u32 = 16 << 20;
-/// Streams a trusted peer may open at once on an application connection, each way.
-pub const APP_MAX_STREAMS: u32 = 256;
-
-/// The transport of a connection this node dials for an application: the windows
-/// above, both stream kinds, the same timeouts and keep-alive as every connection.
-/// The accepting side starts every connection with [`transport_config`]'s small
-/// limits (and no keep-alives of its own) and raises them only once the peer is
-/// found trusted.
-pub fn app_transport_config() -> Arc<TransportConfig> {
-    let mut transport = TransportConfig::default();
-    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
-        IDLE_TIMEOUT.as_millis() as u32,
-    ))));
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
-    transport.max_concurrent_bidi_streams(VarInt::from_u32(APP_MAX_STREAMS));
-    transport.max_concurrent_uni_streams(VarInt::from_u32(APP_MAX_STREAMS));
-    transport.stream_receive_window(VarInt::from_u32(APP_STREAM_WINDOW));
-    transport.receive_window(VarInt::from_u32(APP_CONNECTION_WINDOW));
-    transport.send_window(u64::from(APP_CONNECTION_WINDOW));
-    Arc::new(transport)
 }
 
 /// The ring provider, passed explicitly to every config (never installed globally),

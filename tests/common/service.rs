@@ -1,0 +1,80 @@
+//! Helpers for tests of services: a TCP echo server, `kith connect` with piped
+//! stdio, and test data.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::TestNode;
+
+/// A TCP echo server on loopback; counts the connections it accepted.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+pub fn echo_server() -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut stream);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    Echo { addr, accepted }
+}
+
+/// `kith connect PEER SERVICE` on `node`, with piped stdin and stdout.
+pub fn connect(node: &TestNode, peer: &str, service: &str) -> Child {
+    node.command(&["connect", peer, service])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kith connect")
+}
+
+/// Deterministic, incompressible-looking bytes.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `data` through `kith connect PEER SERVICE` on `node` and returns what came
+/// back, panicking with the command's stderr if it failed.
+pub fn round_trip(node: &TestNode, peer: &str, service: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut child = connect(node, peer, service);
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        // Dropping stdin ends our half; the echo then ends its half.
+        let _ = stdin.write_all(&sent);
+    });
+    let mut got = Vec::with_capacity(data.len());
+    let _ = child.stdout.take().unwrap().read_to_end(&mut got);
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "connect failed: {}",
+        super::stderr_of(&out)
+    );
+    got
+}

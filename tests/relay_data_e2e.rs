@@ -1,0 +1,184 @@
+//! End-to-end tests of application connections through a relay: two private nodes
+//! (`--private`: no inbound connection but through a relay, no direct address) homed
+//! at one `kith relay`, real daemons on loopback, a TCP echo server as the service.
+//! The only path between the nodes is the relay, which carries their QUIC packets
+//! opaque: the connection is the same end-to-end QUIC and TLS as a direct one.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::service::{connect, echo_server, pattern, round_trip};
+use common::{TestNode, stderr_of};
+
+/// A relay and two private nodes homed there that trust each other; `b` is named
+/// "server" at `a` and exposes an echo service.
+struct Setup {
+    relay: TestNode,
+    a: TestNode,
+    b: TestNode,
+    echo: common::service::Echo,
+}
+
+fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with extra arguments for `kith relay`.
+fn setup_with(relay_args: &[&str]) -> Setup {
+    let mut relay = TestNode::init();
+    relay.start_relay(relay_args);
+    let mut a = TestNode::init();
+    a.start_private(&relay);
+    let mut b = TestNode::init();
+    b.start_private(&relay);
+    a.wait_registered(1);
+    b.wait_registered(1);
+    let sent = a.json(&["request", &b.ticket(), "-j", "reach the echo service"]);
+    assert_eq!(sent["delivered"], true, "{sent}");
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["approve", &a.node_id, "--name", "client"]);
+    a.wait_for_state(&b.node_id, "trusted");
+    a.run_ok(&["rename", &b.node_id, "server"]);
+    let echo = echo_server();
+    b.run_ok(&["expose", "echo", "--to", &echo.addr.to_string()]);
+    Setup { relay, a, b, echo }
+}
+
+fn relay_packets(relay: &TestNode) -> u64 {
+    relay.status()["packets_relayed"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn ten_megabytes_round_trip_between_private_nodes_through_the_relay() {
+    let s = setup();
+    let before = relay_packets(&s.relay);
+    let data = pattern(10 << 20);
+    let got = round_trip(&s.a, "server", "echo", &data);
+    assert_eq!(got.len(), data.len(), "every byte came back");
+    assert!(got == data, "the bytes came back unchanged");
+    assert_eq!(s.echo.accepted.load(Ordering::SeqCst), 1);
+    // 20 MB crossed the relay (there and back), as packets of at most ~1.5 kB.
+    let relayed = relay_packets(&s.relay) - before;
+    assert!(relayed > 10_000, "the relay carried {relayed} packets");
+}
+
+#[test]
+fn each_sender_is_held_to_the_relays_data_quota() {
+    // 1 MiB/s with a 1 MiB burst: 3 MiB cannot pass at once; the relay refuses what
+    // is over the quota, QUIC slows down and retransmits, and every byte arrives.
+    let s = setup_with(&["--data-rate", "1", "--data-burst", "1"]);
+    let data = pattern(3 << 20);
+    let got = round_trip(&s.a, "server", "echo", &data);
+    assert!(got == data, "the bytes came back unchanged");
+    let refused = s.relay.status()["packets_refused"].as_u64().unwrap();
+    assert!(refused > 0, "the quota refused nothing");
+}
+
+#[test]
+fn an_untrusted_node_behind_the_relay_is_refused() {
+    let s = setup();
+    let mut c = TestNode::init();
+    c.start_private(&s.relay);
+    c.wait_registered(1);
+    // C asked B for trust, and B has not answered.
+    c.json(&["request", &s.b.ticket(), "-j", "let me in"]);
+    s.b.wait_for_state(&c.node_id, "incoming_pending");
+    let out = c.run(&["connect", &s.b.node_id, "echo"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("is not trusted by this node") && err.contains("kith request"),
+        "{err}"
+    );
+    assert_eq!(
+        s.echo.accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the service"
+    );
+}
+
+#[test]
+fn a_revoke_mid_transfer_ends_the_relayed_stream_within_a_second() {
+    let s = setup();
+    let mut child = connect(&s.a, "server", "echo");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let chunk = pattern(64 << 10);
+        while stdin.write_all(&chunk).is_ok() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0;
+    while received < (1 << 20) {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before the revoke");
+        received += n;
+    }
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = ended_tx.send(Instant::now());
+    });
+    s.b.run_ok(&["revoke", &s.a.node_id, "--reason", "lost laptop"]);
+    let revoked = Instant::now();
+    let ended = ended_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the stream ended after the revoke");
+    let took = ended.saturating_duration_since(revoked);
+    assert!(
+        took < Duration::from_secs(1),
+        "the stream ended {took:?} after the revoke"
+    );
+    let _ = child.wait();
+}
+
+#[test]
+fn connections_recover_within_seconds_after_the_relay_restarts() {
+    let mut s = setup();
+    let first = pattern(1 << 20);
+    assert!(round_trip(&s.a, "server", "echo", &first) == first);
+
+    // A transfer that spans the restart: the connection pauses, then carries on.
+    let mut child = connect(&s.a, "server", "echo");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let data = pattern(4 << 20);
+    let half = data.len() / 2;
+    stdin.write_all(&data[..half]).unwrap();
+    let mut got = vec![0u8; half];
+    stdout.read_exact(&mut got).unwrap();
+
+    s.relay.restart();
+    let restarted = Instant::now();
+    s.a.wait_registered(2);
+    s.b.wait_registered(2);
+    let (rest_tx, rest_rx) = std::sync::mpsc::channel();
+    let rest = data[half..].to_vec();
+    std::thread::spawn(move || {
+        stdin.write_all(&rest).unwrap();
+        drop(stdin);
+        let mut back = Vec::new();
+        let _ = stdout.read_to_end(&mut back);
+        let _ = rest_tx.send(back);
+    });
+    let back = rest_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the transfer went on after the relay restarted");
+    got.extend_from_slice(&back);
+    assert!(
+        got == data,
+        "the bytes came back unchanged across the restart"
+    );
+    let took = restarted.elapsed();
+    assert!(took < Duration::from_secs(10), "recovery took {took:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    // And a new connection works too.
+    assert!(round_trip(&s.a, "server", "echo", &first) == first);
+}
