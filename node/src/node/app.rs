@@ -236,7 +236,7 @@ impl Shared {
             };
             let conn = match dialled {
                 Ok(Ok(conn)) => conn,
-                Ok(Err(tls::TlsError::Connection(e))) if refused_protocol(&e) => {
+                Ok(Err(tls::TlsError::Connection(e))) if tls::refused_protocol(&e) => {
                     return Err(ConnectError::UnknownProtocol {
                         peer,
                         alpn: String::from_utf8_lossy(alpn).into_owned(),
@@ -396,13 +396,6 @@ impl Shared {
             }
         }
     }
-}
-
-/// Whether a failed handshake was the server refusing our ALPN (TLS alert 120,
-/// no_application_protocol, carried as QUIC crypto error 0x100 + 120).
-pub(super) fn refused_protocol(e: &ConnectionError) -> bool {
-    matches!(e, ConnectionError::ConnectionClosed(close)
-        if close.error_code == quinn::TransportErrorCode::crypto(120))
 }
 
 async fn send_verdict(conn: &quinn::Connection) -> Result<(), quinn::WriteError> {

@@ -318,7 +318,7 @@ async fn answers_as_node(shared: &Shared, addr: SocketAddr, id: NodeId) -> bool 
 /// Whether a dial failed because the server does not offer the relay protocol
 /// (TLS alert 120, no_application_protocol): a node, not a relay.
 fn refused_relay_protocol(e: &tls::TlsError) -> bool {
-    matches!(e, tls::TlsError::Connection(e) if super::app::refused_protocol(e))
+    matches!(e, tls::TlsError::Connection(e) if tls::refused_protocol(e))
 }
 
 /// Whether the relay refused the connection before the handshake (QUIC

@@ -233,6 +233,13 @@ pub fn client_config(
     Ok(client_config_reporting(identity, expected, ALPN, transport_config(true))?.0)
 }
 
+/// Whether a failed handshake was the server refusing our ALPN (TLS alert 120,
+/// no_application_protocol, carried as QUIC crypto error 0x100 + 120).
+pub fn refused_protocol(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ConnectionClosed(close)
+        if close.error_code == quinn::TransportErrorCode::crypto(120))
+}
+
 /// The ALPN a connection negotiated (`kith/1` or an application protocol).
 pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()?
