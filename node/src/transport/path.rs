@@ -113,6 +113,13 @@ pub struct MapTable {
     idle_ms: u64,
     by_addr: HashMap<SocketAddr, Mapping>,
     by_peer: HashMap<RelayedPeer, SocketAddr>,
+    /// While full, no mapping can be evictable before this (the oldest use seen by
+    /// the last scan, plus the idle time: uses only move later). A flood of new
+    /// senders against a full table of live mappings costs a comparison each, not
+    /// a scan of the table.
+    full_until_ms: u64,
+    #[cfg(test)]
+    scans: usize,
 }
 
 impl MapTable {
@@ -123,6 +130,9 @@ impl MapTable {
             idle_ms: idle.as_millis() as u64,
             by_addr: HashMap::new(),
             by_peer: HashMap::new(),
+            full_until_ms: 0,
+            #[cfg(test)]
+            scans: 0,
         }
     }
 
@@ -146,6 +156,13 @@ impl MapTable {
         }
         let mut evicted = None;
         if self.by_addr.len() >= self.cap {
+            if now < self.full_until_ms {
+                return (None, None);
+            }
+            #[cfg(test)]
+            {
+                self.scans += 1;
+            }
             let oldest = self
                 .by_addr
                 .iter()
@@ -158,7 +175,11 @@ impl MapTable {
                         evicted = Some(m.peer.relay);
                     }
                 }
-                _ => return (None, None),
+                Some((_, last)) => {
+                    self.full_until_ms = last.saturating_add(self.idle_ms);
+                    return (None, None);
+                }
+                None => return (None, None),
             }
         }
         let addr = loop {
@@ -545,5 +566,27 @@ mod tests {
         assert_eq!(t.lookup(&live[0], 1950), Some(peer(&relay, 0)));
         let gone = live.iter().filter(|a| t.lookup(a, 1950).is_none()).count();
         assert_eq!(gone, 1);
+    }
+
+    #[test]
+    fn a_flood_against_a_full_table_of_live_mappings_does_not_scan_it_each_time() {
+        let relay = NodeKey::generate();
+        let mut t = MapTable::new(true, 64, Duration::from_millis(1000));
+        for n in 0..64 {
+            t.map(peer(&relay, n), 0);
+        }
+        for n in 0..10_000u32 {
+            let mut key = [0xee; 32];
+            key[..4].copy_from_slice(&n.to_le_bytes());
+            let flood = RelayedPeer {
+                relay: relay.node_id(),
+                peer: key,
+            };
+            assert_eq!(t.map(flood, 500), (None, None));
+        }
+        assert_eq!(t.scans, 1, "one scan, then a comparison per new sender");
+        // Once the oldest could be idle, a new sender may look again.
+        assert!(t.map(peer(&relay, 200), 1000).0.is_some());
+        assert_eq!(t.scans, 2);
     }
 }
