@@ -60,23 +60,37 @@ async fn flood(
     conns
 }
 
+/// The attacker's side: two worker threads, like the machines these tests run on.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `honest` asks `b` for trust and is heard: the request reached `b`'s pending list.
+fn honest_request_gets_through(honest: &TestNode, b: &TestNode) {
+    let out = honest.run(&["request", &b.ticket(), "-j", "honest"]);
+    assert!(
+        out.status.success() && stdout_of(&out).contains("the peer was told"),
+        "{}\n{}",
+        stdout_of(&out),
+        common::stderr_of(&out)
+    );
+    b.wait_for_state(&honest.node_id, "incoming_pending");
+}
+
 fn open(conns: &[quinn::Connection]) -> usize {
     conns.iter().filter(|c| c.close_reason().is_none()).count()
 }
 
 #[test]
 fn one_host_cannot_take_every_inbound_connection() {
-    let mut b = TestNode::init();
-    b.start();
-    let mut honest = TestNode::init();
-    honest.start();
+    let (b, honest) = (TestNode::started(), TestNode::started());
     let to = b.listen_addr();
     let to_id: NodeId = b.node_id.parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = client_runtime();
 
     // The attacker's host is 127.0.0.2 (the honest node is on 127.0.0.1): one
     // identity, more connections than the node has slots, all kept alive by the
@@ -94,14 +108,7 @@ fn one_host_cannot_take_every_inbound_connection() {
         started.elapsed()
     );
     // While the attacker holds all it can, an honest stranger's request gets through.
-    let out = honest.run(&["request", &b.ticket(), "-j", "honest"]);
-    assert!(
-        out.status.success() && stdout_of(&out).contains("the peer was told"),
-        "{}\n{}",
-        stdout_of(&out),
-        common::stderr_of(&out)
-    );
-    b.wait_for_state(&honest.node_id, "incoming_pending");
+    honest_request_gets_through(&honest, &b);
     assert!(held_one <= 16, "one identity holds {held_one} connections");
     assert!(held_many <= 16, "one address holds {held_many} connections");
 
@@ -151,17 +158,10 @@ async fn captured_initial(from: std::net::IpAddr, to_id: NodeId, relay: bool) ->
 
 #[test]
 fn half_open_handshakes_from_many_addresses_do_not_lock_out_an_honest_node() {
-    let mut b = TestNode::init();
-    b.start();
-    let mut honest = TestNode::init();
-    honest.start();
+    let (b, honest) = (TestNode::started(), TestNode::started());
     let to = b.listen_addr();
     let to_id: NodeId = b.node_id.parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = client_runtime();
 
     // What a host that spoofs its source addresses can do: send first flights it
     // never follows up, each from another address, so that no per-address cap
@@ -184,14 +184,7 @@ fn half_open_handshakes_from_many_addresses_do_not_lock_out_an_honest_node() {
     // The half-open handshakes would hold their slots for the dial timeout (5 s):
     // an honest stranger's request, made now, must still get through.
     std::thread::sleep(Duration::from_millis(200));
-    let out = honest.run(&["request", &b.ticket(), "-j", "honest"]);
-    assert!(
-        out.status.success() && stdout_of(&out).contains("the peer was told"),
-        "{}\n{}",
-        stdout_of(&out),
-        common::stderr_of(&out)
-    );
-    b.wait_for_state(&honest.node_id, "incoming_pending");
+    honest_request_gets_through(&honest, &b);
     drop(spoofed);
 }
 

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::service::{connect, echo_server, pattern, round_trip};
+use common::service::{connect, echo_server, pattern, round_trip, stream_end_after_revoke};
 use common::{TestNode, stderr_of};
 
 /// A relay and two private nodes homed there that trust each other; `b` is named
@@ -103,38 +103,11 @@ fn an_untrusted_node_behind_the_relay_is_refused() {
 #[test]
 fn a_revoke_mid_transfer_ends_the_relayed_stream_within_a_second() {
     let s = setup();
-    let mut child = connect(&s.a, "server", "echo");
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        let chunk = pattern(64 << 10);
-        while stdin.write_all(&chunk).is_ok() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut received = 0;
-    while received < (1 << 20) {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream ended before the revoke");
-        received += n;
-    }
-    let (ended_tx, ended_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
-        let _ = ended_tx.send(Instant::now());
-    });
-    s.b.run_ok(&["revoke", &s.a.node_id, "--reason", "lost laptop"]);
-    let revoked = Instant::now();
-    let ended = ended_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the stream ended after the revoke");
-    let took = ended.saturating_duration_since(revoked);
+    let took = stream_end_after_revoke(&s.a, &s.b, "server", "echo");
     assert!(
         took < Duration::from_secs(1),
         "the stream ended {took:?} after the revoke"
     );
-    let _ = child.wait();
 }
 
 #[test]

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::service::{connect, echo_server, pattern, round_trip};
+use common::service::{echo_server, pattern, round_trip, stream_end_after_revoke};
 use common::{TestNode, stderr_of};
 use serde_json::Value;
 
@@ -154,41 +153,11 @@ fn a_revoke_mid_transfer_ends_the_stream_at_once() {
     let echo = echo_server();
     b.run_ok(&["expose", "echo", "--to", &echo.addr.to_string()]);
 
-    let mut child = connect(&a, "server", "echo");
-    let mut stdin = child.stdin.take().unwrap();
-    // Keeps sending until the pipe breaks (the stream ended).
-    std::thread::spawn(move || {
-        let chunk = pattern(64 << 10);
-        while stdin.write_all(&chunk).is_ok() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut received = 0;
-    while received < (1 << 20) {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream ended before the revoke");
-        received += n;
-    }
-    // Drain in the background, and note when the stream ends.
-    let (ended_tx, ended_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
-        let _ = ended_tx.send(Instant::now());
-    });
-
-    b.run_ok(&["revoke", &a.node_id, "--reason", "lost laptop"]);
-    let revoked = Instant::now();
-    let ended = ended_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the stream ended after the revoke");
-    let took = ended.saturating_duration_since(revoked);
+    let took = stream_end_after_revoke(&a, &b, "server", "echo");
     assert!(
         took < Duration::from_secs(1),
         "the stream ended {took:?} after the revoke"
     );
-    let _ = child.wait();
 
     a.wait_for_state(&b.node_id, "revoked_by_peer");
     let out = a.run(&["connect", "server", "echo"]);

@@ -1,10 +1,12 @@
 //! Helpers for tests of services: a TCP echo server, `kith connect` with piped
 //! stdio, and test data.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use super::TestNode;
 
@@ -77,4 +79,45 @@ pub fn round_trip(node: &TestNode, peer: &str, service: &str, data: &[u8]) -> Ve
         super::stderr_of(&out)
     );
     got
+}
+
+/// Streams through `kith connect PEER SERVICE` on `from` until 1 MiB came back,
+/// has `revoker` revoke `from`, and returns how long after the revoke the stream
+/// ended (panicking if it had not ended 5 s later).
+pub fn stream_end_after_revoke(
+    from: &TestNode,
+    revoker: &TestNode,
+    peer: &str,
+    service: &str,
+) -> Duration {
+    let mut child = connect(from, peer, service);
+    let mut stdin = child.stdin.take().unwrap();
+    // Keeps sending until the pipe breaks (the stream ended).
+    std::thread::spawn(move || {
+        let chunk = pattern(64 << 10);
+        while stdin.write_all(&chunk).is_ok() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0;
+    while received < (1 << 20) {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before the revoke");
+        received += n;
+    }
+    // Drain in the background, and note when the stream ends.
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = ended_tx.send(Instant::now());
+    });
+    revoker.run_ok(&["revoke", &from.node_id, "--reason", "lost laptop"]);
+    let revoked = Instant::now();
+    let ended = ended_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the stream ended after the revoke");
+    let _ = child.wait();
+    ended.saturating_duration_since(revoked)
 }
