@@ -6,9 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::TestNode;
+use common::metrics::{metrics_url, sample, scrape};
 use kith_keys::NodeKey;
 use kith_keys::keystore;
 use kith_node::transport::tls;
@@ -182,6 +185,75 @@ fn a_replay_is_refused_before_and_after_restart() {
     assert_eq!(snapshot(&b).1, before.1, "no pending request reappeared");
 }
 
+/// #22 item 10: a waiting stranger that repeats its request hundreds of times
+/// must not buy a durable commit per repeat, and none of its repeats can be
+/// replayed into reopening the request once decided, also after a restart.
+#[test]
+fn a_stranger_repeating_its_request_costs_no_commit_per_repeat_nor_reopens_it_later() {
+    let mut b = TestNode::init();
+    b.start_with(&["--metrics", "127.0.0.1:0"]);
+    let url = metrics_url(&b);
+    let stranger = NodeKey::generate();
+    let b_id = b.node_id.parse().unwrap();
+    let stranger_id = stranger.node_id().to_string();
+    let stranger_key = stranger.clone();
+    let first = request(&stranger, b_id, "let me in", 0);
+    match exchange(&stranger, &b, &Message::Envelope(first)) {
+        Message::Ack(ack) => assert_eq!(ack.status, AckStatus::Pending),
+        other => panic!("{other:?}"),
+    }
+    b.wait_for_state(&stranger_id, "incoming_pending");
+    let commits = || sample(&scrape(&url), "kith_store_commit_seconds_count");
+    let before = commits();
+
+    // Eight streams at once, each repeating as fast as it is answered, for two
+    // seconds. Each repeat is new to the node (a millisecond above the last one
+    // signed); one that overtakes a newer one is refused as stale.
+    let start = now_ms();
+    let signed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = signed.clone();
+    let sign = move |n: u64| {
+        let mut env = request(&stranger, b_id, "let me in", 0);
+        env.body.nonce[..8].copy_from_slice(&(n + 1).to_le_bytes());
+        env.body.timestamp_ms = start + 1 + n;
+        let env = Envelope::sign(env.body, &stranger);
+        log.lock().unwrap().push(env.clone());
+        Some(Message::Envelope(env))
+    };
+    let began = Instant::now();
+    let answers = keep_asking(&stranger_key, &b, 8, Duration::from_secs(2), sign);
+    let elapsed = began.elapsed().as_secs_f64();
+    let mut applied = 0.0;
+    for answer in answers {
+        match answer {
+            Message::Ack(ack) if ack.status == AckStatus::Pending => applied += 1.0,
+            Message::Ack(ack) => assert_eq!(ack.status, AckStatus::Refused(Refusal::Stale)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let spent = commits() - before;
+    eprintln!("{applied} repeats applied in {elapsed:.1} s, {spent} commits");
+    assert!(applied >= 8.0, "only {applied} repeats were applied");
+    // Their writes wait for each other, up to a quarter of a second: at most four
+    // commits a second however fast they come (before: one commit per repeat).
+    assert!(
+        spent <= 4.0 * elapsed + 2.0,
+        "{spent} commits for {applied} repeats in {elapsed:.1} s"
+    );
+    assert_eq!(b.json(&["pending"]).as_array().unwrap().len(), 1);
+
+    b.run_ok(&["reject", &stranger_id, "--reason", "no"]);
+    b.restart();
+    let repeats = signed.lock().unwrap().clone();
+    for env in repeats.iter().step_by(repeats.len().div_ceil(10)) {
+        // Every repeat's mark was stored before it was answered.
+        let answer = exchange(&stranger_key, &b, &Message::Envelope(env.clone()));
+        assert_eq!(refused(&answer), Refusal::Stale);
+    }
+    assert_eq!(b.peer_state(&stranger_id).as_deref(), Some("rejected"));
+    assert!(b.json(&["pending"]).as_array().unwrap().is_empty());
+}
+
 #[test]
 fn a_denied_node_changes_nothing_even_with_valid_envelopes() {
     let a = TestNode::init();
@@ -240,31 +312,67 @@ fn garbage_on_a_stream_is_refused_as_malformed() {
 
 /// Dials `to` as `as_key` once and sends each message on its own stream, in turn.
 fn flood(as_key: &NodeKey, to: &TestNode, messages: &[Message]) {
+    let messages = messages.to_vec();
+    keep_asking(as_key, to, 1, Duration::MAX, move |n| {
+        messages.get(n as usize).cloned()
+    });
+}
+
+/// Dials `to` as `as_key` once; `senders` tasks each send `next(n)` on a stream of
+/// its own and wait for the answer, in turn, until `next` returns `None` or `time`
+/// has passed. Returns the answers.
+fn keep_asking(
+    as_key: &NodeKey,
+    to: &TestNode,
+    senders: usize,
+    time: Duration,
+    next: impl Fn(u64) -> Option<Message> + Send + Sync + 'static,
+) -> Vec<Message> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let addr = to.listen_addr();
+    let next = Arc::new(next);
     runtime.block_on(async {
         let identity = tls::Identity::new(as_key).unwrap();
         let endpoint = tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
         let conn = tls::dial(&endpoint, &identity, addr, to.node_id.parse().unwrap())
             .await
             .unwrap();
-        for message in messages {
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            send.write_all(&encode_frame(message).unwrap())
-                .await
-                .unwrap();
-            send.finish().unwrap();
-            tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(MAX_FRAME_LEN + 4))
-                .await
-                .unwrap()
-                .unwrap();
+        let until = Instant::now().checked_add(time);
+        let count = Arc::new(AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..senders {
+            let (conn, next, count) = (conn.clone(), next.clone(), count.clone());
+            tasks.spawn(async move {
+                let mut answers = Vec::new();
+                while until.is_none_or(|t| Instant::now() < t) {
+                    let Some(message) = next(count.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                    send.write_all(&encode_frame(&message).unwrap())
+                        .await
+                        .unwrap();
+                    send.finish().unwrap();
+                    let bytes = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        recv.read_to_end(MAX_FRAME_LEN + 4),
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                    answers.push(decode_frame::<Message>(&bytes).unwrap().unwrap().0);
+                }
+                answers
+            });
         }
+        let answers = tasks.join_all().await.into_iter().flatten().collect();
         conn.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
-    });
+        answers
+    })
 }
 
 #[test]

@@ -18,6 +18,10 @@
 //!   remembered and, if we hold a record for the sender, the sender's
 //!   high-water mark advances — even when it changes nothing else — so the
 //!   same envelope can never be replayed later, when it might mean something.
+//!   A repeat of a request still waiting takes no replay-cache slot (the stored
+//!   mark alone refuses it again), and its writes may wait for a later commit
+//!   ([`Output::writes_may_wait`]): a stranger repeating itself thousands of
+//!   times evicts no other peer's nonces and costs no commit per repeat.
 //! - Trust needs consent from both sides. Our side consents by requesting or
 //!   approving (by hand or by policy) and withdraws by rejecting, revoking,
 //!   cancelling, or letting an approval expire. An `Accept` is honoured only
@@ -482,6 +486,9 @@ enum Applied {
     Yes(AckStatus),
     /// Dropped quietly (a denied peer): nothing at all changes.
     Dropped(AckStatus),
+    /// A repeat of a request still waiting: its mark advances, but its nonce
+    /// takes no replay-cache slot, and its writes may wait for a later commit.
+    Repeat(AckStatus),
 }
 
 /// Our side consents and trust holds.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod metrics;
 pub mod service;
 
 pub fn kith_bin() -> &'static str {

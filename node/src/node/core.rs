@@ -10,7 +10,11 @@
 //! leader itself, off a Tokio runtime). So nothing is acknowledged before it is on
 //! disk, a burst of handshakes costs one fsync, and a lone handshake is committed by
 //! the task that received it, with no hand-off to another thread and back (which
-//! cost a measured 50–90 µs of a ~1 ms handshake on a 2-core VM).
+//! cost a measured 50–90 µs of a ~1 ms handshake on a 2-core VM). The one
+//! exception to "one commit per batch": a batch whose only writes are repeats of
+//! waiting requests ([`Output::writes_may_wait`]) is held back, answers and all,
+//! until the next commit or [`DEFER_MAX`], so strangers repeating themselves cost
+//! at most a few commits a second between them.
 //!
 //! The leader blocks its thread (a runtime worker) for one batch and its fsync; one
 //! leader at a time, so the other workers keep moving bytes. Code here must never
@@ -21,11 +25,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kith_keys::NodeId;
 use kith_protocol::machine::{Command, EventKind, Input, Output, Reply, StoreWrite, TrustMachine};
 use kith_protocol::validate::Refusal;
+use kith_protocol::wire::AckStatus;
 use tokio::sync::{Notify, watch};
 use tracing::warn;
 
@@ -39,6 +44,12 @@ use crate::store::{NodeWrites, Store, StoreError};
 
 /// Inputs handled per store commit; bounds the latency one batch adds.
 const MAX_BATCH: usize = 512;
+/// The longest the writes of repeated requests ([`Output::writes_may_wait`]) wait
+/// for another commit to ride with before they get one of their own: all the
+/// repeats of every waiting stranger together cost at most four commits a second.
+const DEFER_MAX: Duration = Duration::from_millis(250);
+/// The most outputs held back that way; past it they are committed at once.
+const DEFER_MAX_OUTPUTS: usize = 4096;
 /// The longest the ticker sleeps without looking at the machine's deadline again.
 const TICK_MAX_MS: u64 = 60_000;
 
@@ -80,6 +91,26 @@ struct CoreState {
     machine: TrustMachine,
     store: Store,
     next_seq: u64,
+    deferred: Deferred,
+}
+
+/// Outputs whose writes may wait ([`Output::writes_may_wait`]), held back with
+/// their writes until a commit takes them: nothing of them is released before.
+#[derive(Default)]
+struct Deferred {
+    /// In the order the machine made them, before any later batch's writes.
+    writes: Vec<StoreWrite>,
+    released: Vec<(ReplyTo, Output, Vec<u64>)>,
+    handled_envelopes: Vec<(AckStatus, Instant)>,
+    /// When the oldest of them was handled.
+    since: Option<Instant>,
+}
+
+impl Deferred {
+    /// When they must be committed, whatever else happens.
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|t| t + DEFER_MAX)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +147,7 @@ impl Core {
                 machine,
                 store,
                 next_seq: 1,
+                deferred: Deferred::default(),
             })),
             links,
             deadline: AtomicU64::new(deadline),
@@ -193,7 +225,7 @@ impl Core {
                 .as_mut()
                 .expect("a core without state has an empty queue");
             handled = true;
-            if let Err(cause) = core.handle_batch(batch, &self.links) {
+            if let Err(cause) = core.handle_batch(batch, &self.links, false) {
                 // The machine holds decisions the store refused; acting on them later
                 // could make them durable. Stop instead: every later call fails with
                 // `Stopped`, and whoever watches `failure` learns why.
@@ -201,7 +233,14 @@ impl Core {
                 self.failure.send_replace(Some(cause));
                 continue;
             }
-            let deadline = core.machine.next_deadline().unwrap_or(0);
+            let flush_ms = core.deferred.due().map(|due| {
+                now_ms() + due.saturating_duration_since(Instant::now()).as_millis() as u64
+            });
+            let deadline = [core.machine.next_deadline(), flush_ms]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(0);
             if self.deadline.swap(deadline, Ordering::Relaxed) != deadline {
                 self.deadline_changed.notify_one();
             }
@@ -249,7 +288,14 @@ impl Core {
         }
         drop(queue);
         // The last leader may still be releasing the state; nobody leads after it.
-        lock(&self.state).take();
+        // What waits for a commit gets it now.
+        let mut state = lock(&self.state);
+        if let Some(core) = state.as_mut() {
+            if let Err(cause) = core.handle_batch(Vec::new(), &self.links, true) {
+                self.failure.send_replace(Some(cause));
+            }
+        }
+        state.take();
     }
 
     /// Wakes the machine when its next deadline passes; runs until the core stops.
@@ -275,8 +321,15 @@ impl Core {
 
 impl CoreState {
     /// Handles one batch and commits its writes; releases its results only if the
-    /// commit succeeded. Err: the commit failed, with its cause chain.
-    fn handle_batch(&mut self, batch: Vec<CoreMsg>, links: &CoreLinks) -> Result<(), String> {
+    /// commit succeeded. Writes that may wait are held back instead (see
+    /// [`Deferred`]) unless the batch commits anyway, they are due, or `flush`.
+    /// Err: the commit failed, with its cause chain.
+    fn handle_batch(
+        &mut self,
+        batch: Vec<CoreMsg>,
+        links: &CoreLinks,
+        flush: bool,
+    ) -> Result<(), String> {
         let CoreLinks {
             key,
             events,
@@ -352,8 +405,15 @@ impl CoreState {
                         _ => None,
                     };
                     let out = machine.handle(now, *input, key, &mut rng);
+                    let waits = out.writes_may_wait;
                     if let Some(status) = out.ack() {
-                        handled_envelopes.push((status.clone(), arrived));
+                        if waits {
+                            self.deferred
+                                .handled_envelopes
+                                .push((status.clone(), arrived));
+                        } else {
+                            handled_envelopes.push((status.clone(), arrived));
+                        }
                     }
                     let applied = out.refusal().is_none() && !matches!(out.reply, Reply::Failed(_));
                     // Only authenticated envelopes count: the signature is checked
@@ -400,7 +460,9 @@ impl CoreState {
                         seqs.push(self.next_seq);
                         self.next_seq += 1;
                     }
-                    if let Some(learn) = learn.filter(|_| applied) {
+                    // A repeat learns nothing new, and a stranger repeating itself
+                    // with a new hint each time must not buy a commit per repeat.
+                    if let Some(learn) = learn.filter(|_| applied && !waits) {
                         // Only for peers we keep a record of: a denied or refused
                         // sender leaves nothing behind.
                         if let Some(peer) = learn.peer.filter(|p| machine.peer(p).is_some()) {
@@ -422,7 +484,12 @@ impl CoreState {
                         }
                     }
                     writes.extend(out.writes.iter().cloned());
-                    released.push((Some(reply), out, seqs));
+                    if waits {
+                        self.deferred.since.get_or_insert_with(Instant::now);
+                        self.deferred.released.push((Some(reply), out, seqs));
+                    } else {
+                        released.push((Some(reply), out, seqs));
+                    }
                 }
                 CoreMsg::Delivered { peer, seq } | CoreMsg::Abandon { peer, seq } => {
                     if current_seq(&outbox_changes, &peer) == Some(seq) {
@@ -455,7 +522,31 @@ impl CoreState {
                 .collect(),
             services: service_changes,
         };
-        let committing = std::time::Instant::now();
+        // Writes that may wait are only those of deferred outputs: if nothing else
+        // of this batch needs a commit, they wait for one (or for their time).
+        let own_writes = released.iter().any(|(_, out, _)| !out.writes.is_empty());
+        let commit_now = flush
+            || own_writes
+            || !node_writes.is_empty()
+            || self.deferred.released.len() >= DEFER_MAX_OUTPUTS
+            || self.deferred.due().is_some_and(|due| due <= Instant::now());
+        if commit_now {
+            // Older writes first (a later one to the same record replaces them), and
+            // older results released first.
+            let mut all = std::mem::take(&mut self.deferred.writes);
+            all.append(&mut writes);
+            writes = all;
+            let mut all = std::mem::take(&mut self.deferred.released);
+            all.append(&mut released);
+            released = all;
+            let mut all = std::mem::take(&mut self.deferred.handled_envelopes);
+            all.append(&mut handled_envelopes);
+            handled_envelopes = all;
+            self.deferred.since = None;
+        } else {
+            self.deferred.writes.append(&mut writes);
+        }
+        let committing = Instant::now();
         let committed = self.store.apply_all(&writes, &node_writes);
         if !writes.is_empty() || !node_writes.is_empty() {
             metrics.commit(committing.elapsed());

@@ -36,7 +36,7 @@ impl TrustMachine {
         let result = self
             .validate(cx.now, &envelope, transport_peer.as_ref())
             .and_then(|()| self.dispatch(cx, &envelope, source, via_relay));
-        match result {
+        let status = match result {
             Ok(Applied::Yes(status)) => {
                 self.nonces.insert(
                     from,
@@ -44,13 +44,15 @@ impl TrustMachine {
                     cx.now,
                     self.config.nonce_cache_capacity,
                 );
-                if let Some(rec) = self.peers.get_mut(&from) {
-                    rec.high_water_ms = rec.high_water_ms.max(envelope.body.timestamp_ms);
-                    self.put_peer(cx, from);
-                }
                 status
             }
-            Ok(Applied::Dropped(status)) => status,
+            // The mark, stored below, refuses it again: the cache is kept for
+            // envelopes that change something.
+            Ok(Applied::Repeat(status)) => {
+                cx.out.writes_may_wait = true;
+                status
+            }
+            Ok(Applied::Dropped(status)) => return status,
             Err(refusal) => {
                 debug_assert!(cx.out.writes.is_empty() && cx.out.send.is_empty());
                 cx.event(
@@ -59,9 +61,14 @@ impl TrustMachine {
                         refusal: refusal.clone(),
                     },
                 );
-                AckStatus::Refused(refusal)
+                return AckStatus::Refused(refusal);
             }
+        };
+        if let Some(rec) = self.peers.get_mut(&from) {
+            rec.high_water_ms = rec.high_water_ms.max(envelope.body.timestamp_ms);
+            self.put_peer(cx, from);
         }
+        status
     }
 
     /// Every rule, stateless then stateful, in the normative order. Pure.
@@ -169,13 +176,19 @@ impl TrustMachine {
             }
             Some(TrustState::IncomingPending) => {
                 // Asking again: keep the original time (the TTL is not
-                // extended by repeating), take the latest words.
+                // extended by repeating), take the latest words. The address it
+                // came from is kept while on the same network: a stranger's
+                // connections from many ports are one place, not a change each.
                 let rec = self.peers.get_mut(&from).expect("record exists");
                 rec.justification = Some(justification);
-                if source.is_some() {
-                    rec.source = source;
+                let same_net =
+                    |a: &SocketAddr, b: &SocketAddr| SourceNet::of(a) == SourceNet::of(b);
+                if let Some(source) = source {
+                    if !rec.source.is_some_and(|s| same_net(&s, &source)) {
+                        rec.source = Some(source);
+                    }
                 }
-                Ok(Applied::Yes(AckStatus::Pending))
+                Ok(Applied::Repeat(AckStatus::Pending))
             }
             _ => {
                 if let Some(by) = self.policy_for(&from, state) {

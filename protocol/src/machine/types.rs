@@ -497,6 +497,13 @@ pub struct Output {
     pub send: Vec<Envelope>,
     pub events: Vec<Event>,
     pub writes: Vec<StoreWrite>,
+    /// The writes only record a repeat of a request still waiting (its words and
+    /// its sender's mark): the caller may hold them, with everything else of this
+    /// output, for a while and commit them with later writes, so that a stranger
+    /// repeating itself cannot make each repeat cost a commit of its own. Nothing
+    /// of the output may be acted on before the writes are committed, as always.
+    #[serde(default)]
+    pub writes_may_wait: bool,
 }
 
 impl Output {
@@ -506,6 +513,7 @@ impl Output {
             send: Vec::new(),
             events: Vec::new(),
             writes: Vec::new(),
+            writes_may_wait: false,
         }
     }
 

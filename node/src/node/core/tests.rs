@@ -308,3 +308,96 @@ fn on_a_runtime_the_leader_hands_what_queued_during_its_batch_to_another_task() 
     runtime.block_on(leader).unwrap();
     core.stop();
 }
+
+/// An envelope from `from` to `local`, on a direct connection.
+fn envelope_msg(
+    from: &NodeKey,
+    local: NodeId,
+    kind: kith_protocol::wire::Kind,
+    at_ms: u64,
+    nonce: u8,
+) -> (CoreMsg, ReplyRx) {
+    let envelope = kith_protocol::wire::Envelope::sign(
+        kith_protocol::wire::Body {
+            kind,
+            from: from.node_id(),
+            to: local,
+            nonce: [nonce; 16],
+            timestamp_ms: at_ms,
+        },
+        from,
+    );
+    let (reply, rx) = oneshot::channel();
+    let msg = CoreMsg::Handle {
+        input: Box::new(Input::Envelope {
+            envelope,
+            transport_peer: Some(from.node_id()),
+            source: None,
+            via_relay: None,
+        }),
+        learn: None,
+        reply,
+        arrived: std::time::Instant::now(),
+    };
+    (msg, rx)
+}
+
+fn acked(rx: &mut ReplyRx) -> AckStatus {
+    match rx.try_recv() {
+        Ok(Ok(Handled {
+            reply: Reply::Ack(ack),
+            ..
+        })) => ack.status,
+        Ok(Ok(_)) => panic!("not an ack"),
+        Ok(Err(e)) => panic!("failed: {e}"),
+        Err(e) => panic!("no ack released: {e:?}"),
+    }
+}
+
+/// #22 item 10: a repeat of a waiting request gets no commit of its own at once:
+/// it is answered only once its mark is committed, by the next commit that
+/// happens or at stop. (Past `DEFER_MAX` the ticker commits it alone; the
+/// end-to-end test in tests/adversary_e2e.rs counts those commits.)
+#[test]
+fn a_repeat_is_answered_only_once_a_later_commit_or_the_stop_has_stored_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kith.redb");
+    let core = core_over(Store::open(&path).unwrap());
+    let local = lock(&core.state).as_ref().unwrap().machine.local();
+    let (stranger, other) = (NodeKey::generate(), NodeKey::generate());
+    let request = |words: &str| kith_protocol::wire::Kind::Request {
+        justification: words.into(),
+    };
+    let t = now_ms();
+
+    // A new request is committed and answered at once.
+    let (msg, mut first) = envelope_msg(&stranger, local, request("let me in"), t, 1);
+    core.submit(msg).unwrap();
+    assert_eq!(acked(&mut first), AckStatus::Pending);
+
+    // Its repeat waits: no commit of its own, no answer yet.
+    let (msg, mut repeat) = envelope_msg(&stranger, local, request("let me in"), t + 1, 2);
+    core.submit(msg).unwrap();
+    assert!(
+        repeat.try_recv().is_err(),
+        "a repeat was answered uncommitted"
+    );
+
+    // The next commit (another stranger's new request) takes it along, and the
+    // repeat is answered first.
+    let (msg, mut second) = envelope_msg(&other, local, request("me too"), t + 2, 3);
+    core.submit(msg).unwrap();
+    assert_eq!(acked(&mut repeat), AckStatus::Pending);
+    assert_eq!(acked(&mut second), AckStatus::Pending);
+
+    // Another repeat waits; stopping commits it, then answers it.
+    let (msg, mut last) = envelope_msg(&stranger, local, request("now?"), t + 3, 4);
+    core.submit(msg).unwrap();
+    assert!(last.try_recv().is_err());
+    core.stop();
+    assert_eq!(acked(&mut last), AckStatus::Pending);
+    let stored = Store::open(&path).unwrap().load().unwrap().peers;
+    let record = stored.iter().find(|r| r.id == stranger.node_id()).unwrap();
+    assert_eq!(record.high_water_ms, t + 3);
+    assert_eq!(record.justification.as_deref(), Some("now?"));
+}
