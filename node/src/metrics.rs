@@ -190,6 +190,8 @@ pub struct RelayFigures {
     pub queued: usize,
     pub queued_bytes: usize,
     pub stats: kith_protocol::relay::RelayStats,
+    /// Notices to clients dropped because the client's queue of them was full.
+    pub notices_dropped: u64,
 }
 
 /// A relay's figures, all read from it when scraped.
@@ -202,6 +204,7 @@ pub struct RelayMetrics {
     envelopes: Family<Outcome, Gauge>,
     packets: Family<Outcome, Gauge>,
     packet_bytes: Family<Outcome, Gauge>,
+    notices_dropped: Gauge,
 }
 
 impl Default for RelayMetrics {
@@ -244,6 +247,13 @@ impl Default for RelayMetrics {
             "Bytes of relayed QUIC packets since start, relayed or dropped for a full queue",
             packet_bytes.clone(),
         );
+        let notices_dropped = Gauge::default();
+        registry.register(
+            "notices_dropped",
+            "Notices to clients (a dropped envelope, an identity conflict) not sent because \
+             that client's queue of them was full (a counter read from the relay)",
+            notices_dropped.clone(),
+        );
         RelayMetrics {
             registry,
             clients,
@@ -252,6 +262,7 @@ impl Default for RelayMetrics {
             envelopes,
             packets,
             packet_bytes,
+            notices_dropped,
         }
     }
 }
@@ -272,6 +283,7 @@ impl RelayMetrics {
             .set(snapshot.clients as i64 - registered);
         self.queued.set(snapshot.queued as i64);
         self.queued_bytes.set(snapshot.queued_bytes as i64);
+        self.notices_dropped.set(snapshot.notices_dropped as i64);
         let s = &snapshot.stats;
         for (outcome, n) in [
             ("forwarded", s.forwarded),
@@ -404,8 +416,10 @@ mod tests {
             queued: 0,
             queued_bytes: 0,
             stats,
+            notices_dropped: 4,
         });
         for line in [
+            "kith_relay_notices_dropped 4",
             "kith_relay_packets{outcome=\"relayed\"} 7",
             "kith_relay_packets{outcome=\"refused\"} 2",
             "kith_relay_packets{outcome=\"dropped_queue_full\"} 3",

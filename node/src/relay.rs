@@ -11,19 +11,25 @@
 //! simulator runs relays with the same code.
 //!
 //! Also here: the dial-back a node may ask for when it registers (can the relay
-//! dial it directly at the address it sees?), and the daemon around the server
-//! (`run_daemon`: the control socket answering `status` and `ticket`).
+//! dial it directly at the address it sees?). Beside it: the daemon around the
+//! server (`daemon`: `run_daemon`, the control socket answering `status` and
+//! `ticket`), the notices sent to clients unasked (`notices`), relayed packets
+//! (`packets`) and per-address connection slots (`slots`).
 //!
 //! What it must never do: verify, alter, sign or originate an envelope (it has no
 //! say in trust; envelopes are signed end to end and checked by their
 //! destination), hold the state lock across an await, or keep anything on disk:
 //! its queue is memory only, bounded by the state machine.
 
+mod daemon;
+mod notices;
 mod packets;
 mod slots;
 
+pub use daemon::{RelayDaemonError, RelayDaemonInfo, run_daemon};
+pub use notices::NOTICES_PER_CONN;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,9 +45,7 @@ use kith_protocol::wire::{Ack, AckStatus, Envelope, Message, Reach, RelayNotice}
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::control::{self, ControlError, RelayServerView, Request, Response};
-use crate::datadir::DataDir;
-use crate::node::{DIAL_TIMEOUT, ExchangeError, STREAM_TIMEOUT, close_code, exchange_on, now_ms};
+use crate::node::{DIAL_TIMEOUT, ExchangeError, close_code, exchange_on, now_ms};
 use crate::ticket::Ticket;
 use crate::transport::tls::{self, TlsError};
 
@@ -107,6 +111,8 @@ struct State {
     pinging: std::collections::HashSet<ConnId>,
     /// Each registered connection's queue of relayed packets (see [`packets`]).
     packet_queues: HashMap<ConnId, packets::PacketQueue>,
+    /// Notices sent unasked, in order per connection (see [`notices`]).
+    notice_senders: notices::Notices,
 }
 
 /// A push to carry out: the destination connection, the envelope and its hint.
@@ -128,6 +134,10 @@ pub struct RelaySnapshot {
     pub stats: RelayStats,
     pub max_clients: usize,
     pub allow: Option<usize>,
+    /// Notices not sent because their connection's queue was full (see [`notices`]).
+    pub notices_dropped: u64,
+    /// Connections with a notice sender task.
+    pub notice_senders: usize,
 }
 
 impl RelayServer {
@@ -162,6 +172,7 @@ impl RelayServer {
                 hints: HashMap::new(),
                 pinging: Default::default(),
                 packet_queues: HashMap::new(),
+                notice_senders: Default::default(),
             }),
             wake: Notify::new(),
             next_conn: AtomicU64::new(1),
@@ -204,6 +215,8 @@ impl RelayServer {
             stats: r.stats().clone(),
             max_clients: r.config().max_clients,
             allow: r.config().allow.as_ref().map(|a| a.len()),
+            notices_dropped: state.notice_senders.dropped(),
+            notice_senders: state.notice_senders.senders(),
         }
     }
 
@@ -236,7 +249,6 @@ impl Inner {
         };
         let mut pushes = Vec::new();
         let mut answer = None;
-        let mut notices = Vec::new();
         let mut probes = Vec::new();
         {
             let mut state = self.state.lock().unwrap();
@@ -291,15 +303,18 @@ impl Inner {
                                 .filter(|o| **o != c)
                                 .filter_map(|o| state.relay.client(*o).map(|i| i.addr))
                                 .collect();
-                            if let Some(conn) = state.conns.get(&c) {
-                                notices.push((conn.clone(), RelayNotice::Conflict { others }));
+                            if let Some(conn) = state.conns.get(&c).cloned() {
+                                let notice = RelayNotice::Conflict { others };
+                                state.notice_senders.send(c, &conn, notice);
                             }
                         }
                     }
                     RelayOutput::ConflictOver { node, conn } => {
                         info!(%node, "identity conflict over: one connection left");
-                        if let Some(conn) = state.conns.get(&conn) {
-                            notices.push((conn.clone(), RelayNotice::ConflictOver));
+                        if let Some(c) = state.conns.get(&conn).cloned() {
+                            state
+                                .notice_senders
+                                .send(conn, &c, RelayNotice::ConflictOver);
                         }
                     }
                     RelayOutput::Probe { conn } => {
@@ -309,6 +324,7 @@ impl Inner {
                     }
                     RelayOutput::Close { conn } => {
                         state.notices.remove(&conn);
+                        state.notice_senders.forget(conn);
                         state.packet_queues.remove(&conn);
                         if let Some(c) = state.conns.remove(&conn) {
                             debug!(conn, "closing a replaced registration");
@@ -324,9 +340,11 @@ impl Inner {
                         nonce,
                         reason,
                     } => {
-                        if let Some(conn) = conn.and_then(|c| state.conns.get(&c)) {
+                        if let Some((id, c)) =
+                            conn.and_then(|id| Some((id, state.conns.get(&id)?.clone())))
+                        {
                             let notice = RelayNotice::Dropped { to, nonce, reason };
-                            notices.push((conn.clone(), notice));
+                            state.notice_senders.send(id, &c, notice);
                         }
                     }
                     RelayOutput::Expired { to, count } => {
@@ -354,11 +372,6 @@ impl Inner {
             }
         }
         self.wake.notify_one();
-        for (conn, notice) in notices {
-            tokio::spawn(async move {
-                let _ = exchange_on(&conn, &Message::RelayNotice(notice), STREAM_TIMEOUT).await;
-            });
-        }
         for (id, conn) in probes {
             let inner = self.clone();
             tokio::spawn(async move { inner.probe(id, conn).await });
@@ -612,6 +625,7 @@ async fn serve_connection(inner: Arc<Inner>, conn: quinn::Connection) {
     let known = {
         let mut state = inner.state.lock().unwrap();
         state.notices.remove(&id);
+        state.notice_senders.forget(id);
         state.packet_queues.remove(&id);
         state.conns.remove(&id).is_some()
     };
@@ -645,162 +659,4 @@ async fn serve_stream(
         }),
     };
     crate::node::write_answer(send, Some(&answer)).await;
-}
-
-// ----- the `kith relay` daemon -----------------------------------------------
-
-#[derive(Debug, thiserror::Error)]
-pub enum RelayDaemonError {
-    #[error("cannot start the relay")]
-    Tls(#[from] TlsError),
-    #[error("cannot open the control socket")]
-    Control(#[from] ControlError),
-    #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
-}
-
-/// What the relay daemon reports besides the server's own state.
-#[derive(Debug, Clone)]
-pub struct RelayDaemonInfo {
-    pub keystore_encrypted: bool,
-    pub hardened: bool,
-    /// Serve Prometheus metrics on this address (`--metrics`).
-    pub metrics: Option<SocketAddr>,
-}
-
-/// Runs a relay bound to `data_dir` (its identity and control socket) until
-/// `shutdown` resolves. Prints the relay's ticket on stdout once it listens.
-pub async fn run_daemon(
-    data_dir: DataDir,
-    key: NodeKey,
-    options: RelayOptions,
-    info: RelayDaemonInfo,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RelayDaemonError> {
-    let server = RelayServer::spawn(key, options).await?;
-    let listener = control::bind(&data_dir.control_socket()).await?;
-    let metrics_listener = match info.metrics {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
-        None => None,
-    };
-    eprintln!(
-        "kith relay {} listening on {} (control socket {})",
-        server.node_id(),
-        server.local_addr(),
-        data_dir.control_socket().display()
-    );
-    eprintln!("nodes use it with: kith run --relay <TICKET>; its ticket:");
-    println!("{}", server.ticket());
-    let server = Arc::new(server);
-    let started_at_ms = now_ms();
-    let metrics = metrics_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            eprintln!("metrics on http://{addr}/metrics");
-        }
-        let (server, figures) = (
-            server.clone(),
-            Arc::new(crate::metrics::RelayMetrics::default()),
-        );
-        let render: crate::metrics::Render = Arc::new(move || {
-            let s = server.snapshot();
-            let text = figures.render(&crate::metrics::RelayFigures {
-                clients: s.clients,
-                registered: s.registered,
-                queued: s.queued,
-                queued_bytes: s.queued_bytes,
-                stats: s.stats,
-            });
-            Box::pin(async move { text })
-        });
-        tokio::spawn(crate::metrics::serve(listener, render))
-    });
-    let serve = {
-        let server = server.clone();
-        let data_dir = data_dir.clone();
-        control::serve(listener, move |request, mut stream| {
-            let (server, data_dir, info) = (server.clone(), data_dir.clone(), info.clone());
-            async move {
-                let response = relay_dispatch(&server, &data_dir, &info, started_at_ms, request);
-                let _ = control::write_response(&mut stream, &response).await;
-            }
-        })
-    };
-    tokio::select! {
-        () = shutdown => info!("shutting down"),
-        () = serve => {}
-    }
-    if let Some(metrics) = metrics {
-        metrics.abort();
-        let _ = metrics.await;
-    }
-    let _ = std::fs::remove_file(data_dir.control_socket());
-    match Arc::try_unwrap(server) {
-        Ok(server) => server.shutdown().await,
-        Err(server) => server
-            .inner
-            .endpoint
-            .close(close_code::SHUTDOWN.into(), b"relay shutting down"),
-    }
-    Ok(())
-}
-
-fn relay_dispatch(
-    server: &RelayServer,
-    data_dir: &DataDir,
-    info: &RelayDaemonInfo,
-    started_at_ms: u64,
-    request: Request,
-) -> Response {
-    let data = match request {
-        Request::Status => {
-            let s = server.snapshot();
-            serde_json::to_value(RelayServerView {
-                role: "relay".into(),
-                node_id: server.node_id().to_string(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                data_dir: data_dir.path().display().to_string(),
-                listen: server.local_addr().to_string(),
-                ticket: server.ticket().to_string(),
-                clients: s.clients,
-                registered: s.registered,
-                queued: s.queued,
-                forwarded: s.stats.forwarded,
-                delivered: s.stats.delivered,
-                queued_total: s.stats.queued,
-                delivered_from_queue: s.stats.delivered_from_queue,
-                expired: s.stats.expired,
-                unknown_destination: s.stats.unknown_destination,
-                refused: s.stats.refused,
-                conflicts: s.stats.conflicts,
-                packets_relayed: s.stats.packets_relayed,
-                packet_bytes_relayed: s.stats.packet_bytes_relayed,
-                packets_refused: s.stats.packets_refused,
-                packets_dropped: s.stats.packets_dropped,
-                max_clients: s.max_clients,
-                allow: s.allow,
-                keystore_encrypted: info.keystore_encrypted,
-                hardened: info.hardened,
-                started_at_ms,
-            })
-        }
-        Request::Ticket => Ok(serde_json::json!({
-            "ticket": server.ticket().to_string(),
-            "node_id": server.node_id().to_string(),
-            "addrs": server.ticket().addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "relay": null,
-        })),
-        _ => {
-            return Response::Error {
-                message: "this data dir runs a relay (`kith relay`): it has no peers; \
-                          only `kith status` and `kith ticket` apply"
-                    .into(),
-            };
-        }
-    };
-    match data {
-        Ok(data) => Response::Ok { data },
-        Err(e) => Response::Error {
-            message: format!("cannot encode the answer: {e}"),
-        },
-    }
 }

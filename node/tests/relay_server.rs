@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_keys::{NodeId, NodeKey};
-use kith_node::relay::{RelayOptions, RelayServer};
+use kith_node::relay::{NOTICES_PER_CONN, RelayOptions, RelayServer};
 use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::relay::{DropReason, ForwardResult, RelayConfig, RelayRefusal};
@@ -82,6 +82,10 @@ impl Client {
 
     /// Forwards a request to `to` with `reach` as its hint; the relay's result.
     async fn forward(&self, to: NodeId, nonce: u8, reach: Reach) -> ForwardResult {
+        self.forward_nonce(to, [nonce; 16], reach).await
+    }
+
+    async fn forward_nonce(&self, to: NodeId, nonce: [u8; 16], reach: Reach) -> ForwardResult {
         let envelope = Envelope::sign(
             Body {
                 kind: Kind::Request {
@@ -89,7 +93,7 @@ impl Client {
                 },
                 from: self.id(),
                 to,
-                nonce: [nonce; 16],
+                nonce,
                 timestamp_ms: now_ms(),
             },
             &self.key,
@@ -187,6 +191,62 @@ async fn a_sender_hears_when_its_queued_envelope_expires_and_quotas_refuse_in_wo
             nonce: [1; 16],
             reason: DropReason::Expired,
         })
+    );
+    sender.close().await;
+}
+
+/// A sender whose queued envelopes all expire at once hears of at most
+/// `NOTICES_PER_CONN` (+ the one under way) of them, one after the other, and the
+/// relay counts the rest: before, each notice was a task and a stream attempt of
+/// its own for up to the stream timeout, however many a sender made drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_notices_to_one_client_is_bounded_and_the_excess_counted() {
+    let burst = NOTICES_PER_CONN + 100;
+    let relay = relay(RelayConfig {
+        queue_ttl_ms: 500,
+        queue_per_sender: burst,
+        queue_per_sender_destination: burst,
+        queue_per_destination: burst,
+        rate_burst: 0,
+        ..RelayConfig::default()
+    })
+    .await;
+    let offline = offline_node(&relay).await;
+    let sender = Client::connect(&relay).await;
+    for n in 0..burst as u32 {
+        let mut nonce = [0u8; 16];
+        nonce[..4].copy_from_slice(&n.to_le_bytes());
+        assert_eq!(
+            sender.forward_nonce(offline, nonce, Reach::default()).await,
+            ForwardResult::Queued
+        );
+    }
+    // They expire together while the sender reads nothing; then it reads every
+    // notice that reaches it (and answers none, dropping each stream after it).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(relay.snapshot().queued, 0, "they expired");
+    let mut heard = 0;
+    while let Ok(Ok((_send, mut recv))) =
+        tokio::time::timeout(Duration::from_secs(3), sender.conn.accept_bi()).await
+    {
+        let bytes = recv.read_to_end(MAX_FRAME_LEN + 4).await.unwrap();
+        match decode_frame::<Message>(&bytes).unwrap().unwrap().0 {
+            Message::RelayNotice(RelayNotice::Dropped {
+                reason: DropReason::Expired,
+                ..
+            }) => heard += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let snapshot = relay.snapshot();
+    assert!(
+        (1..=NOTICES_PER_CONN + 1).contains(&heard),
+        "{heard} notices of {burst} reached the sender"
+    );
+    assert_eq!(snapshot.notices_dropped, (burst - heard) as u64);
+    assert_eq!(
+        snapshot.notice_senders, 1,
+        "one sender task for the one client"
     );
     sender.close().await;
 }
