@@ -1,15 +1,18 @@
 //! A peer that refuses our messages for good (here: it no longer speaks our protocol
 //! version) against a real `kith run` daemon. Whichever path carried the request —
 //! `kith request` itself or the background resender — the request is withdrawn, the
-//! operator is told (event and status), and nothing is resent, not even after a restart.
+//! operator is told (event, status, and `kith request --wait`'s answer), and nothing is
+//! resent, not even after a restart.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestNode, stderr_of};
+use common::{TestNode, stderr_of, stdout_of};
 use kith_keys::NodeKey;
 use kith_node::ticket::Ticket;
 use kith_node::transport::tls;
@@ -160,4 +163,38 @@ fn a_request_refused_for_good_at_once_is_withdrawn_and_told_once() {
         peer.kinds().contains(&"revoke".to_string())
     });
     assert_withdrawn_and_told(&a, &id);
+}
+
+#[test]
+fn request_wait_says_why_when_the_resent_request_is_refused_for_good() {
+    let a = TestNode::started();
+    // The peer is down when asked: `--wait` waits while the resender delivers it.
+    let (key, ticket) = RefusingPeer::identity();
+    let mut waiting = a
+        .command(&[
+            "request",
+            &ticket,
+            "-j",
+            "hello",
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(waiting.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("waiting for") {
+        assert_ne!(stderr.read_line(&mut said).unwrap(), 0, "{said}");
+    }
+    let _peer = RefusingPeer::start((key, ticket));
+    let out = waiting.wait_with_output().unwrap();
+    stderr.read_to_string(&mut said).unwrap();
+    let stdout = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{said}");
+    assert!(stdout.contains("refused the request"), "{stdout}{said}");
+    assert!(stdout.contains("protocol version"), "{stdout}");
+    assert!(stdout.contains("the request was withdrawn"), "{stdout}");
 }

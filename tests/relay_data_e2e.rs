@@ -155,3 +155,31 @@ fn connections_recover_within_seconds_after_the_relay_restarts() {
     // And a new connection works too.
     assert!(round_trip(&s.a, "server", "echo", &first) == first);
 }
+
+#[test]
+fn a_dialler_not_on_the_relays_allow_list_is_told_so() {
+    let mut relay = TestNode::init();
+    let mut b = TestNode::init();
+    let allow = relay.data_dir().join("allow");
+    std::fs::write(&allow, format!("{}\n", b.node_id)).unwrap();
+    relay.start_relay(&["--allow", allow.to_str().unwrap()]);
+    b.start_private(&relay);
+    b.wait_registered(1);
+    // A public node, not on the list: it may ask b through the relay, and be trusted.
+    let a = TestNode::started();
+    let sent = a.json(&["request", &b.ticket(), "-j", "reach the echo service"]);
+    assert_eq!(sent["delivered"], true, "{sent}");
+    b.wait_for_state(&a.node_id, "incoming_pending");
+    b.run_ok(&["approve", &a.node_id]);
+    a.wait_for_state(&b.node_id, "trusted");
+    let echo = echo_server();
+    b.run_ok(&["expose", "echo", "--to", &echo.addr.to_string()]);
+
+    // But the relay carries no connection for it: the error says why.
+    let out = a.run(&["connect", &b.node_id, "echo"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("not on the relay's allow list"), "{err}");
+    assert!(!err.contains("is the peer connected"), "{err}");
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 0);
+}

@@ -1,18 +1,18 @@
 //! The node: a QUIC endpoint, the trust state machine and its store, wired together.
 //!
-//! The [`core`] owns the [`TrustMachine`] and the [`Store`](crate::store::Store).
+//! The `core` owns the [`TrustMachine`] and the [`Store`](crate::store::Store).
 //! Everything that can change trust — an envelope off the network, an operator
 //! command, a timer — is submitted to it as an [`Input`]; it handles a batch of
 //! inputs, commits all their store writes in one durable transaction, and only then
 //! releases their replies, events and outgoing envelopes. So nothing is acknowledged
 //! before it is on disk, and a burst of handshakes costs one fsync. The rest
-//! ([`deliver`], [`serve`]) only moves bytes: it must never decide trust itself, and
-//! never send a reply the core has not released. [`builder`] wires it all together.
+//! (`deliver`, `serve`) only moves bytes: it must never decide trust itself, and
+//! never send a reply the core has not released. `builder` wires it all together.
 //!
 //! Reaching peers: an envelope goes over an open connection to its peer, else to a
 //! direct address, else through a relay (the peer's home relay, the relay it last
 //! came through, our own home relay) — see [`crate::reach`]. A node with a home
-//! relay keeps a connection to it ([`link`]) and receives envelopes pushed through
+//! relay keeps a connection to it (`link`) and receives envelopes pushed through
 //! it like any other, with no transport peer and no source address. A private node
 //! (`--private`) refuses every inbound connection and advertises no direct address.
 //! Reply hints ([`Reach`]) learned from envelopes are stored by the core in the same

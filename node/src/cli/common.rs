@@ -27,6 +27,37 @@ pub(super) fn call<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyh
     call_with(ctx, request, true)
 }
 
+/// The running daemon's recent events (what `kith events` shows), oldest first.
+pub(super) fn recent_events(ctx: &Context) -> anyhow::Result<Vec<control::EventView>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let request = Request::Events { follow: false };
+        let mut lines = control::open(
+            &ctx.data_dir.control_socket(),
+            ctx.data_dir.path(),
+            &request,
+        )
+        .await?;
+        let mut events = Vec::new();
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .context("lost the connection to the daemon")?
+        {
+            match serde_json::from_str::<Response>(&line)
+                .context("unexpected answer from the daemon")?
+            {
+                Response::Ok { data } => events.push(serde_json::from_value(data)?),
+                Response::Error { message } => bail!("{message}"),
+            }
+        }
+        Ok(events)
+    })
+}
+
 /// Like [`call`], but only the daemon may answer: for polling what it does next.
 pub(super) fn call_live<T: DeserializeOwned>(ctx: &Context, request: Request) -> anyhow::Result<T> {
     call_with(ctx, request, false)

@@ -8,12 +8,15 @@ use clap::Args;
 use kith_protocol::machine::Config;
 use kith_protocol::validate::escape_for_display;
 
-use super::common::{ago, call, call_live, parse_duration, shutdown_signal, table, until};
+use super::common::{
+    ago, call, call_live, parse_duration, recent_events, shutdown_signal, table, until,
+};
 use super::output::print_json;
 use super::{Context, exit};
 use crate::control::{PeerView, PendingView, Request, SentView};
 use crate::daemon::{self, DaemonOptions};
 use crate::harden;
+use crate::node::now_ms;
 use crate::unlock;
 
 /// Run this machine's node: the QUIC endpoint, the database and the control socket.
@@ -217,6 +220,7 @@ pub struct RequestArgs {
 }
 
 pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
+    let asked_ms = now_ms();
     let sent: SentView = call(
         ctx,
         Request::Request {
@@ -240,7 +244,7 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
         bail!("{} refused the request: {}", sent.node_id, sent.detail);
     }
     if args.wait {
-        return wait_for_answer(ctx, &sent, args.timeout);
+        return wait_for_answer(ctx, &sent, asked_ms, args.timeout);
     }
     if ctx.json {
         print_json(&sent)?;
@@ -256,10 +260,12 @@ pub fn request(ctx: &Context, args: RequestArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// Polls the peer's state until it answers or `timeout` passes.
+/// Polls the peer's state until it answers or `timeout` passes. `asked_ms`: when the
+/// request was asked for.
 fn wait_for_answer(
     ctx: &Context,
     sent: &SentView,
+    asked_ms: u64,
     timeout: Option<Duration>,
 ) -> anyhow::Result<u8> {
     // An absurd --timeout cannot overflow the clock: it just never expires.
@@ -292,6 +298,16 @@ fn wait_for_answer(
         "outgoing_pending" => (exit::TIMED_OUT, "timed_out"),
         _ => (exit::FAILURE, "ended"),
     };
+    // Ended without an answer: the peer may have refused the resent request for good
+    // (it was then withdrawn); the daemon's events say why.
+    let refused = if outcome == "ended" {
+        refused_for_good_since(ctx, &sent.node_id, asked_ms)
+    } else {
+        None
+    };
+    if refused.is_some() {
+        reason = refused.clone();
+    }
     if ctx.json {
         print_json(&serde_json::json!({
             "node_id": sent.node_id,
@@ -314,14 +330,39 @@ fn wait_for_answer(
                 "no answer yet from {}; the request stays pending",
                 sent.node_id
             )?,
-            _ => outln!(
-                "the request to {} ended: {}",
-                sent.node_id,
-                state.replace('_', " ")
-            )?,
+            _ => match &refused {
+                Some(detail) => outln!(
+                    "{} refused the request: {}",
+                    sent.node_id,
+                    escape_for_display(detail)
+                )?,
+                None => outln!(
+                    "the request to {} ended: {}",
+                    sent.node_id,
+                    state.replace('_', " ")
+                )?,
+            },
         }
     }
     Ok(code)
+}
+
+/// Why `peer` refused our request for good, from the daemon's recent events: its
+/// `request_refused` event at or after `since_ms`. The node withdraws the request
+/// before it records the refusal, so the record is given a moment to follow.
+fn refused_for_good_since(ctx: &Context, peer: &str, since_ms: u64) -> Option<String> {
+    for _ in 0..5 {
+        let found = recent_events(ctx)
+            .ok()?
+            .into_iter()
+            .rev()
+            .find(|e| e.node_id == peer && e.kind == "request_refused" && e.at_ms >= since_ms);
+        if let Some(event) = found {
+            return event.detail;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
 }
 
 /// List requests waiting for an answer: incoming (yours to approve) and outgoing.

@@ -30,13 +30,15 @@ use std::time::Duration;
 
 use kith_keys::NodeId;
 use kith_protocol::machine::TrustState;
-use kith_protocol::wire::RelayRef;
+use kith_protocol::relay::RelayRefusal;
+use kith_protocol::wire::{Message, RelayNotice, RelayRef};
 use quinn::{ConnectionError, VarInt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{DIAL_TIMEOUT, Shared, close_code, dial_addrs, error_chain};
+use super::deliver::exchange_on;
+use super::{DIAL_TIMEOUT, STREAM_TIMEOUT, Shared, close_code, dial_addrs, error_chain};
 use crate::reach::targets;
 use crate::transport::tls;
 
@@ -269,7 +271,9 @@ impl Shared {
 
     /// Dials `peer` at its mapped address through `relay`: over the link to it
     /// (the home relay's, or one opened for this), the same QUIC and TLS handshake as
-    /// a direct dial, end to end; the relay sees only ciphertext.
+    /// a direct dial, end to end; the relay sees only ciphertext. A relay that does
+    /// not carry our packets (we are not on its allow list) drops them unanswered, so
+    /// meanwhile the relay is asked, and its refusal ends the dial with its reason.
     async fn dial_relayed(
         self: &Arc<Self>,
         peer: NodeId,
@@ -277,21 +281,31 @@ impl Shared {
         alpn: &[u8],
     ) -> Result<Result<quinn::Connection, tls::TlsError>, String> {
         let via = format!("through relay {}", relay.node_id.short());
-        super::link::link(self, relay)
+        let link = super::link::link(self, relay)
             .await
             .map_err(|e| format!("{via}: {}", error_chain(&e)))?;
         let addr = self
             .paths
             .map(relay.node_id, peer)
             .ok_or_else(|| format!("{via}: too many relayed peers at once"))?;
-        tokio::time::timeout(
+        let dial = tokio::time::timeout(
             DIAL_TIMEOUT,
             tls::dial_app(&self.endpoint, &self.identity, addr, peer, alpn),
-        )
-        .await
-        .map_err(|_| {
-            format!("{via}: no answer within {DIAL_TIMEOUT:?} (is the peer connected to it?)")
-        })
+        );
+        tokio::select! {
+            dialled = dial => dialled.map_err(|_| {
+                format!("{via}: no answer within {DIAL_TIMEOUT:?} (is the peer connected to it?)")
+            }),
+            Some(refusal) = carries_no_packets(&link) => {
+                let why = match refusal {
+                    RelayRefusal::NotAllowed => "this node is not on the relay's allow list \
+                        (only the nodes on it may connect through it)"
+                        .to_string(),
+                    other => other.to_string(),
+                };
+                Err(format!("{via}: the relay refused to carry the connection: {why}"))
+            }
+        }
     }
 
     /// Serves an inbound connection that negotiated an application protocol: closes
@@ -457,5 +471,17 @@ fn verdict_error(peer: NodeId, e: VerdictError) -> ConnectError {
             peer,
             reason: format!("no verdict within {VERDICT_TIMEOUT:?} after the handshake"),
         },
+    }
+}
+
+/// Why the relay at the far end of `link` does not carry this node's packets, if it
+/// says so: a `Register` asking no dial-back only reads what the relay decided when
+/// the link connected (registered, or refused). `None` if it carries them or did not
+/// answer.
+async fn carries_no_packets(link: &quinn::Connection) -> Option<RelayRefusal> {
+    let register = Message::Register { dial_back: false };
+    match exchange_on(link, &register, STREAM_TIMEOUT).await {
+        Ok(Message::RelayNotice(RelayNotice::Refused(refusal))) => Some(refusal),
+        _ => None,
     }
 }

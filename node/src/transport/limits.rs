@@ -108,7 +108,7 @@ pub const APP_MAX_STREAMS: u32 = 256;
 
 /// The transport of a connection this node dials for an application: the windows
 /// above, both stream kinds, the same timeouts and keep-alive as every connection.
-/// The accepting side starts every connection with [`transport_config`]'s small
+/// The accepting side starts every connection with `transport_config`'s small
 /// limits (and no keep-alives of its own) and raises them only once the peer is
 /// found trusted.
 pub fn app_transport_config() -> Arc<TransportConfig> {

@@ -2,7 +2,7 @@
 //! connection it is allowed, against a real [`kith_node::Node`] with a file-backed
 //! (fsynced) store, over loopback.
 //!
-//! One run (`cargo bench -p kith-node --bench hostile_conn`, under a minute):
+//! One run (`cargo bench -p kith-node --bench hostile -- conn`, under a minute):
 //!
 //! 1. quiet: `HANDSHAKES` kith handshakes one at a time (a fresh identity dials
 //!    from 127.0.0.1, sends a signed `Request`, waits for the `Pending` ack).
@@ -22,15 +22,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use comfy_table::{Cell, CellAlignment, Table, presets};
+use comfy_table::{Cell, Table, presets};
 use kith_keys::{NodeId, NodeKey};
 use kith_node::node::{error_chain, now_ms};
 use kith_node::transport::tls;
 use kith_node::{NodeBuilder, StoreLocation};
-use kith_protocol::frame::{MAX_FRAME_LEN, PREFIX_LEN, decode_frame, encode_frame};
 use kith_protocol::machine::Config;
-use kith_protocol::wire::{Ack, AckStatus, Body, Envelope, Kind, Message};
+use kith_protocol::wire::{Ack, AckStatus, Envelope, Kind, Message};
 use rand_core::{OsRng, RngCore};
+
+use crate::common::{Verdicts, addr, exchange, ms, percentile, right, rss_mib, runtime, signed};
 
 /// Honest handshakes per run.
 const HANDSHAKES: usize = 400;
@@ -46,10 +47,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Goal: p99 under attack within this multiple of the quiet run's.
 const TARGET_P99_RATIO: f64 = 2.0;
 
-fn addr(ip: [u8; 4]) -> SocketAddr {
-    SocketAddr::from((ip, 0))
-}
-
 /// The pending-request bounds lifted: every honest client comes from 127.0.0.1
 /// and every handshake must stay pending to be counted.
 fn bench_config() -> Config {
@@ -63,33 +60,10 @@ fn bench_config() -> Config {
 fn signed_request(key: &NodeKey, to: NodeId) -> Envelope {
     let mut nonce = [0u8; 16];
     OsRng.fill_bytes(&mut nonce);
-    Envelope::sign(
-        Body {
-            kind: Kind::Request {
-                justification: "hostile bench".into(),
-            },
-            from: key.node_id(),
-            to,
-            nonce,
-            timestamp_ms: now_ms(),
-        },
-        key,
-    )
-}
-
-async fn exchange(conn: &quinn::Connection, message: &Message) -> Result<Message, String> {
-    let frame = encode_frame(message).map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| error_chain(&e))?;
-    send.write_all(&frame).await.map_err(|e| error_chain(&e))?;
-    send.finish().map_err(|e| e.to_string())?;
-    let bytes = recv
-        .read_to_end(MAX_FRAME_LEN + PREFIX_LEN)
-        .await
-        .map_err(|e| error_chain(&e))?;
-    match decode_frame::<Message>(&bytes) {
-        Ok(Some((message, _))) => Ok(message),
-        other => Err(format!("undecodable answer: {other:?}")),
-    }
+    let kind = Kind::Request {
+        justification: "hostile bench".into(),
+    };
+    signed(key, to, kind, nonce, now_ms())
 }
 
 /// One honest handshake from a fresh identity: dial, request, `Pending` ack.
@@ -121,11 +95,7 @@ impl Run {
     }
 
     fn percentile(&self, p: f64) -> Duration {
-        if self.samples.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.samples.len() as f64).ceil() as usize;
-        self.samples[rank.clamp(1, self.samples.len()) - 1]
+        percentile(&self.samples, p)
     }
 }
 
@@ -147,7 +117,6 @@ async fn honest_run(to: SocketAddr, to_id: NodeId, count: usize) -> Run {
             Err(_) => run.failures.push("timed out".into()),
         }
     }
-    run.samples.sort();
     run
 }
 
@@ -188,45 +157,11 @@ async fn attacker(attack: Arc<Attack>, client: quinn::Endpoint, to: SocketAddr, 
     }
 }
 
-/// Resident memory of this process (node and clients), from /proc.
-fn rss() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l["VmRSS:".len()..].trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn right(s: impl ToString) -> Cell {
-    Cell::new(s.to_string()).set_alignment(CellAlignment::Right)
-}
-
-fn main() {
-    let node_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("kith-node-rt")
-        .enable_all()
-        .build()
-        .unwrap();
-    let clients = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bench-client")
-        .enable_all()
-        .build()
-        .unwrap();
-    let attack_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bench-attacker")
-        .enable_all()
-        .build()
-        .unwrap();
+/// Honest handshakes quiet and under attack; whether both goals were met.
+pub fn run() -> bool {
+    let node_rt = runtime("kith-node-rt", 2);
+    let clients = runtime("bench-client", 1);
+    let attack_rt = runtime("bench-attacker", 1);
     let dir = tempfile::tempdir().unwrap();
     let node = node_rt.block_on(async {
         NodeBuilder::new(NodeKey::generate())
@@ -238,11 +173,11 @@ fn main() {
             .expect("starting the node")
     });
     let (to, to_id) = (node.local_addr(), node.node_id());
-    let rss_start = rss();
+    let rss_start = rss_mib();
 
     clients.block_on(honest_run(to, to_id, WARMUP));
     let quiet = clients.block_on(honest_run(to, to_id, HANDSHAKES));
-    let rss_quiet = rss();
+    let rss_quiet = rss_mib();
 
     let attack = Arc::new(Attack::default());
     let attack_client = attack_rt.block_on(async {
@@ -259,7 +194,7 @@ fn main() {
     let held_before = attack.held.load(Ordering::Relaxed);
     let hostile = clients.block_on(honest_run(to, to_id, HANDSHAKES));
     let held_after = attack.held.load(Ordering::Relaxed);
-    let rss_hostile = rss();
+    let rss_hostile = rss_mib();
     attack.stop.store(true, Ordering::Relaxed);
 
     let mut t = Table::new();
@@ -279,7 +214,7 @@ fn main() {
         right(ms(quiet.percentile(50.0))),
         right(ms(quiet.percentile(99.0))),
         right("-"),
-        right(&rss_quiet),
+        right(format!("{rss_quiet:.1} MiB")),
     ]);
     t.add_row(vec![
         Cell::new("one attacker host"),
@@ -291,10 +226,10 @@ fn main() {
             "{held_before}..{held_after} (most {})",
             attack.most_held.load(Ordering::Relaxed)
         )),
-        right(&rss_hostile),
+        right(format!("{rss_hostile:.1} MiB")),
     ]);
     println!(
-        "\nhonest handshakes while one host (127.0.0.2) holds all it may (RSS at start: {rss_start})"
+        "\nhonest handshakes while one host (127.0.0.2) holds all it may (RSS at start: {rss_start:.1} MiB)"
     );
     println!("{t}");
     println!(
@@ -305,15 +240,18 @@ fn main() {
         println!("  failure: {failure}");
     }
     let ratio = hostile.percentile(99.0).as_secs_f64() / quiet.percentile(99.0).as_secs_f64();
-    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
-    println!(
-        "{} success under attack: {:.1}% (goal 100%)",
-        verdict(hostile.failures.is_empty()),
-        hostile.success()
+    let mut verdicts = Verdicts::new();
+    verdicts.check(
+        format!(
+            "success under attack: {:.1}% (goal 100%)",
+            hostile.success()
+        ),
+        hostile.failures.is_empty(),
     );
-    println!(
-        "{} p99 under attack: {ratio:.2}x the quiet run's (goal <= {TARGET_P99_RATIO}x)",
-        verdict(ratio <= TARGET_P99_RATIO)
+    verdicts.check(
+        format!("p99 under attack: {ratio:.2}x the quiet run's (goal <= {TARGET_P99_RATIO}x)"),
+        ratio <= TARGET_P99_RATIO,
     );
     node_rt.block_on(node.shutdown());
+    verdicts.all_pass()
 }

@@ -15,52 +15,33 @@
 //! Prints one table and a PASS/FAIL line per goal: 100% of registrations succeed in
 //! both runs, the hostile p99 is within 2× the quiet p99, and the attacker holds no
 //! more than the per-address cap. Memory is the bench process's (relay and clients
-//! together): resident now and at peak. Runs in well under two minutes.
+//! together): resident now and at peak. Runs in well under two minutes
+//! (`cargo bench -p kith-node --bench hostile -- relay`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
+use comfy_table::{Cell, ContentArrangement, Table, presets};
 use kith_keys::{NodeId, NodeKey};
+use kith_node::node::now_ms;
 use kith_node::relay::{MAX_PER_ADDRESS, RelayOptions, RelayServer};
 use kith_node::transport::tls;
-use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::relay::RelayConfig;
-use kith_protocol::wire::{Body, Envelope, Kind, Message, Reach, RelayNotice};
+use kith_protocol::wire::{Kind, Message, Reach, RelayNotice};
 use tokio::runtime::Runtime;
+
+use crate::common::{
+    Verdicts, counted_nonce, exchange, loopback, ms, peak_rss_mib, percentile, right, rss_mib,
+    runtime, signed,
+};
 
 /// Registrations per run.
 const REGISTRATIONS: usize = 2000;
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Goal: hostile p99 within this factor of the quiet p99.
 const TARGET_RATIO: f64 = 2.0;
-
-fn runtime(name: &str) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn exchange(conn: &quinn::Connection, message: &Message) -> Result<Message, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(&encode_frame(message).unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
-    let bytes = recv
-        .read_to_end(MAX_FRAME_LEN + 4)
-        .await
-        .map_err(|e| e.to_string())?;
-    match decode_frame::<Message>(&bytes) {
-        Ok(Some((m, _))) => Ok(m),
-        _ => Err("garbled answer".into()),
-    }
-}
 
 /// One registration of a fresh identity: its latency, or why it failed.
 async fn register(
@@ -96,18 +77,10 @@ struct Run {
     attacker_forwards: u64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn registrations(clients: &Runtime, relay: SocketAddr, relay_id: NodeId) -> Run {
     clients.block_on(async {
         let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
-        let endpoint = tls::make_endpoint(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint = tls::make_endpoint(&identity, loopback()).unwrap();
         let mut run = Run {
             name: "",
             ok: Vec::new(),
@@ -126,7 +99,6 @@ fn registrations(clients: &Runtime, relay: SocketAddr, relay_id: NodeId) -> Run 
                 }
             }
         }
-        run.ok.sort();
         endpoint.close(0u32.into(), b"done");
         run
     })
@@ -141,32 +113,16 @@ struct Attack {
     forwards: AtomicU64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// Forwards requests to made-up destinations over `conn` until told to stop.
-async fn flood(conn: quinn::Connection, key: NodeKey, attack: Arc<Attack>) {
+async fn forward_flood(conn: quinn::Connection, key: NodeKey, attack: Arc<Attack>) {
     let mut n = 0u64;
     while !attack.stop.load(Ordering::Relaxed) {
         n += 1;
-        let mut nonce = [0u8; 16];
-        nonce[..8].copy_from_slice(&n.to_le_bytes());
-        let envelope = Envelope::sign(
-            Body {
-                kind: Kind::Request {
-                    justification: "let me in".into(),
-                },
-                from: key.node_id(),
-                to: NodeKey::generate().node_id(),
-                nonce,
-                timestamp_ms: now_ms(),
-            },
-            &key,
-        );
+        let kind = Kind::Request {
+            justification: "let me in".into(),
+        };
+        let to = NodeKey::generate().node_id();
+        let envelope = signed(&key, to, kind, counted_nonce(n, 0), now_ms());
         let forward = Message::Forward {
             envelope,
             reach: Reach::default(),
@@ -191,7 +147,7 @@ async fn attacker(relay: SocketAddr, relay_id: NodeId, attack: Arc<Attack>) {
         match tokio::time::timeout(TIMEOUT, dial).await {
             Ok(Ok(conn)) => {
                 attack.held.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(flood(conn.clone(), key, attack.clone()));
+                tokio::spawn(forward_flood(conn.clone(), key, attack.clone()));
                 held.push(conn);
             }
             _ => {
@@ -204,37 +160,16 @@ async fn attacker(relay: SocketAddr, relay_id: NodeId, attack: Arc<Attack>) {
     endpoint.close(0u32.into(), b"done");
 }
 
-/// Resident and peak resident memory of this process, in MiB.
-fn rss() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn right(s: impl ToString) -> Cell {
-    Cell::new(s.to_string()).set_alignment(CellAlignment::Right)
-}
-
-fn main() {
-    let relay_rt = runtime("bench-relay");
-    let clients = runtime("bench-client");
-    let attacker_rt = runtime("bench-attacker");
+/// Registrations quiet and under attack; whether every goal was met.
+pub fn run() -> bool {
+    let relay_rt = runtime("bench-relay", 1);
+    let clients = runtime("bench-client", 1);
+    let attacker_rt = runtime("bench-attacker", 1);
     let relay = relay_rt.block_on(async {
         RelayServer::spawn(
             NodeKey::generate(),
             RelayOptions {
-                listen: "127.0.0.1:0".parse().unwrap(),
+                listen: loopback(),
                 advertise: Vec::new(),
                 config: RelayConfig::default(),
                 max_per_address: MAX_PER_ADDRESS,
@@ -244,7 +179,7 @@ fn main() {
         .expect("starting the relay")
     });
     let (addr, id) = (relay.local_addr(), relay.node_id());
-    let (rss_idle, _) = rss();
+    let rss_idle = rss_mib();
 
     // Warm up (code paths, allocator), then the quiet run.
     let _ = registrations(&clients, addr, id);
@@ -263,7 +198,7 @@ fn main() {
     hostile.attacker_held = attack.held.load(Ordering::Relaxed) as usize;
     hostile.attacker_refused = attack.refused.load(Ordering::Relaxed);
     hostile.attacker_forwards = attack.forwards.load(Ordering::Relaxed);
-    let (rss_now, rss_peak) = rss();
+    let (rss_now, rss_peak) = (rss_mib(), peak_rss_mib());
     let snapshot = relay.snapshot();
     attack.stop.store(true, Ordering::Relaxed);
 
@@ -316,20 +251,22 @@ fn main() {
     );
     let ratio = h99 / q99;
     let capped = hostile.attacker_held <= MAX_PER_ADDRESS;
-    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
-    println!(
-        "{}  every registration succeeds, quiet and under attack",
-        verdict(all_ok)
+    let mut verdicts = Verdicts::new();
+    verdicts.check(
+        "every registration succeeds, quiet and under attack",
+        all_ok,
     );
-    println!(
-        "{}  hostile p99 {:.2}× the quiet p99 (goal ≤ {TARGET_RATIO}×)",
-        verdict(ratio <= TARGET_RATIO),
-        ratio
+    verdicts.check(
+        format!("hostile p99 {ratio:.2}× the quiet p99 (goal ≤ {TARGET_RATIO}×)"),
+        ratio <= TARGET_RATIO,
     );
-    println!(
-        "{}  the attacker holds {} connections (cap {MAX_PER_ADDRESS} per address)",
-        verdict(capped),
-        hostile.attacker_held
+    verdicts.check(
+        format!(
+            "the attacker holds {} connections (cap {MAX_PER_ADDRESS} per address)",
+            hostile.attacker_held
+        ),
+        capped,
     );
     relay_rt.block_on(relay.shutdown());
+    verdicts.all_pass()
 }

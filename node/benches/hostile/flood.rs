@@ -2,7 +2,7 @@
 //! with its default bounds, directly and through a relay, with the operator's
 //! control socket measured while it lasts.
 //!
-//! `cargo bench -p kith-node --bench hostile` (a few minutes on 2 cores). Each
+//! `cargo bench -p kith-node --bench hostile -- flood` (a few minutes on 2 cores). Each
 //! scenario starts `kith run` in-process (`daemon::run`: node, file store and control
 //! socket, on its own runtime, default [`Config`]), then `HOSTILE_IDENTITIES` fresh
 //! identities (default 10,000) each dial once and send `HOSTILE_REQUESTS /
@@ -24,7 +24,7 @@
 //!
 //! Set `HOSTILE_IDENTITIES` and `HOSTILE_REQUESTS` to scale it. It prints a table and
 //! a PASS/FAIL line per bound; nothing here asserts on the figures. Scenarios are one
-//! function each returning a [`Row`]; more can be added to the list in `main`.
+//! function each returning a [`Row`]; more can be added to the list in [`run`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
+use comfy_table::{Cell, ContentArrangement, Table, presets};
 use kith_keys::{NodeId, NodeKey};
 use kith_node::control::{self, Request, Response};
 use kith_node::daemon::{self, DaemonOptions};
@@ -42,11 +42,14 @@ use kith_node::node::{error_chain, now_ms};
 use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::store::{MAX_AUDIT_ENTRIES, Store};
 use kith_node::transport::tls;
-use kith_protocol::frame::{MAX_FRAME_LEN, PREFIX_LEN, decode_frame, encode_frame};
 use kith_protocol::machine::Config;
 use kith_protocol::relay::{ForwardResult, RelayConfig};
-use kith_protocol::wire::{Ack, AckStatus, Body, Envelope, Kind, Message, Reach, RelayRef};
+use kith_protocol::wire::{Ack, AckStatus, Kind, Message, Reach, RelayRef};
 use tokio::runtime::Runtime;
+
+use crate::common::{
+    Verdicts, counted_nonce, exchange, loopback, ms, percentile, right, rss_kib, runtime, signed,
+};
 
 /// Hostile identities sending at once.
 const CONCURRENCY: usize = 64;
@@ -102,30 +105,6 @@ struct Row {
     control_failures: usize,
     /// `kith status`'s refused counters at the end.
     refused: BTreeMap<String, u64>,
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn runtime(name: &str, workers: usize) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .expect("building a runtime")
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 /// A daemon as `kith run` runs it, in this process.
@@ -260,38 +239,6 @@ enum Target {
     },
 }
 
-fn signed(key: &NodeKey, to: NodeId, kind: Kind, timestamp_ms: u64, n: usize) -> Envelope {
-    let mut nonce = [0u8; 16];
-    nonce[..8].copy_from_slice(&(n as u64).to_le_bytes());
-    nonce[8..].copy_from_slice(&timestamp_ms.to_le_bytes());
-    Envelope::sign(
-        Body {
-            kind,
-            from: key.node_id(),
-            to,
-            nonce,
-            timestamp_ms,
-        },
-        key,
-    )
-}
-
-/// One frame out on a new stream, one message back.
-async fn exchange(conn: &quinn::Connection, message: &Message) -> Result<Message, String> {
-    let frame = encode_frame(message).map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(&frame).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
-    let bytes = recv
-        .read_to_end(MAX_FRAME_LEN + PREFIX_LEN)
-        .await
-        .map_err(|e| e.to_string())?;
-    match decode_frame::<Message>(&bytes) {
-        Ok(Some((message, _))) => Ok(message),
-        other => Err(format!("undecodable answer: {other:?}")),
-    }
-}
-
 fn ack_name(status: &AckStatus) -> String {
     match status {
         AckStatus::Refused(r) => format!("refused:{}", r.code()),
@@ -349,7 +296,14 @@ async fn hostile_identity(
                 reason: "never mind".into(),
             }
         };
-        let envelope = signed(&key, node, kind, base + n as u64, n);
+        let timestamp_ms = base + n as u64;
+        let envelope = signed(
+            &key,
+            node,
+            kind,
+            counted_nonce(n as u64, timestamp_ms),
+            timestamp_ms,
+        );
         let message = match target {
             Target::Direct { .. } => Message::Envelope(envelope),
             Target::Relay { .. } => Message::Forward {
@@ -507,24 +461,6 @@ fn relayed_flood(node_rt: &Runtime, relay_rt: &Runtime, clients: &Runtime, scale
     row
 }
 
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn right(s: impl ToString) -> Cell {
-    Cell::new(s.to_string()).set_alignment(CellAlignment::Right)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn print(rows: &[Row], scale: Scale) -> bool {
     let config = Config::default();
     let record_cap = config.max_pending_total + config.max_declined;
@@ -576,11 +512,8 @@ fn print(rows: &[Row], scale: Scale) -> bool {
             refused.join(", ")
         );
     }
-    let mut all_pass = true;
-    let mut check = |what: String, pass: bool| {
-        all_pass &= pass;
-        println!("{} {what}", if pass { "PASS" } else { "FAIL" });
-    };
+    let mut verdicts = Verdicts::new();
+    let mut check = |what: String, pass: bool| verdicts.check(what, pass);
     println!();
     for r in rows {
         // A flood the node never saw (dials refused, transport errors) proves nothing.
@@ -635,10 +568,11 @@ fn print(rows: &[Row], scale: Scale) -> bool {
             percentile(&r.control, 99.0) <= CONTROL_P99_GOAL && r.control_failures == 0,
         );
     }
-    all_pass
+    verdicts.all_pass()
 }
 
-fn main() {
+/// The flood, directly and through a relay; whether every bound held.
+pub fn run() -> bool {
     let scale = Scale::from_env();
     let node_rt = runtime("kith-node-rt", 2);
     let relay_rt = runtime("bench-relay", 1);
@@ -647,6 +581,5 @@ fn main() {
         direct_flood(&node_rt, &clients, scale),
         relayed_flood(&node_rt, &relay_rt, &clients, scale),
     ];
-    let pass = print(&rows, scale);
-    println!("\n{}", if pass { "ALL PASS" } else { "SOME FAILED" });
+    print(&rows, scale)
 }
