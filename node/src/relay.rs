@@ -134,7 +134,7 @@ pub struct RelaySnapshot {
     pub stats: RelayStats,
     pub max_clients: usize,
     pub allow: Option<usize>,
-    /// Notices not sent because their connection's queue was full (see [`notices`]).
+    /// Notices not sent because their connection's queue was full (see `relay::notices`).
     pub notices_dropped: u64,
     /// Connections with a notice sender task.
     pub notice_senders: usize,

@@ -165,7 +165,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if missing) the database file. A damaged file is refused
-    /// with an error naming it, and left as it is. See [`open`] for how a new file
+    /// with an error naming it, and left as it is. See `store::open` for how a new file
     /// is made whole.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::init(open::open_file(path)?, Some(path.to_owned()))
