@@ -29,6 +29,24 @@ pub fn addr(ip: [u8; 4]) -> SocketAddr {
 }
 
 /// 127.0.0.1, any port.
+/// A relay with the default configuration on a loopback port, started on `rt`.
+pub fn default_relay(rt: &Runtime) -> kith_node::relay::RelayServer {
+    use kith_node::relay::{MAX_PER_ADDRESS, RelayOptions, RelayServer};
+    rt.block_on(async {
+        RelayServer::spawn(
+            NodeKey::generate(),
+            RelayOptions {
+                listen: loopback(),
+                advertise: Vec::new(),
+                config: kith_protocol::relay::RelayConfig::default(),
+                max_per_address: MAX_PER_ADDRESS,
+            },
+        )
+        .await
+        .expect("starting the relay")
+    })
+}
+
 pub fn loopback() -> SocketAddr {
     addr([127, 0, 0, 1])
 }

@@ -39,16 +39,16 @@ use kith_node::control::{self, Request, Response};
 use kith_node::daemon::{self, DaemonOptions};
 use kith_node::datadir::DataDir;
 use kith_node::node::{error_chain, now_ms};
-use kith_node::relay::{RelayOptions, RelayServer};
 use kith_node::store::{MAX_AUDIT_ENTRIES, Store};
 use kith_node::transport::tls;
 use kith_protocol::machine::Config;
-use kith_protocol::relay::{ForwardResult, RelayConfig};
+use kith_protocol::relay::ForwardResult;
 use kith_protocol::wire::{Ack, AckStatus, Kind, Message, Reach, RelayRef};
 use tokio::runtime::Runtime;
 
 use crate::common::{
-    Verdicts, counted_nonce, exchange, loopback, ms, percentile, right, rss_kib, runtime, signed,
+    Verdicts, counted_nonce, default_relay, exchange, loopback, ms, percentile, right, rss_kib,
+    runtime, signed,
 };
 
 /// Hostile identities sending at once.
@@ -420,19 +420,7 @@ fn direct_flood(node_rt: &Runtime, clients: &Runtime, scale: Scale) -> Row {
 
 fn relayed_flood(node_rt: &Runtime, relay_rt: &Runtime, clients: &Runtime, scale: Scale) -> Row {
     let rss_before = rss_kib();
-    let relay = relay_rt.block_on(async {
-        RelayServer::spawn(
-            NodeKey::generate(),
-            RelayOptions {
-                listen: loopback(),
-                advertise: Vec::new(),
-                config: RelayConfig::default(),
-                max_per_address: kith_node::relay::MAX_PER_ADDRESS,
-            },
-        )
-        .await
-        .expect("starting the relay")
-    });
+    let relay = default_relay(relay_rt);
     let daemon = Daemon::start(node_rt, Some(relay.ticket().as_relay()));
     let registered = Instant::now();
     while daemon.status(node_rt)["relay"]["state"] != "registered" {

@@ -26,15 +26,14 @@ use std::time::{Duration, Instant};
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use kith_keys::{NodeId, NodeKey};
 use kith_node::node::now_ms;
-use kith_node::relay::{MAX_PER_ADDRESS, RelayOptions, RelayServer};
+use kith_node::relay::MAX_PER_ADDRESS;
 use kith_node::transport::tls;
-use kith_protocol::relay::RelayConfig;
 use kith_protocol::wire::{Kind, Message, Reach, RelayNotice};
 use tokio::runtime::Runtime;
 
 use crate::common::{
-    Verdicts, counted_nonce, exchange, loopback, ms, peak_rss_mib, percentile, right, rss_mib,
-    runtime, signed,
+    Verdicts, counted_nonce, default_relay, exchange, loopback, ms, peak_rss_mib, percentile,
+    right, rss_mib, runtime, signed,
 };
 
 /// Registrations per run.
@@ -165,19 +164,7 @@ pub fn run() -> bool {
     let relay_rt = runtime("bench-relay", 1);
     let clients = runtime("bench-client", 1);
     let attacker_rt = runtime("bench-attacker", 1);
-    let relay = relay_rt.block_on(async {
-        RelayServer::spawn(
-            NodeKey::generate(),
-            RelayOptions {
-                listen: loopback(),
-                advertise: Vec::new(),
-                config: RelayConfig::default(),
-                max_per_address: MAX_PER_ADDRESS,
-            },
-        )
-        .await
-        .expect("starting the relay")
-    });
+    let relay = default_relay(&relay_rt);
     let (addr, id) = (relay.local_addr(), relay.node_id());
     let rss_idle = rss_mib();
 
