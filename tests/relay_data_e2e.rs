@@ -6,11 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::service::{connect, echo_server, pattern, round_trip, stream_end_after_revoke};
+use common::service::{
+    OutputReader, connect, echo_server, pattern, round_trip, stream_end_after_revoke,
+};
 use common::{TestNode, stderr_of};
 
 /// A relay and two private nodes homed there that trust each other; `b` is named
@@ -117,38 +119,42 @@ fn connections_recover_within_seconds_after_the_relay_restarts() {
     assert!(round_trip(&s.a, "server", "echo", &first) == first);
 
     // A transfer that spans the restart: the connection pauses, then carries on.
+    // Every wait is bounded, so a stalled transfer fails the test instead of hanging it.
     let mut child = connect(&s.a, "server", "echo");
     let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    let mut out = OutputReader::new(child.stdout.take().unwrap());
     let data = pattern(4 << 20);
     let half = data.len() / 2;
     stdin.write_all(&data[..half]).unwrap();
-    let mut got = vec![0u8; half];
-    stdout.read_exact(&mut got).unwrap();
+    let mut got = out.take(
+        half,
+        Duration::from_secs(30),
+        "the first half, before the restart",
+    );
 
     s.relay.restart();
     let restarted = Instant::now();
     s.a.wait_registered(2);
     s.b.wait_registered(2);
-    let (rest_tx, rest_rx) = std::sync::mpsc::channel();
     let rest = data[half..].to_vec();
     std::thread::spawn(move || {
-        stdin.write_all(&rest).unwrap();
-        drop(stdin);
-        let mut back = Vec::new();
-        let _ = stdout.read_to_end(&mut back);
-        let _ = rest_tx.send(back);
+        let _ = stdin.write_all(&rest);
     });
-    let back = rest_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the transfer went on after the relay restarted");
-    got.extend_from_slice(&back);
+    got.extend(out.take(
+        data.len() - half,
+        Duration::from_secs(20),
+        "the second half, after the restart",
+    ));
     assert!(
         got == data,
         "the bytes came back unchanged across the restart"
     );
     let took = restarted.elapsed();
     assert!(took < Duration::from_secs(10), "recovery took {took:?}");
+    assert!(
+        out.rest(Duration::from_secs(10), "the end of the stream")
+            .is_empty()
+    );
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
 

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::TestNode;
@@ -43,6 +44,69 @@ pub fn connect(node: &TestNode, peer: &str, service: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning kith connect")
+}
+
+/// A child's output, read on a thread of its own so that a test waits for bytes with
+/// a deadline and fails saying how far it got, instead of hanging.
+pub struct OutputReader {
+    chunks: mpsc::Receiver<Vec<u8>>,
+    held: Vec<u8>,
+}
+
+impl OutputReader {
+    pub fn new(mut out: impl Read + Send + 'static) -> Self {
+        let (tx, chunks) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        OutputReader {
+            chunks,
+            held: Vec::new(),
+        }
+    }
+
+    /// The next `n` bytes; panics naming `what` if they did not all come within
+    /// `limit` (or the output ended first).
+    pub fn take(&mut self, n: usize, limit: Duration, what: &str) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
+        while self.held.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.held.extend_from_slice(&chunk),
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "{what}: {} of {n} bytes came within {limit:?}, then nothing",
+                    self.held.len()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "{what}: the output ended after {} of {n} bytes",
+                    self.held.len()
+                ),
+            }
+        }
+        self.held.drain(..n).collect()
+    }
+
+    /// Everything up to the end of the output; panics naming `what` if it had not
+    /// ended within `limit`.
+    pub fn rest(&mut self, limit: Duration, what: &str) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.held.extend_from_slice(&chunk),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return std::mem::take(&mut self.held),
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "{what}: the output had not ended within {limit:?} ({} bytes came)",
+                    self.held.len()
+                ),
+            }
+        }
+    }
 }
 
 /// Deterministic, incompressible-looking bytes.
