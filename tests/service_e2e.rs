@@ -4,11 +4,14 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::service::{echo_server, pattern, round_trip, stream_end_after_revoke};
+use common::service::{
+    OutputReader, connect, echo_server, pattern, round_trip, stream_end_after_revoke,
+};
 use common::{TestNode, stderr_of};
 use serde_json::Value;
 
@@ -42,6 +45,37 @@ fn a_trusted_peer_round_trips_ten_megabytes_through_kith_connect() {
     assert_eq!(got.len(), data.len(), "every byte came back");
     assert!(got == data, "the bytes came back unchanged");
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// An interactive client (ssh through `ProxyCommand`) sends, waits for the answer,
+/// and sends again, its input open all along: every answer must reach it. `kith
+/// connect` once copied the peer's bytes to its output with `std::io::copy`, which
+/// on Linux is splice(2) from the socket into the output pipe; the kernel can hold
+/// spliced bytes in the pipe, out of the reader's reach, until more arrive on the
+/// socket, so an answer with nothing after it never came out.
+#[test]
+fn kith_connect_hands_over_every_answer_while_its_input_stays_open() {
+    let (a, b) = trusted_pair();
+    let echo = echo_server();
+    b.run_ok(&["expose", "echo", "--to", &echo.addr.to_string()]);
+    let mut child = connect(&a, "server", "echo");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = OutputReader::new(child.stdout.take().unwrap());
+    // 128 KiB to 1 MiB a round: more than the output pipe holds.
+    for round in 0..16 {
+        let data = pattern((128 << 10) << (round % 4));
+        stdin.write_all(&data).unwrap();
+        let got = out.take(
+            data.len(),
+            Duration::from_secs(10),
+            &format!("the echo of round {round}"),
+        );
+        assert!(got == data, "round {round} came back unchanged");
+    }
+    drop(stdin);
+    assert!(out.rest(Duration::from_secs(10), "the end").is_empty());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }
 
 #[test]

@@ -2,12 +2,13 @@
 //!
 //! `connect` and `forward` never reach a peer themselves: the daemon (which holds the
 //! node key) dials the peer and joins the control socket to the service's stream.
+//! `connect` never copies with `std::io::copy` (see [`pump`]).
 
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use std::io::Write as _;
+use std::io::{Read, Write};
 
 use super::common::{ago, call};
 use super::output::print_json;
@@ -108,17 +109,38 @@ pub fn connect(ctx: &Context, args: ConnectArgs) -> anyhow::Result<u8> {
     // Standard input is copied on its own thread, which may block for ever on a
     // terminal: the command ends when the peer's side ends, not when input does.
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_peer);
+        let _ = pump(&mut std::io::stdin().lock(), &mut to_peer);
         let _ = to_peer.shutdown(std::net::Shutdown::Write);
     });
     let mut stdout = std::io::stdout().lock();
     let mut from_peer = socket;
     stdout
         .write_all(&early)
-        .and_then(|()| std::io::copy(&mut from_peer, &mut stdout).map(|_| ()))
         .and_then(|()| stdout.flush())
+        .and_then(|()| pump(&mut from_peer, &mut stdout))
         .context("the connection to the service broke")?;
     Ok(exit::OK)
+}
+
+/// Copies `from` to `to` until `from` ends, each read written and flushed at once
+/// (standard output is line-buffered, and a service's bytes have no lines).
+///
+/// A plain read/write loop, never `std::io::copy`: on Linux that splices between a
+/// socket and a pipe, and the kernel can keep bytes it spliced into the output pipe
+/// out of the reader's reach until more arrive on the socket, so an answer with
+/// nothing after it never came out (an interactive client waited for ever).
+fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
 }
 
 /// Forward a local TCP port to a trusted peer's service.
