@@ -52,6 +52,12 @@ use crate::transport::tls::{self, TlsError};
 /// How long a destination may take to acknowledge a pushed envelope. Shorter than
 /// a sender's wait for the relay's answer, so the sender always hears back.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a forward refused for its sender's rate waits before it is answered.
+/// A client has a few streams at once (`MAX_BIDI_STREAMS`), so a sender over its
+/// rate gets a few refusals a second per connection, however fast it asks: before,
+/// an attacker's 32 connections made the relay answer ~20,000 refusals a second, and
+/// the CPU they took doubled honest registrations' latency.
+pub const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 /// How long a dial-back may take before the node counts as not directly reachable.
 pub const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -459,6 +465,11 @@ impl Inner {
             );
             let result = answer.unwrap_or(ForwardResult::Refused(RelayRefusal::UnknownConnection));
             let Some(push) = pushes.into_iter().next() else {
+                if result == ForwardResult::Refused(RelayRefusal::RateLimited) {
+                    // A sender over its rate waits for its refusal, holding one of its
+                    // few streams: it cannot make the relay refuse as fast as it asks.
+                    tokio::time::sleep(RATE_LIMITED_PAUSE).await;
+                }
                 return Message::Forwarded { result, ack: None };
             };
             match Self::push(&push).await {
