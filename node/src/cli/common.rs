@@ -42,20 +42,28 @@ pub(super) fn recent_events(ctx: &Context) -> anyhow::Result<Vec<control::EventV
         )
         .await?;
         let mut events = Vec::new();
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .context("lost the connection to the daemon")?
-        {
-            match serde_json::from_str::<Response>(&line)
-                .context("unexpected answer from the daemon")?
-            {
-                Response::Ok { data } => events.push(serde_json::from_value(data)?),
-                Response::Error { message } => bail!("{message}"),
-            }
+        while let Some(event) = next_event(&mut lines).await? {
+            events.push(event);
         }
         Ok(events)
     })
+}
+
+/// The next event of an `events` answer; `None` when the daemon ends the stream.
+pub(super) async fn next_event(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::UnixStream>>,
+) -> anyhow::Result<Option<control::EventView>> {
+    let Some(line) = lines
+        .next_line()
+        .await
+        .context("lost the connection to the daemon")?
+    else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<Response>(&line).context("unexpected answer from the daemon")? {
+        Response::Ok { data } => Ok(Some(serde_json::from_value(data)?)),
+        Response::Error { message } => bail!("{message}"),
+    }
 }
 
 /// Like [`call`], but only the daemon may answer: for polling what it does next.

@@ -363,20 +363,8 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<u8> {
                 };
             }
         };
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .context("lost the connection to the daemon")?
-        {
-            match serde_json::from_str::<Response>(&line)
-                .context("unexpected answer from the daemon")?
-            {
-                Response::Ok { data } => {
-                    let event: EventView = serde_json::from_value(data)?;
-                    print_event(ctx, &event)?;
-                }
-                Response::Error { message } => bail!("{message}"),
-            }
+        while let Some(event) = super::common::next_event(&mut lines).await? {
+            print_event(ctx, &event)?;
         }
         if args.follow {
             // A follower is never told "that was all": the end of the stream means the
