@@ -106,6 +106,13 @@ struct Deferred {
     since: Option<Instant>,
 }
 
+/// `older` followed by `newer`, leaving `older` empty.
+fn older_first<T>(older: &mut Vec<T>, newer: Vec<T>) -> Vec<T> {
+    let mut all = std::mem::take(older);
+    all.extend(newer);
+    all
+}
+
 impl Deferred {
     /// When they must be committed, whatever else happens.
     fn due(&self) -> Option<Instant> {
@@ -533,16 +540,11 @@ impl CoreState {
         if commit_now {
             // Older writes first (a later one to the same record replaces them), and
             // older results released first.
-            let mut all = std::mem::take(&mut self.deferred.writes);
-            all.append(&mut writes);
-            writes = all;
-            let mut all = std::mem::take(&mut self.deferred.released);
-            all.append(&mut released);
-            released = all;
-            let mut all = std::mem::take(&mut self.deferred.handled_envelopes);
-            all.append(&mut handled_envelopes);
-            handled_envelopes = all;
-            self.deferred.since = None;
+            let held = &mut self.deferred;
+            writes = older_first(&mut held.writes, writes);
+            released = older_first(&mut held.released, released);
+            handled_envelopes = older_first(&mut held.handled_envelopes, handled_envelopes);
+            held.since = None;
         } else {
             self.deferred.writes.append(&mut writes);
         }
