@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_keys::{NodeId, NodeKey};
-use kith_node::relay::{NOTICES_PER_CONN, RelayOptions, RelayServer};
+use kith_node::relay::{NOTICES_PER_CONN, RATE_LIMITED_PAUSE, RelayOptions, RelayServer};
 use kith_node::transport::tls;
 use kith_protocol::frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 use kith_protocol::relay::{DropReason, ForwardResult, RelayConfig, RelayRefusal};
@@ -247,6 +247,37 @@ async fn a_burst_of_notices_to_one_client_is_bounded_and_the_excess_counted() {
     assert_eq!(
         snapshot.notice_senders, 1,
         "one sender task for the one client"
+    );
+    sender.close().await;
+}
+
+/// A forward refused for its sender's rate is answered only after
+/// `RATE_LIMITED_PAUSE`: a flooding sender cannot make the relay refuse as fast as
+/// it asks (before, the refusal came at once, and one host's refusals took the CPU
+/// honest registrations needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_over_its_rate_waits_for_its_refusal() {
+    let relay = relay(RelayConfig {
+        rate_burst: 1,
+        rate_per_sec: 1,
+        ..RelayConfig::default()
+    })
+    .await;
+    let offline = offline_node(&relay).await;
+    let sender = Client::connect(&relay).await;
+    assert_eq!(
+        sender.forward(offline, 1, Reach::default()).await,
+        ForwardResult::Queued
+    );
+    let asked = std::time::Instant::now();
+    assert_eq!(
+        sender.forward(offline, 2, Reach::default()).await,
+        ForwardResult::Refused(RelayRefusal::RateLimited)
+    );
+    assert!(
+        asked.elapsed() >= RATE_LIMITED_PAUSE,
+        "refused after {:?}",
+        asked.elapsed()
     );
     sender.close().await;
 }
